@@ -1,0 +1,51 @@
+"""The `jaxlm` command line: one subcommand per job.
+
+Each subcommand lives in `jaxlm.commands.<name>` and exposes `add_parser(subparsers)`, which
+registers its arguments and sets `func(args) -> int`. User errors (`JaxlmError`) are printed as one
+paragraph, without a traceback, and exit with code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from jaxlm.errors import JaxlmError
+
+COMMANDS = ["pretrain"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # usage errors: exit 2 with a pointer to --help
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"jaxlm: error: {message}. Run '{self.prog} --help' for the options.\n")
+        sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="jaxlm", description="Pretrain and fine-tune Transformer language "
+                     "models in JAX/Flax, from one CPU to a TPU pod.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMANDS:
+        importlib.import_module(f"jaxlm.commands.{name.replace('-', '_')}").add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except JaxlmError as e:
+        sys.stderr.write(f"jaxlm {args.command}: error: {e}\n")
+        return e.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("jaxlm: interrupted.\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

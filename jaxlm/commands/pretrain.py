@@ -1,0 +1,31 @@
+"""`jaxlm pretrain`: train a language model (causal or masked) from a config."""
+from __future__ import annotations
+
+import argparse
+
+from jaxlm.commands import add_config_args
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pretrain", help="pretrain a language model (resumes a run directory)",
+                       description=__doc__)
+    add_config_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from jaxlm.config import load_config
+    from jaxlm.train.pretrain import pretrain
+
+    cfg = load_config(args.config, args.overrides)
+    summary = pretrain(cfg, args.run_dir, overwrite=args.overwrite, show_progress=not args.quiet)
+    train, val = summary["train"], summary["val"]
+    parts = [f"step {summary['step']}", f"train loss {train.get('loss', float('nan')):.4f}"]
+    if val:
+        parts.append(f"val loss {val['loss']:.4f}")
+    if summary.get("tokens_per_s"):
+        parts.append(f"{summary['tokens_per_s']:,.0f} tokens/s")
+    parts.append(f"wall {summary['wall_s']:.1f}s")
+    parts.append(f"run dir {summary['run_dir']}")
+    print("done: " + ", ".join(parts))
+    return 0

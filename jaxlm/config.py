@@ -1,0 +1,377 @@
+"""Typed experiment configs: YAML files plus `--set a.b=c` overrides, validated with clear errors.
+
+A config is a tree of dataclasses. Every key a user can write is a field here, so an unknown key is
+caught (with the closest valid key suggested) and a value of the wrong type is named before any work
+starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from jaxlm.errors import ConfigError
+
+# Model families: the knobs that differ between GPT-2, Llama and BERT. A field left at None in the
+# model section takes the value of its family here.
+FAMILY_PRESETS: dict[str, dict[str, Any]] = {
+    "gpt2": dict(norm="layernorm", norm_position="pre", position="learned", mlp="gelu",
+                 activation="gelu_tanh", use_bias=True, tie_embeddings=True, type_vocab_size=0,
+                 causal=True, embed_norm=False, final_norm=True, norm_eps=1e-5),
+    "llama": dict(norm="rmsnorm", norm_position="pre", position="rope", mlp="swiglu",
+                  activation="silu", use_bias=False, tie_embeddings=False, type_vocab_size=0,
+                  causal=True, embed_norm=False, final_norm=True, norm_eps=1e-5),
+    "bert": dict(norm="layernorm", norm_position="post", position="learned", mlp="gelu",
+                 activation="gelu", use_bias=True, tie_embeddings=True, type_vocab_size=2,
+                 causal=False, embed_norm=True, final_norm=False, norm_eps=1e-12),
+}
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.family": tuple(FAMILY_PRESETS),
+    "model.norm": ("layernorm", "rmsnorm"),
+    "model.norm_position": ("pre", "post"),
+    "model.position": ("learned", "rope", "none"),
+    "model.mlp": ("gelu", "swiglu"),
+    "model.activation": ("gelu", "gelu_tanh", "silu", "relu"),
+    "model.remat": ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable"),
+    "model.attention_impl": ("auto", "xla", "cudnn"),
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.param_dtype": ("float32", "bfloat16"),
+    "optim.name": ("adamw", "adafactor", "lion", "sgd"),
+    "optim.schedule": ("cosine", "linear", "constant"),
+    "train.objective": ("causal", "masked"),
+    "data.sampling": ("random_windows", "packed"),
+}
+
+
+@dataclass
+class ModelConfig:
+    """Transformer shape and family; None fields come from `FAMILY_PRESETS[family]`."""
+
+    family: str = "gpt2"
+    vocab_size: int = 0  # 0: taken from the tokenizer
+    num_layers: int = 4
+    d_model: int = 128
+    num_heads: int = 4
+    num_kv_heads: int = 0  # 0: same as num_heads (no grouped-query attention)
+    head_dim: int = 0  # 0: d_model // num_heads
+    d_ff: int = 0  # 0: 4 * d_model
+    max_len: int = 1024
+    dropout: float = 0.0
+    init_std: float = 0.02
+    rope_theta: float = 10000.0
+    dtype: str = "float32"  # compute dtype
+    param_dtype: str = "float32"
+    remat: str = "none"
+    attention_impl: str = "auto"
+    norm: str | None = None
+    norm_position: str | None = None
+    position: str | None = None
+    mlp: str | None = None
+    activation: str | None = None
+    use_bias: bool | None = None
+    tie_embeddings: bool | None = None
+    type_vocab_size: int | None = None
+    causal: bool | None = None
+    embed_norm: bool | None = None
+    final_norm: bool | None = None
+    norm_eps: float | None = None
+    pad_token_id: int = 0
+
+    def resolved(self) -> "ModelConfig":
+        """A copy with family defaults and derived sizes filled in."""
+        preset = FAMILY_PRESETS[self.family]
+        updates = {k: v for k, v in preset.items() if getattr(self, k) is None}
+        out = dataclasses.replace(self, **updates)
+        if out.num_kv_heads == 0:
+            out.num_kv_heads = out.num_heads
+        if out.head_dim == 0:
+            out.head_dim = out.d_model // out.num_heads
+        if out.d_ff == 0:
+            out.d_ff = 4 * out.d_model
+        return out
+
+
+@dataclass
+class MeshConfig:
+    """Device mesh sizes (-1: the rest of the devices) and logical-axis rule overrides."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+    rules: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and learning-rate schedule (optax)."""
+
+    name: str = "adamw"
+    lr: float = 1e-3
+    min_lr: float = 0.0
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    decay_steps: int = 0  # 0: train.steps
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    grad_clip: float = 1.0  # 0: no clipping
+
+
+@dataclass
+class TokenizerConfig:
+    """Which tokenizer to train (char, bpe, ...) or load (`path` to a tokenizer.json)."""
+
+    kind: str = "char"
+    vocab_size: int = 0
+    path: str = ""
+
+
+@dataclass
+class DataConfig:
+    """Where the text comes from and how it becomes fixed-length rows."""
+
+    train: str = ""
+    validation: str = ""  # empty: the last `val_fraction` of the train corpus
+    val_fraction: float = 0.1
+    encoding: str = "utf-8"
+    seq_len: int = 64
+    sampling: str = "random_windows"
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+
+
+@dataclass
+class TrainConfig:
+    """The loop: how long, how big, how often to evaluate, log and checkpoint."""
+
+    objective: str = "causal"
+    steps: int = 1000
+    batch_size: int = 12  # global, across all devices and hosts
+    grad_accum: int = 1
+    seed: int = 0
+    eval_every: int = 250
+    eval_batches: int = 0  # 0: the whole validation split
+    eval_batch_size: int = 0  # 0: same as batch_size
+    log_every: int = 10
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    async_checkpointing: bool = True
+
+
+@dataclass
+class Config:
+    """One experiment."""
+
+    name: str = "run"
+    run_dir: str = ""  # empty: runs/<name>
+    data_root: str = ""  # empty: $JAXLM_DATA, else ../shared/data
+    model: ModelConfig = field(default_factory=ModelConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def resolved_data_root(self) -> str:
+        return self.data_root or os.environ.get("JAXLM_DATA", "") or "../shared/data"
+
+    def resolve_path(self, spec: str) -> str:
+        """Expand `{data_root}` in a data spec or path."""
+        return spec.replace("{data_root}", self.resolved_data_root())
+
+
+# ---------------------------------------------------------------------------------------------
+# Building configs from dicts, with clear errors
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _check_value(path: str, value: Any, hint: Any) -> Any:
+    """Coerce `value` to `hint` where lossless (int -> float), else raise a ConfigError."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_value(path, value, arg)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0]
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"Config key '{path}' must be a section (a mapping of keys), got "
+                              f"{value!r}. Write it as nested YAML keys, e.g. '{path}:\\n  key: value'.",
+                              culprit=path)
+        return _build(hint, value, path)
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"Config key '{path}' must be a mapping, got {value!r}.", culprit=path)
+        return dict(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif hint is Any:
+        return value
+    tname = getattr(hint, "__name__", str(hint))
+    raise ConfigError(
+        f"Config key '{path}' must be of type {tname}, got {value!r} ({type(value).__name__}). "
+        f"Fix the value in the YAML file or pass e.g. --set {path}=<{tname}>.", culprit=path)
+
+
+def _build(cls: type, raw: dict, prefix: str = "") -> Any:
+    hints = _field_types(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            valid = [f"{prefix}.{n}" if prefix else n for n in names]
+            close = difflib.get_close_matches(path, valid, n=1, cutoff=0.6)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"Unknown config key '{path}'.{hint} Valid keys here: "
+                              f"{', '.join(valid)}.", culprit=path)
+        kwargs[key] = _check_value(path, value, hints[key])
+    obj = cls(**kwargs)
+    for name in names:
+        path = f"{prefix}.{name}" if prefix else name
+        value = getattr(obj, name)
+        if path in CHOICES and value is not None and value not in CHOICES[path]:
+            close = difflib.get_close_matches(str(value), CHOICES[path], n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"Config key '{path}' is {value!r}, which is not one of "
+                              f"{', '.join(CHOICES[path])}.{hint}", culprit=path)
+    return obj
+
+
+def _set_nested(raw: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"Cannot set '{dotted}': '{part}' is a value, not a section.",
+                              culprit=dotted)
+    node[parts[-1]] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`a.b=c` -> ('a.b', yaml-parsed c)."""
+    if "=" not in item:
+        raise ConfigError(f"Override '{item}' is not of the form key=value, e.g. "
+                          f"--set train.steps=100.", culprit=item)
+    key, text = item.split("=", 1)
+    try:
+        value = yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        value = text
+    return key.strip(), value
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping with the safe loader."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"Config file '{p}' does not exist. Pass the path of a YAML file, e.g. "
+                          f"--config configs/shakespeare_char.yaml.", culprit=str(p))
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"Config file '{p}' is not valid YAML: {e}. Fix the syntax at the "
+                          f"position shown.", culprit=str(p)) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"Config file '{p}' must hold a mapping of sections (model:, train:, "
+                          f"...), got a {type(raw).__name__}.", culprit=str(p))
+    return raw
+
+
+def config_from_dict(raw: dict, overrides: list[str] | None = None) -> Config:
+    """Validate a raw dict (plus overrides) into a Config."""
+    raw = _deepcopy(raw)
+    for item in overrides or []:
+        key, value = parse_override(item)
+        _set_nested(raw, key, value)
+    cfg = _build(Config, raw)
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config file (or the defaults when path is None) and apply overrides."""
+    raw = load_yaml(path) if path else {}
+    return config_from_dict(raw, overrides)
+
+
+def _deepcopy(raw: Any) -> Any:
+    if isinstance(raw, dict):
+        return {k: _deepcopy(v) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [_deepcopy(v) for v in raw]
+    return raw
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that single-field types cannot express."""
+    m = cfg.model.resolved()
+
+    def bad(key: str, msg: str) -> None:
+        raise ConfigError(f"Config key '{key}': {msg}", culprit=key)
+
+    for key in ("num_layers", "d_model", "num_heads"):
+        if getattr(m, key) <= 0:
+            bad(f"model.{key}", f"must be positive, got {getattr(m, key)}.")
+    if m.num_heads % m.num_kv_heads:
+        bad("model.num_kv_heads", f"{m.num_kv_heads} must divide model.num_heads={m.num_heads}.")
+    if cfg.model.head_dim == 0 and m.d_model % m.num_heads:
+        bad("model.num_heads", f"{m.num_heads} must divide model.d_model={m.d_model} "
+            "(or set model.head_dim explicitly).")
+    if m.position == "rope" and m.head_dim % 2:
+        bad("model.head_dim", f"RoPE needs an even head_dim, got {m.head_dim}.")
+    if not 0.0 <= m.dropout < 1.0:
+        bad("model.dropout", f"must be in [0, 1), got {m.dropout}.")
+    if cfg.data.seq_len > m.max_len and m.position == "learned":
+        bad("data.seq_len", f"{cfg.data.seq_len} exceeds model.max_len={m.max_len}, the number of "
+            "learned positions. Raise model.max_len or lower data.seq_len.")
+    for key in ("steps", "batch_size", "grad_accum"):
+        if getattr(cfg.train, key) <= 0:
+            bad(f"train.{key}", f"must be positive, got {getattr(cfg.train, key)}.")
+    if cfg.train.batch_size % cfg.train.grad_accum:
+        bad("train.grad_accum", f"{cfg.train.grad_accum} must divide train.batch_size="
+            f"{cfg.train.batch_size} (each micro-batch is batch_size / grad_accum rows).")
+    if not 0.0 < cfg.data.val_fraction < 1.0 and not cfg.data.validation:
+        bad("data.val_fraction", f"must be in (0, 1), got {cfg.data.val_fraction}.")
+    for key in ("data", "fsdp", "tensor"):
+        v = getattr(cfg.mesh, key)
+        if v == 0 or v < -1:
+            bad(f"mesh.{key}", f"must be a positive size or -1 (the rest of the devices), got {v}.")

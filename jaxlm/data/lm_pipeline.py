@@ -1,0 +1,124 @@
+"""grain pipelines that turn a token stream into language-model batches.
+
+A batch is a dict of numpy arrays with a leading host-batch axis:
+  inputs [b, T] int32, targets [b, T] int32, weights [b, T] float32 (0 for padding / unscored),
+and optionally segment_ids / positions for packed documents.
+
+Row `j` of global batch `s` is global row `s * B + j`; host `h` of `P` reads rows
+`s * B + h * B/P ... s * B + (h+1) * B/P - 1`. So the data a step sees does not depend on the number
+of hosts, and the iterator position (saved in checkpoints) fully determines the rest of the run.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import grain
+import numpy as np
+
+from jaxlm.errors import DataError
+
+
+class RandomWindows:
+    """Random-access source: row i is a window of T+1 tokens at an offset drawn from (seed, i).
+
+    This is nanoGPT's sampling (uniform random offsets), made deterministic and resumable.
+    """
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, seed: int, num_rows: int):
+        self.tokens, self.seq_len, self.seed, self.num_rows = tokens, seq_len, seed, num_rows
+        self.max_offset = len(tokens) - seq_len - 1
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        off = int(np.random.default_rng([self.seed, int(i)]).integers(0, self.max_offset + 1))
+        return self.tokens[off:off + self.seq_len + 1]
+
+
+class Chunks:
+    """Random-access source: the stream cut into consecutive windows of T+1 tokens (stride T)."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int):
+        self.tokens, self.seq_len = tokens, seq_len
+        self.n = (len(tokens) - 1) // seq_len
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        start = int(i) * self.seq_len
+        return self.tokens[start:start + self.seq_len + 1]
+
+
+def to_lm_example(window: np.ndarray) -> dict[str, np.ndarray]:
+    """Shift a window of T+1 tokens into (inputs, targets)."""
+    window = np.asarray(window, np.int32)
+    return {"inputs": window[:-1], "targets": window[1:],
+            "weights": np.ones(len(window) - 1, np.float32)}
+
+
+def check_corpus(tokens: np.ndarray, seq_len: int, what: str) -> None:
+    if len(tokens) < seq_len + 1:
+        raise DataError(
+            f"The {what} has {len(tokens)} tokens, fewer than one sequence of data.seq_len="
+            f"{seq_len} (+1 for the shifted target). Use more text or a smaller data.seq_len.",
+            culprit=what)
+
+
+def host_rows(global_batch: int, process_index: int, process_count: int) -> tuple[int, int]:
+    """(rows per host, this host's first row inside a global batch)."""
+    if global_batch % process_count:
+        raise DataError(f"train.batch_size={global_batch} must divide evenly across "
+                        f"{process_count} hosts.", culprit="train.batch_size")
+    b = global_batch // process_count
+    return b, process_index * b
+
+
+def train_dataset(tokens: np.ndarray, *, seq_len: int, global_batch: int, num_steps: int,
+                  seed: int, sampling: str = "random_windows", process_index: int = 0,
+                  process_count: int = 1, prefetch: int = 4) -> grain.IterDataset:
+    """An IterDataset of this host's training batches for `num_steps` steps."""
+    check_corpus(tokens, seq_len, "training corpus")
+    total = num_steps * global_batch
+    if sampling == "random_windows":
+        base: Any = grain.MapDataset.source(RandomWindows(tokens, seq_len, seed, total))
+    else:
+        chunks = grain.MapDataset.source(Chunks(tokens, seq_len))
+        epochs = math.ceil(total / len(chunks))
+        base = chunks.repeat(epochs).shuffle(seed=seed)
+    b, first = host_rows(global_batch, process_index, process_count)
+
+    def global_row(i: int) -> int:
+        step, j = divmod(i, b)
+        return step * global_batch + first + j
+
+    ds = grain.MapDataset.range(num_steps * b).map(lambda i: to_lm_example(base[global_row(i)]))
+    ds = ds.batch(b, drop_remainder=True)
+    return ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=prefetch))
+
+
+def eval_batches(tokens: np.ndarray, *, seq_len: int, global_batch: int, max_batches: int = 0,
+                 process_index: int = 0, process_count: int = 1) -> list[dict[str, np.ndarray]]:
+    """Non-overlapping windows over the whole validation stream, padded to full batches with
+    zero-weight rows, so every validation token is scored exactly once."""
+    check_corpus(tokens, seq_len, "validation corpus")
+    chunks = Chunks(tokens, seq_len)
+    n_batches = math.ceil(len(chunks) / global_batch)
+    if max_batches:
+        n_batches = min(n_batches, max_batches)
+    b, first = host_rows(global_batch, process_index, process_count)
+    out = []
+    for s in range(n_batches):
+        rows = []
+        for j in range(first, first + b):
+            g = s * global_batch + j
+            if g < len(chunks):
+                rows.append(to_lm_example(chunks[g]))
+            else:
+                rows.append({"inputs": np.zeros(seq_len, np.int32),
+                             "targets": np.zeros(seq_len, np.int32),
+                             "weights": np.zeros(seq_len, np.float32)})
+        out.append({k: np.stack([r[k] for r in rows]) for k in rows[0]})
+    return out

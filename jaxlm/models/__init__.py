@@ -1,0 +1,66 @@
+"""Models: a backbone plus a task head. Every model keeps its backbone under `.backbone`, so a
+classifier can start from any pretraining checkpoint by copying that subtree."""
+from __future__ import annotations
+
+import jax
+from flax import nnx
+
+from jaxlm.config import ModelConfig
+from jaxlm.models.heads import ClassifierHead, LMHead, MLMHead
+from jaxlm.models.transformer import Transformer
+
+__all__ = ["CausalLM", "MaskedLM", "Classifier", "Transformer", "build_model"]
+
+
+class CausalLM(nnx.Module):
+    """Backbone + next-token head (GPT-2, Llama)."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.backbone = Transformer(cfg, rngs)
+        self.lm_head = LMHead(self.backbone.cfg, rngs)
+
+    def __call__(self, tokens_BxT: jax.Array, **kw) -> jax.Array:
+        """Logits [B, T, V] in float32. Keyword arguments go to `Transformer.__call__`."""
+        return self.lm_head(self.backbone(tokens_BxT, **kw), self.backbone.embeddings)
+
+
+class MaskedLM(nnx.Module):
+    """Backbone + masked-token head (BERT)."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.backbone = Transformer(cfg, rngs)
+        self.mlm_head = MLMHead(self.backbone.cfg, rngs)
+
+    def __call__(self, tokens_BxT: jax.Array, **kw) -> jax.Array:
+        return self.mlm_head(self.backbone(tokens_BxT, **kw), self.backbone.embeddings)
+
+
+class Classifier(nnx.Module):
+    """Backbone + pooled classification head."""
+
+    def __init__(self, cfg: ModelConfig, num_labels: int, rngs: nnx.Rngs, *, pooling: str = "first",
+                 pooler: bool = False):
+        self.backbone = Transformer(cfg, rngs)
+        self.head = ClassifierHead(self.backbone.cfg, num_labels, rngs, pooling=pooling,
+                                   pooler=pooler)
+
+    def __call__(self, tokens_BxT: jax.Array, *, segment_ids_BxT: jax.Array | None = None,
+                 dropout_rng: jax.Array | None = None, **kw) -> jax.Array:
+        """Class logits [B, C] in float32."""
+        rngs = (None, None) if dropout_rng is None else tuple(jax.random.split(dropout_rng))
+        x = self.backbone(tokens_BxT, segment_ids_BxT=segment_ids_BxT, dropout_rng=rngs[0], **kw)
+        return self.head(x, segment_ids_BxT, rngs[1])
+
+
+def build_model(cfg: ModelConfig, objective: str = "causal", *, seed: int = 0,
+                num_labels: int = 0, pooling: str = "first", pooler: bool = False) -> nnx.Module:
+    """Build an unsharded model (eager sharding off); shard its state with `jaxlm.sharding`."""
+    rngs = nnx.Rngs(seed)
+    with nnx.use_eager_sharding(False):
+        if objective == "causal":
+            return CausalLM(cfg, rngs)
+        if objective == "masked":
+            return MaskedLM(cfg, rngs)
+        if objective == "classification":
+            return Classifier(cfg, num_labels, rngs, pooling=pooling, pooler=pooler)
+    raise ValueError(f"unknown objective {objective!r}")

@@ -1,0 +1,88 @@
+"""Task heads on top of the backbone's hidden states: causal LM, masked LM, classification."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxlm.config import ModelConfig
+from jaxlm.models.layers import ACTIVATIONS, Norm, dense, dropout, dtypes
+from jaxlm.models.transformer import Embeddings
+from jaxlm.sharding import shard
+
+
+def _vocab_logits(x_BxTxD: jax.Array, embeddings: Embeddings) -> jax.Array:
+    """Logits against the (tied) token embedding matrix, accumulated in float32."""
+    table_VxD = embeddings.token.embedding[...]
+    logits = jnp.einsum("btd,vd->btv", x_BxTxD, table_VxD.astype(x_BxTxD.dtype),
+                        preferred_element_type=jnp.float32)
+    return logits
+
+
+class LMHead(nnx.Module):
+    """Next-token logits; tied to the token embeddings or a separate [D, V] matrix."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.tied = cfg.tie_embeddings
+        self.proj = None if self.tied else dense(cfg, cfg.d_model, cfg.vocab_size,
+                                                 ("embed", "vocab"), rngs, use_bias=False)
+
+    def __call__(self, x_BxTxD: jax.Array, embeddings: Embeddings) -> jax.Array:
+        logits = _vocab_logits(x_BxTxD, embeddings) if self.tied else self.proj(x_BxTxD)
+        return shard(logits.astype(jnp.float32), ("batch", "length", "act_vocab"))
+
+
+class MLMHead(nnx.Module):
+    """BERT's prediction head: dense + activation + norm, then tied decoder with a vocab bias."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.transform = dense(cfg, cfg.d_model, cfg.d_model, ("embed", None), rngs, use_bias=True)
+        self.norm = Norm(cfg, cfg.d_model, rngs)
+        self.bias = nnx.Param(jnp.zeros((cfg.vocab_size,), dtypes(cfg)[1]), logical_axes=("vocab",))
+        self.proj = None if cfg.tie_embeddings else dense(cfg, cfg.d_model, cfg.vocab_size,
+                                                          ("embed", "vocab"), rngs, use_bias=False)
+
+    def __call__(self, x_BxTxD: jax.Array, embeddings: Embeddings) -> jax.Array:
+        h = self.norm(ACTIVATIONS[self.cfg.activation](self.transform(x_BxTxD)))
+        logits = _vocab_logits(h, embeddings) if self.proj is None else self.proj(h)
+        logits = logits.astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+        return shard(logits, ("batch", "length", "act_vocab"))
+
+
+POOLINGS = ("first", "mean", "last")
+
+
+def pool(x_BxTxD: jax.Array, segment_ids_BxT: jax.Array | None, pooling: str) -> jax.Array:
+    """One vector per row: the first token, the mean of non-pad tokens, or the last non-pad token."""
+    B, T, _ = x_BxTxD.shape
+    valid_BxT = (jnp.ones((B, T), bool) if segment_ids_BxT is None else segment_ids_BxT != 0)
+    if pooling == "first":
+        return x_BxTxD[:, 0]
+    if pooling == "mean":
+        w = valid_BxT.astype(jnp.float32)[..., None]
+        return ((x_BxTxD.astype(jnp.float32) * w).sum(1) / jnp.maximum(w.sum(1), 1.0)).astype(x_BxTxD.dtype)
+    last_B = jnp.maximum(valid_BxT.sum(1) - 1, 0)
+    return jnp.take_along_axis(x_BxTxD, last_B[:, None, None], axis=1)[:, 0]
+
+
+class ClassifierHead(nnx.Module):
+    """Pooling, an optional dense+tanh pooler (BERT), dropout and a [D, C] classifier."""
+
+    def __init__(self, cfg: ModelConfig, num_labels: int, rngs: nnx.Rngs, *, pooling: str = "first",
+                 pooler: bool = False):
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        self.cfg, self.pooling = cfg, pooling
+        self.pooler = dense(cfg, cfg.d_model, cfg.d_model, ("embed", None), rngs,
+                            use_bias=True) if pooler else None
+        self.classifier = dense(cfg, cfg.d_model, num_labels, ("embed", "classes"), rngs,
+                                use_bias=True)
+
+    def __call__(self, x_BxTxD: jax.Array, segment_ids_BxT: jax.Array | None,
+                 dropout_rng: jax.Array | None = None) -> jax.Array:
+        h_BxD = pool(x_BxTxD, segment_ids_BxT, self.pooling)
+        if self.pooler is not None:
+            h_BxD = jnp.tanh(self.pooler(h_BxD))
+        h_BxD = dropout(h_BxD, self.cfg.dropout, dropout_rng)
+        return self.classifier(h_BxD).astype(jnp.float32)

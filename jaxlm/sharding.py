@@ -1,0 +1,160 @@
+"""Mesh construction and logical-axis rules.
+
+Model code names logical axes only ("embed", "mlp", "heads", "batch", ...). A rules table maps each
+name to mesh axes ("data", "fsdp", "tensor"), so data, FSDP and tensor parallelism are a config
+change. Parameter axes and activation axes have separate names ("embed" vs "act_embed") because FSDP
+shards parameters along the embedding but activations along the batch.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Iterator, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jaxlm.errors import ConfigError
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+DEFAULT_RULES: dict[str, Any] = {
+    # activations
+    "batch": ("data", "fsdp"),
+    "length": None,
+    "act_embed": None,
+    "act_mlp": "tensor",
+    "act_heads": "tensor",
+    "act_kv_heads": "tensor",
+    "act_vocab": "tensor",
+    # parameters
+    "embed": "fsdp",
+    "mlp": "tensor",
+    "heads": "tensor",
+    "kv_heads": "tensor",
+    "vocab": "tensor",
+    "classes": None,
+    "norm": None,
+}
+
+_current: dict[str, Any] = {"mesh": None, "rules": DEFAULT_RULES}
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A (data, fsdp, tensor) mesh; one size may be -1 for "the rest of the devices"."""
+    devices = list(devices) if devices is not None else jax.devices()
+    n = len(devices)
+    sizes = {"data": data, "fsdp": fsdp, "tensor": tensor}
+    free = [k for k, v in sizes.items() if v == -1]
+    if len(free) > 1:
+        raise ConfigError(f"Only one of mesh.data/fsdp/tensor may be -1, got {sizes}. Set the "
+                          "others to explicit sizes.", culprit="mesh")
+    fixed = math.prod(v for v in sizes.values() if v != -1)
+    if free:
+        if n % fixed:
+            raise ConfigError(
+                f"The mesh {sizes} does not divide the {n} available devices: the fixed axes "
+                f"multiply to {fixed}. Choose sizes whose product divides {n}.", culprit="mesh")
+        sizes[free[0]] = n // fixed
+    if math.prod(sizes.values()) != n:
+        raise ConfigError(
+            f"The mesh data={sizes['data']} x fsdp={sizes['fsdp']} x tensor={sizes['tensor']} = "
+            f"{math.prod(sizes.values())} devices does not match the {n} available devices. Make "
+            f"the product {n}, or set one axis to -1 to take the rest.", culprit="mesh")
+    shape = tuple(sizes[a] for a in MESH_AXES)
+    dev_array = np.asarray(devices).reshape(shape)
+    return Mesh(dev_array, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+@contextlib.contextmanager
+def use_mesh(mesh: Mesh | None, rules: dict[str, Any] | None = None) -> Iterator[None]:
+    """Activate a mesh and rules for model code (activation constraints) and jax."""
+    prev = dict(_current)
+    _current["mesh"] = mesh
+    _current["rules"] = {**DEFAULT_RULES, **(rules or {})}
+    try:
+        if mesh is not None:
+            with jax.set_mesh(mesh):
+                yield
+        else:
+            yield
+    finally:
+        _current.update(prev)
+
+
+def current_mesh() -> Mesh | None:
+    return _current["mesh"]
+
+
+def logical_to_spec(names: Sequence[str | None], rules: dict[str, Any] | None = None,
+                    shape: Sequence[int] | None = None, mesh: Mesh | None = None) -> P:
+    """Map logical axis names to a PartitionSpec; axes that do not divide a dimension are dropped
+    (replicated), and a mesh axis is used at most once."""
+    rules = rules if rules is not None else _current["rules"]
+    mesh = mesh if mesh is not None else _current["mesh"]
+    used: set[str] = set()
+    out = []
+    for i, name in enumerate(names):
+        target = rules.get(name) if name is not None else None
+        axes = (target,) if isinstance(target, str) else tuple(target or ())
+        axes = tuple(a for a in axes if a not in used)
+        if mesh is not None:
+            axes = tuple(a for a in axes if mesh.shape[a] > 1)
+            if shape is not None and axes:
+                size = math.prod(mesh.shape[a] for a in axes)
+                while axes and shape[i] % size:
+                    axes = axes[:-1]
+                    size = math.prod(mesh.shape[a] for a in axes) if axes else 1
+        used.update(axes)
+        out.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+    return P(*out)
+
+
+def shard(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+    """Constrain an activation's sharding by logical names; a no-op without an active mesh."""
+    mesh = _current["mesh"]
+    if mesh is None or mesh.size == 1:
+        return x
+    spec = logical_to_spec(names, shape=x.shape)
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+def state_shardings(state: Any, mesh: Mesh, rules: dict[str, Any] | None = None) -> Any:
+    """NamedShardings for an nnx State (or abstract one) from its variables' logical names."""
+    rules = {**DEFAULT_RULES, **(rules or {})}
+
+    def one(var: Any) -> Any:
+        value = var.get_value() if isinstance(var, nnx.Variable) else var
+        names = None
+        if isinstance(var, nnx.Variable):
+            names = var.get_metadata().get("logical_axes")
+        shape = getattr(value, "shape", ())
+        if not names or len(names) != len(shape):  # e.g. Adafactor's factored moments
+            spec = P()
+        else:
+            spec = logical_to_spec(names, rules, shape, mesh)
+        sh = NamedSharding(mesh, spec)
+        return var.replace(sh) if isinstance(var, nnx.Variable) else sh
+
+    return jax.tree.map(one, state, is_leaf=lambda v: isinstance(v, nnx.Variable))
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2, rules: dict[str, Any] | None = None) -> NamedSharding:
+    """Sharding for a [batch, ...] input array."""
+    rules = {**DEFAULT_RULES, **(rules or {})}
+    return NamedSharding(mesh, logical_to_spec(["batch"] + [None] * (ndim - 1), rules, None, mesh))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def data_parallel_size(mesh: Mesh, rules: dict[str, Any] | None = None) -> int:
+    """How many ways the batch is split (the batch must divide by it)."""
+    rules = {**DEFAULT_RULES, **(rules or {})}
+    target = rules.get("batch")
+    axes = (target,) if isinstance(target, str) else tuple(target or ())
+    return math.prod(mesh.shape[a] for a in axes)

@@ -1,0 +1,1 @@
+"""Training: mesh-sharded steps, optimizers, checkpoints and the loop."""

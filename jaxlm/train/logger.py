@@ -1,0 +1,46 @@
+"""Metrics to JSONL (machine-readable) and TensorBoard event files (tensorboardX, no TensorFlow)."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import jax
+
+
+class MetricsLogger:
+    """Appends one JSON object per (step, split) and mirrors scalars to TensorBoard.
+
+    Only process 0 writes, so multi-host runs produce one file.
+    """
+
+    def __init__(self, run_dir: str | Path):
+        self.enabled = jax.process_index() == 0
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.tb = None
+        if self.enabled:
+            from tensorboardX import SummaryWriter
+            self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+
+    def log(self, step: int, split: str, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        clean = {k: float(v) for k, v in metrics.items() if v is not None}
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": int(step), "split": split, **clean}) + "\n")
+        for k, v in clean.items():
+            if math.isfinite(v):
+                self.tb.add_scalar(f"{split}/{k}", v, int(step))
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.flush()
+            self.tb.close()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

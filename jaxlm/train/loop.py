@@ -1,0 +1,123 @@
+"""The training loop shared by pretraining and fine-tuning: steps, logging, evaluation, checkpoints.
+
+Resuming is exact: the checkpoint holds the train state (parameters, optimizer state, step, RNG) and
+the data iterator position, and every random choice is a function of (seed, step) or (seed, row).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from jaxlm.train.checkpoint import Checkpointer, abstract_with_shardings
+from jaxlm.train.logger import MetricsLogger
+from jaxlm.train.steps import CompiledSteps, put_batch
+
+
+@dataclass
+class LoopSpec:
+    """What the loop needs besides the compiled steps."""
+
+    total_steps: int
+    tokens_per_step: int
+    flops_per_step: float
+    peak_flops: float | None
+    log_every: int
+    eval_every: int
+    checkpoint_every: int
+    evaluate: Callable[[Any], dict[str, float]] | None = None  # params -> validation metrics
+    on_eval: Callable[[int, Any, dict], None] | None = None  # e.g. keep the best checkpoint
+    show_progress: bool = True
+    stop_after: int | None = None  # testing aid: stop (without a final save) after this step
+    extra_summary: dict = field(default_factory=dict)
+
+
+def restore_or_init(steps: CompiledSteps, ckpt: Checkpointer, iterator: Any) -> tuple[Any, int]:
+    """The latest checkpoint (state and data position) or a fresh state."""
+    latest = ckpt.latest_step()
+    if latest is None:
+        return steps.init(), 0
+    target = abstract_with_shardings(steps.abstract_state, steps.state_sharding)
+    state, data_state = ckpt.restore(latest, target)
+    if data_state.get("iterator") is not None:
+        iterator.set_state(data_state["iterator"])
+    return state, latest
+
+
+def run_loop(steps: CompiledSteps, state: Any, start_step: int, iterator: Iterator[dict],
+             ckpt: Checkpointer, logger: MetricsLogger, spec: LoopSpec) -> tuple[dict[str, Any], Any]:
+    """Train from `start_step` to `spec.total_steps`; returns (summary, final state)."""
+    step = start_step
+    last_train: dict[str, float] = {}
+    last_eval: dict[str, float] = {}
+    wall0 = time.perf_counter()
+    t_mark, step_mark, compile_s = None, step, 0.0
+    bar = tqdm(total=spec.total_steps, initial=step, disable=not spec.show_progress,
+               dynamic_ncols=True, desc="train")
+    tokens_per_s_all: list[float] = []
+    while step < spec.total_steps:
+        batch = put_batch(next(iterator), steps.batch_sharding)
+        state, metrics = steps.train(state, batch)
+        step += 1
+        if t_mark is None:  # the first step includes compilation; time from its end
+            jax.block_until_ready(metrics)
+            compile_s = time.perf_counter() - wall0
+            t_mark, step_mark = time.perf_counter(), step
+        if step % spec.log_every == 0 or step == spec.total_steps:
+            m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            now = time.perf_counter()
+            if step > step_mark:
+                tps = spec.tokens_per_step * (step - step_mark) / (now - t_mark)
+                m["tokens_per_s"] = tps
+                m["step_time_s"] = (now - t_mark) / (step - step_mark)
+                tokens_per_s_all.append(tps)
+                if spec.peak_flops:
+                    m["mfu"] = spec.flops_per_step / m["step_time_s"] / spec.peak_flops
+                t_mark, step_mark = now, step
+            m.pop("weight", None)
+            last_train = m
+            logger.log(step, "train", m)
+            bar.set_postfix(loss=f"{m['loss']:.4f}", refresh=False)
+        if spec.evaluate and spec.eval_every and (step % spec.eval_every == 0
+                                                  or step == spec.total_steps):
+            last_eval = spec.evaluate(state["params"])
+            logger.log(step, "val", last_eval)
+            if spec.on_eval:
+                spec.on_eval(step, state, last_eval)
+            bar.write(f"step {step}: " + ", ".join(f"val {k} {v:.4f}" for k, v in last_eval.items()))
+            t_mark = time.perf_counter()  # do not count evaluation time as training time
+        if step % spec.checkpoint_every == 0 or step == spec.total_steps:
+            ckpt.save(step, state, {"iterator": iterator.get_state()})
+        bar.update(1)
+        if spec.stop_after is not None and step >= spec.stop_after:
+            break
+    bar.close()
+    ckpt.wait()
+    wall = time.perf_counter() - wall0
+    return {"step": step, "train": last_train, "val": last_eval, "wall_s": wall,
+            "compile_s": compile_s,
+            "tokens_per_s": float(np.median(tokens_per_s_all)) if tokens_per_s_all else None,
+            **spec.extra_summary}, state
+
+
+def evaluate_batches(steps: CompiledSteps, params: Any, batches: list[dict]) -> dict[str, float]:
+    """Sum loss / correct / weight over a fixed list of host batches; mean loss and accuracy."""
+    totals: dict[str, float] = {}
+    for b in batches:
+        out = jax.device_get(steps.eval(params, put_batch(b, steps.batch_sharding)))
+        for k, v in out.items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+    w = max(totals.get("weight", 0.0), 1.0)
+    loss = totals.get("loss_sum", 0.0) / w
+    return {"loss": loss, "perplexity": float(np.exp(min(loss, 50.0))),
+            "accuracy": totals.get("correct", 0.0) / w}
+
+
+def run_dir_paths(run_dir: Path) -> dict[str, Path]:
+    return {"checkpoints": run_dir / "checkpoints", "tokenizer": run_dir / "tokenizer.json",
+            "config": run_dir / "config.yaml"}
