@@ -1,0 +1,35 @@
+"""Test setup: 8 fake CPU devices for mesh tests, and the shared data folder."""
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _shared_data() -> Path:
+    return Path(os.environ.get("JAXLM_DATA", REPO.parent / "shared" / "data")).resolve()
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real datasets (../shared/data, or $JAXLM_DATA); fails clearly when missing."""
+    path = _shared_data()
+    if not (path / "tinyshakespeare" / "input.txt").is_file():
+        pytest.fail(f"The shared data folder was not found at {path}. Tests need the real "
+                    "datasets: put the shared/ folder beside the repository (../shared/data) or "
+                    "set JAXLM_DATA to a folder holding tinyshakespeare/, sst2/, sst5/ and trec/.")
+    return path
+
+
+@pytest.fixture
+def tiny_corpus(tmp_path: Path, data_dir: Path) -> Path:
+    """The first 40k characters of Tiny Shakespeare: enough for fast LM tests."""
+    text = (data_dir / "tinyshakespeare" / "input.txt").read_text()[:40_000]
+    p = tmp_path / "tiny.txt"
+    p.write_text(text)
+    return p
