@@ -48,6 +48,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.schedule": ("cosine", "linear", "constant"),
     "train.objective": ("causal", "masked"),
     "data.sampling": ("random_windows", "packed"),
+    "data.documents": ("file", "blank_line", "line"),
+    "data.on_invalid": ("report", "error"),
+    "data.packing": ("concat", "first_fit"),
 }
 
 
@@ -140,12 +143,24 @@ class TokenizerConfig:
 class DataConfig:
     """Where the text comes from and how it becomes fixed-length rows."""
 
-    train: str = ""
-    validation: str = ""  # empty: the last `val_fraction` of the train corpus
+    train: str = ""  # a dataset spec: tfds:NAME[/CONFIG][:SPLIT], text:, labeled:, tsv:, csv:, jsonl:
+    validation: str = ""  # empty: the spec's validation split, else the last `val_fraction`
+    test: str = ""  # optional held-out split (classification evaluation)
     val_fraction: float = 0.1
     encoding: str = "utf-8"
+    tfds_data_dir: str = ""  # empty: $TFDS_DATA_DIR, else TFDS's default (~/tensorflow_datasets)
+    documents: str = "file"  # plain text: the whole file, each blank-line block, or each line
+    text_field: str = ""  # tsv/csv/jsonl column or TFDS feature with the text (empty: found)
+    label_field: str = ""  # the same for the label (empty: 'label' when present)
+    labels: list[str | int] = field(default_factory=list)  # declared label set (empty: from train)
+    on_invalid: str = "report"  # empty lines, missing or undeclared labels: count+skip or error
     seq_len: int = 64
     sampling: str = "random_windows"
+    packing: str = "concat"  # sampling=packed: concat-then-split or first-fit bins (grain)
+    mask_prob: float = 0.15  # objective=masked: fraction of tokens scored (80/10/10 replaced)
+    whole_word_mask: bool = False
+    length_buckets: list[int] = field(default_factory=list)  # classification (empty: powers of 2)
+    prefetch: int = 4  # batches prepared ahead in a background thread
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
 
 
@@ -218,6 +233,12 @@ def _check_value(path: str, value: Any, hint: Any) -> Any:
                               f"{value!r}. Write it as nested YAML keys, e.g. '{path}:\\n  key: value'.",
                               culprit=path)
         return _build(hint, value, path)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"Config key '{path}' must be a list, got {value!r}. Write it as a "
+                              f"YAML list, e.g. --set {path}=[a,b].", culprit=path)
+        (item,) = typing.get_args(hint) or (Any,)
+        return [_check_value(f"{path}[{i}]", v, item) for i, v in enumerate(value)]
     if origin is dict or hint is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"Config key '{path}' must be a mapping, got {value!r}.", culprit=path)
