@@ -109,6 +109,7 @@ class MeshConfig:
     data: int = -1
     fsdp: int = 1
     tensor: int = 1
+    num_devices: int = 0  # 0: all devices; N: the first N (tests, sharing a host)
     rules: dict[str, Any] = field(default_factory=dict)
 
 
@@ -126,6 +127,7 @@ class OptimConfig:
     b2: float = 0.999
     eps: float = 1e-8
     weight_decay: float = 0.0
+    decay_embeddings: bool = False  # nanoGPT decays every matrix, embeddings included
     momentum: float = 0.9
     grad_clip: float = 1.0  # 0: no clipping
 

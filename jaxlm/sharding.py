@@ -43,9 +43,15 @@ _current: dict[str, Any] = {"mesh": None, "rules": DEFAULT_RULES}
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
+              devices: Sequence[jax.Device] | None = None, num_devices: int = 0) -> Mesh:
     """A (data, fsdp, tensor) mesh; one size may be -1 for "the rest of the devices"."""
     devices = list(devices) if devices is not None else jax.devices()
+    if num_devices:
+        if num_devices > len(devices):
+            raise ConfigError(f"mesh.num_devices={num_devices} but only {len(devices)} devices are "
+                              "available. Lower it, or set 0 to use all devices.",
+                              culprit="mesh.num_devices")
+        devices = devices[:num_devices]
     n = len(devices)
     sizes = {"data": data, "fsdp": fsdp, "tensor": tensor}
     free = [k for k, v in sizes.items() if v == -1]

@@ -25,20 +25,24 @@ def learning_rate_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule
     return optax.join_schedules([warmup, after], [cfg.warmup_steps])
 
 
-def decay_mask(params: Any) -> Any:
-    """Weight decay applies to matrices only: not to norms, biases or embeddings."""
+def decay_mask_fn(decay_embeddings: bool = False):
+    """Weight decay applies to matrices only: not to norms, biases or (by default) embeddings."""
 
-    def keep(path: tuple, leaf: Any) -> bool:
-        names = [str(getattr(p, "key", getattr(p, "name", p))) for p in path]
-        return getattr(leaf, "ndim", 0) >= 2 and "embedding" not in names
+    def mask(params: Any) -> Any:
+        def keep(path: tuple, leaf: Any) -> bool:
+            names = [str(getattr(p, "key", getattr(p, "name", p))) for p in path]
+            return getattr(leaf, "ndim", 0) >= 2 and (decay_embeddings or "embedding" not in names)
 
-    return jax.tree_util.tree_map_with_path(keep, params)
+        return jax.tree_util.tree_map_with_path(keep, params)
+
+    return mask
 
 
 def build_optimizer(cfg: OptimConfig, total_steps: int) -> tuple[optax.GradientTransformation,
                                                                  optax.Schedule]:
     """The optax transformation (clipping + optimizer) and its schedule."""
     lr = learning_rate_schedule(cfg, total_steps)
+    decay_mask = decay_mask_fn(cfg.decay_embeddings)
     if cfg.name == "adamw":
         opt = optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
                           mask=decay_mask)

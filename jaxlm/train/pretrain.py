@@ -83,7 +83,7 @@ def pretrain(cfg: Config, run_dir: str | None = None, *, overwrite: bool = False
              peak_flops: float | None = None) -> dict[str, Any]:
     """Pretrain (or resume pretraining) a language model; returns the run summary."""
     out_dir = resolve_run_dir(cfg, run_dir)
-    mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+    mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, num_devices=cfg.mesh.num_devices)
     check_batch(cfg, mesh)
     train_text, val_text = load_corpus(cfg)
     prepare_run_dir(cfg, out_dir, overwrite)
@@ -109,7 +109,7 @@ def pretrain(cfg: Config, run_dir: str | None = None, *, overwrite: bool = False
         state, start = restore_or_init(steps, ckpt, iterator)
         n_params = count_params(state["params"])
         if peak_flops is None:
-            peak_flops = measure_peak_flops(mcfg.dtype) * jax.device_count()
+            peak_flops = measure_peak_flops(mcfg.dtype) * mesh.size
         logger = MetricsLogger(out_dir)
         spec = LoopSpec(
             total_steps=cfg.train.steps, tokens_per_step=B * T,
@@ -119,7 +119,7 @@ def pretrain(cfg: Config, run_dir: str | None = None, *, overwrite: bool = False
             evaluate=lambda p: evaluate_batches(steps, p, val), show_progress=show_progress,
             stop_after=stop_after,
             extra_summary={"params": n_params, "resumed_from": start, "run_dir": str(out_dir),
-                           "vocab_size": mcfg.vocab_size, "devices": jax.device_count(),
+                           "vocab_size": mcfg.vocab_size, "devices": mesh.size,
                            "mesh": dict(mesh.shape)})
         try:
             summary, state = run_loop(steps, state, start, iterator, ckpt, logger, spec)

@@ -58,7 +58,7 @@ def train_step(state: State, batch: dict, *, graphdef: nnx.GraphDef, tx: optax.G
     new_params = optax.apply_updates(params, updates)
     new_state = {**state, "params": new_params, "opt_state": opt_state, "step": state["step"] + 1}
     metrics = {"loss": total / weight, "accuracy": aux["correct"] / weight,
-               "grad_norm": optax.global_norm(grads), "lr": lr_schedule(state["step"]),
+               "grad_norm": optax.tree.norm(grads), "lr": lr_schedule(state["step"]),
                "weight": aux["weight"]}
     return new_state, metrics
 
