@@ -1,8 +1,10 @@
 """grain pipelines that turn a token stream into language-model batches.
 
 A batch is a dict of numpy arrays with a leading host-batch axis:
-  inputs [b, T] int32, targets [b, T] int32, weights [b, T] float32 (0 for padding / unscored),
-and optionally segment_ids / positions for packed documents.
+  inputs [b, T] int32, targets [b, T] int32, weights [b, T] float32 (0 for padding / unscored).
+Causal LM: targets are the inputs shifted by one. Masked LM (`mask` given): inputs are corrupted
+(`jaxlm.data.masking`), targets the original tokens, weights 1 at the chosen tokens; the choice is
+a function of (seed, row), so it is resumable too. Document packing is in `jaxlm.data.packing`.
 
 Row `j` of global batch `s` is global row `s * B + j`; host `h` of `P` reads rows
 `s * B + h * B/P ... s * B + (h+1) * B/P - 1`. So the data a step sees does not depend on the number
@@ -16,6 +18,8 @@ from typing import Any
 import grain
 import numpy as np
 
+from jaxlm.data.iterators import Batches
+from jaxlm.data.masking import MaskSpec, mask_tokens
 from jaxlm.errors import DataError
 
 
@@ -59,6 +63,12 @@ def to_lm_example(window: np.ndarray) -> dict[str, np.ndarray]:
             "weights": np.ones(len(window) - 1, np.float32)}
 
 
+def to_mlm_example(window: np.ndarray, mask: MaskSpec, seed: int, row: int) -> dict[str, np.ndarray]:
+    """The first T tokens of a window of T+1, corrupted for masked LM with rng (seed, row)."""
+    rng = np.random.default_rng([seed, 2, int(row)])
+    return mask_tokens(np.asarray(window[:-1], np.int32), rng, mask)
+
+
 def check_corpus(tokens: np.ndarray, seq_len: int, what: str) -> None:
     if len(tokens) < seq_len + 1:
         raise DataError(
@@ -78,8 +88,9 @@ def host_rows(global_batch: int, process_index: int, process_count: int) -> tupl
 
 def train_dataset(tokens: np.ndarray, *, seq_len: int, global_batch: int, num_steps: int,
                   seed: int, sampling: str = "random_windows", process_index: int = 0,
-                  process_count: int = 1, prefetch: int = 4) -> grain.IterDataset:
-    """An IterDataset of this host's training batches for `num_steps` steps."""
+                  process_count: int = 1, prefetch: int = 4, mask: MaskSpec | None = None
+                  ) -> Batches:
+    """This host's training batches for `num_steps` steps (iterate it for a DataIterator)."""
     check_corpus(tokens, seq_len, "training corpus")
     total = num_steps * global_batch
     if sampling == "random_windows":
@@ -94,15 +105,24 @@ def train_dataset(tokens: np.ndarray, *, seq_len: int, global_batch: int, num_st
         step, j = divmod(i, b)
         return step * global_batch + first + j
 
-    ds = grain.MapDataset.range(num_steps * b).map(lambda i: to_lm_example(base[global_row(i)]))
+    def example(i: int) -> dict[str, np.ndarray]:
+        g = global_row(i)
+        if mask is not None:
+            return to_mlm_example(base[g], mask, seed, g)
+        return to_lm_example(base[g])
+
+    ds = grain.MapDataset.range(num_steps * b).map(example)
     ds = ds.batch(b, drop_remainder=True)
-    return ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=prefetch))
+    return Batches(ds.to_iter_dataset(grain.ReadOptions(num_threads=2,
+                                                        prefetch_buffer_size=prefetch)))
 
 
 def eval_batches(tokens: np.ndarray, *, seq_len: int, global_batch: int, max_batches: int = 0,
-                 process_index: int = 0, process_count: int = 1) -> list[dict[str, np.ndarray]]:
+                 process_index: int = 0, process_count: int = 1, mask: MaskSpec | None = None,
+                 seed: int = 0) -> list[dict[str, np.ndarray]]:
     """Non-overlapping windows over the whole validation stream, padded to full batches with
-    zero-weight rows, so every validation token is scored exactly once."""
+    zero-weight rows, so every validation token is scored exactly once (masked LM: the same
+    tokens are masked at every evaluation)."""
     check_corpus(tokens, seq_len, "validation corpus")
     chunks = Chunks(tokens, seq_len)
     n_batches = math.ceil(len(chunks) / global_batch)
@@ -115,7 +135,8 @@ def eval_batches(tokens: np.ndarray, *, seq_len: int, global_batch: int, max_bat
         for j in range(first, first + b):
             g = s * global_batch + j
             if g < len(chunks):
-                rows.append(to_lm_example(chunks[g]))
+                rows.append(to_lm_example(chunks[g]) if mask is None
+                            else to_mlm_example(chunks[g], mask, seed, g))
             else:
                 rows.append({"inputs": np.zeros(seq_len, np.int32),
                              "targets": np.zeros(seq_len, np.int32),

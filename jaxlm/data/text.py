@@ -21,7 +21,9 @@ def read_text(path: str | Path, encoding: str = "utf-8", what: str = "data file"
         raise DataError(
             f"The {what} '{p}' is not valid {encoding}: byte 0x{raw[e.start]:02x} at offset "
             f"{e.start} (line {line}) cannot be decoded. If the file uses another encoding, say so "
-            f"with the encoding option (e.g. data.encoding: iso-8859-1).", culprit=str(p)) from None
+            "with the encoding option: data.encoding: iso-8859-1 in the config, "
+            "?encoding=iso-8859-1 after a dataset spec, or --encoding on the command line.",
+            culprit=str(p)) from None
     except LookupError:
         raise DataError(f"Unknown text encoding '{encoding}' for '{p}'. Use a Python codec name "
                         "such as utf-8 or iso-8859-1.", culprit=encoding) from None
@@ -35,3 +37,12 @@ def parse_text_spec(spec: str) -> Path:
         raise DataError("No training data given. Set data.train to a text file, e.g. "
                         "'text:{data_root}/tinyshakespeare/input.txt'.", culprit="data.train")
     return Path(spec)
+
+
+def split_lines(text: str) -> list[str]:
+    """Lines split on '\n' only (str.splitlines also splits on characters such as U+0085, which
+    occur inside ISO-8859-1 text), without the line ends; a final newline adds no empty line."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [x[:-1] if x.endswith("\r") else x for x in lines]

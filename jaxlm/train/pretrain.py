@@ -6,11 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 
 from jaxlm.config import Config
-from jaxlm.data.lm_pipeline import eval_batches, train_dataset
-from jaxlm.data.text import parse_text_spec, read_text
+from jaxlm.data.lm_data import encode_stream, lm_batches, load_lm_sources, tokenizer_texts
+from jaxlm.data.sources import Source
 from jaxlm.data.tokenizer import TextTokenizer, iter_chunks, load_tokenizer, train_tokenizer
 from jaxlm.errors import ConfigError
 from jaxlm.models import build_model
@@ -25,36 +24,22 @@ from jaxlm.train.run_dir import prepare_run_dir, resolve_run_dir, write_summary
 from jaxlm.train.steps import compile_steps
 
 
-def load_corpus(cfg: Config) -> tuple[str, str]:
-    """(train text, validation text): a separate file, or the last val_fraction of the corpus."""
-    d = cfg.data
-    text = read_text(parse_text_spec(cfg.resolve_path(d.train)), d.encoding, "training data file")
-    if d.validation:
-        val = read_text(parse_text_spec(cfg.resolve_path(d.validation)), d.encoding,
-                        "validation data file")
-        return text, val
-    cut = int(len(text) * (1.0 - d.val_fraction))
-    return text[:cut], text[cut:]
+def load_corpus(cfg: Config) -> tuple[Source, Source]:
+    """(train, validation) sources from data.train / data.validation (any dataset spec)."""
+    return load_lm_sources(cfg)
 
 
-def setup_tokenizer(cfg: Config, run_dir: Path, train_text: str) -> TextTokenizer:
+def setup_tokenizer(cfg: Config, run_dir: Path, train: Source | str) -> TextTokenizer:
     """The run's tokenizer: the one saved in the run directory, a given file, or a new one."""
     saved = run_dir / "tokenizer.json"
     if saved.is_file():
         return TextTokenizer(load_tokenizer(saved))
     t = cfg.data.tokenizer
+    texts = iter_chunks(train) if isinstance(train, str) else tokenizer_texts(train)
     tok = load_tokenizer(cfg.resolve_path(t.path)) if t.path else train_tokenizer(
-        iter_chunks(train_text), t.kind, t.vocab_size)
+        texts, t.kind, t.vocab_size)
     tok.save(str(saved))
     return TextTokenizer(tok)
-
-
-def encode_stream(tok: TextTokenizer, text: str) -> np.ndarray:
-    """Tokenize a long text in line-aligned pieces (in parallel) into one int32 stream."""
-    lines = text.splitlines(keepends=True)
-    pieces = ["".join(lines[i:i + 256]) for i in range(0, len(lines), 256)]
-    ids = tok.encode_batch(pieces)
-    return np.fromiter((i for seq in ids for i in seq), dtype=np.int32)
 
 
 def model_config_for(cfg: Config, tok: TextTokenizer):
@@ -85,11 +70,16 @@ def pretrain(cfg: Config, run_dir: str | None = None, *, overwrite: bool = False
     out_dir = resolve_run_dir(cfg, run_dir)
     mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, num_devices=cfg.mesh.num_devices)
     check_batch(cfg, mesh)
-    train_text, val_text = load_corpus(cfg)
+    train_src, val_src = load_corpus(cfg)
     prepare_run_dir(cfg, out_dir, overwrite)
-    tok = setup_tokenizer(cfg, out_dir, train_text)
-    train_tokens, val_tokens = encode_stream(tok, train_text), encode_stream(tok, val_text)
+    tok = setup_tokenizer(cfg, out_dir, train_src)
     mcfg = model_config_for(cfg, tok)
+    if cfg.train.objective == "masked" and mcfg.causal:
+        raise ConfigError("train.objective: masked needs a bidirectional model, and this one is "
+                          "causal. Use model.family: bert, or set model.causal: false.",
+                          culprit="train.objective")
+    data = lm_batches(cfg, tok, train_src, val_src, process_index=jax.process_index(),
+                      process_count=jax.process_count())
     tx, lr = build_optimizer(cfg.optim, cfg.train.steps)
     T, B = cfg.data.seq_len, cfg.train.batch_size
     with use_mesh(mesh, cfg.mesh.rules):
@@ -97,13 +87,8 @@ def pretrain(cfg: Config, run_dir: str | None = None, *, overwrite: bool = False
                               tx, LOSSES[cfg.train.objective], lr, mesh, seed=cfg.train.seed,
                               grad_accum=cfg.train.grad_accum, dropout=mcfg.dropout > 0,
                               rules=cfg.mesh.rules)
-        ds = train_dataset(train_tokens, seq_len=T, global_batch=B, num_steps=cfg.train.steps,
-                           seed=cfg.train.seed, sampling=cfg.data.sampling,
-                           process_index=jax.process_index(), process_count=jax.process_count())
-        iterator = iter(ds)
-        val = eval_batches(val_tokens, seq_len=T, global_batch=cfg.train.eval_batch_size or B,
-                           max_batches=cfg.train.eval_batches, process_index=jax.process_index(),
-                           process_count=jax.process_count())
+        iterator = iter(data.train)
+        val = data.validation
         ckpt = Checkpointer(out_dir / "checkpoints", keep=cfg.train.keep_checkpoints,
                             async_save=cfg.train.async_checkpointing)
         state, start = restore_or_init(steps, ckpt, iterator)

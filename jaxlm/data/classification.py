@@ -1,0 +1,143 @@
+"""Classification batches: token ids padded to a few length buckets, labels, example weights.
+
+A batch is {inputs [b, L] int32, segment_ids [b, L] int32 (1 = token, 0 = padding), labels [b]
+int32, weights [b] float32 (0 = a padding row)}, with L the smallest bucket that holds the longest
+example of the *global* batch, so every host pads to the same shape and jit compiles one program per
+bucket. Examples are [CLS] text [SEP] (the tokenizer's own post-processor when it has one, e.g. a
+BERT tokenizer.json) cut to seq_len, keeping [SEP].
+
+Training batches: a seeded permutation per epoch (grain), global batch s = examples s*B ... s*B+B-1
+of that stream, host h takes rows h*B/P ... (h+1)*B/P - 1. The iterator state is an index, the same
+on every host. Evaluation batches: every example exactly once, in order; the last batch is filled
+with zero-weight padding rows.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import grain
+import numpy as np
+
+from jaxlm.data.iterators import Batches
+from jaxlm.data.sources import Source
+from jaxlm.data.tokenizer import TextTokenizer
+from jaxlm.errors import DataError
+
+
+def default_buckets(seq_len: int, smallest: int = 16) -> list[int]:
+    """Powers of two from `smallest` up to seq_len (always including seq_len)."""
+    out, n = [], smallest
+    while n < seq_len:
+        out.append(n)
+        n *= 2
+    return out + [seq_len]
+
+
+def encode_examples(source: Source, tok: TextTokenizer, seq_len: int
+                    ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """(token ids per example, lengths, labels), all examples of the split, in order."""
+    if source.label_names is None:
+        raise DataError(f"{source.name} has no labels, so it cannot be used for classification. "
+                        "Use a labeled source (labeled:, tsv:/csv:/jsonl: with a label field, or a "
+                        "TFDS dataset with a ClassLabel feature).", culprit=source.name)
+    n = len(source)
+    if n == 0:
+        raise DataError(f"{source.name} has no examples.", culprit=source.name)
+    examples = [source[i] for i in range(n)]
+    texts = [e["text"] for e in examples]
+    labels = np.array([e["label"] for e in examples], np.int32)
+    has_post = tok.tokenizer.post_processor is not None
+    encoded = tok.encode_batch(texts, add_special_tokens=has_post)
+    ids = []
+    for e in encoded:
+        if not has_post:
+            e = ([tok.cls_id] if tok.cls_id is not None else []) + e + (
+                [tok.sep_id] if tok.sep_id is not None else [])
+        if len(e) > seq_len:
+            e = e[:seq_len - 1] + [e[-1]] if e[-1] == tok.sep_id else e[:seq_len]
+        ids.append(np.asarray(e, np.int32))
+    lengths = np.array([max(len(x), 1) for x in ids], np.int32)
+    return ids, lengths, labels
+
+
+def _bucket(length: int, buckets: Sequence[int]) -> int:
+    for b in buckets:
+        if length <= b:
+            return b
+    return buckets[-1]
+
+
+class _Encoded:
+    """Pre-tokenized split; builds host batches from global example indices."""
+
+    def __init__(self, source: Source, tok: TextTokenizer, seq_len: int,
+                 buckets: Sequence[int] | None, pad_id: int):
+        self.ids, self.lengths, self.labels = encode_examples(source, tok, seq_len)
+        self.buckets = sorted(set(buckets or default_buckets(seq_len)))
+        if self.buckets[-1] < seq_len:
+            self.buckets.append(seq_len)
+        self.pad_id = pad_id
+        self.fill_id = tok.cls_id if tok.cls_id is not None else pad_id
+
+    def batch(self, global_idx: Sequence[int], host_slice: slice) -> dict[str, np.ndarray]:
+        """Rows `host_slice` of the global batch `global_idx` (-1 = a padding row)."""
+        real = [i for i in global_idx if i >= 0]
+        L = _bucket(int(self.lengths[real].max()) if real else 1, self.buckets)
+        rows = list(global_idx)[host_slice]
+        b = len(rows)
+        inputs = np.full((b, L), self.pad_id, np.int32)
+        seg = np.zeros((b, L), np.int32)
+        labels = np.zeros(b, np.int32)
+        weights = np.zeros(b, np.float32)
+        for r, i in enumerate(rows):
+            if i < 0:  # padding row: one visible token so attention has something to see
+                inputs[r, 0], seg[r, 0] = self.fill_id, 1
+                continue
+            x = self.ids[i]
+            inputs[r, :len(x)] = x
+            seg[r, :len(x)] = 1
+            labels[r], weights[r] = self.labels[i], 1.0
+        return {"inputs": inputs, "segment_ids": seg, "labels": labels, "weights": weights}
+
+
+def _host_slice(global_batch: int, process_index: int, process_count: int) -> slice:
+    if global_batch % process_count:
+        raise DataError(f"The batch size {global_batch} must divide evenly across {process_count} "
+                        "hosts.", culprit="train.batch_size")
+    b = global_batch // process_count
+    return slice(process_index * b, (process_index + 1) * b)
+
+
+def classification_dataset(source: Source, tok: TextTokenizer, *, seq_len: int, global_batch: int,
+                           num_steps: int, seed: int, buckets: Sequence[int] | None = None,
+                           process_index: int = 0, process_count: int = 1,
+                           prefetch: int = 4) -> Batches:
+    """This host's training batches for `num_steps` steps (reshuffled every epoch)."""
+    enc = _Encoded(source, tok, seq_len, buckets, tok.pad_id or 0)
+    n = len(enc.ids)
+    order = grain.MapDataset.range(n).shuffle(seed=seed).repeat(None)
+    hs = _host_slice(global_batch, process_index, process_count)
+
+    def make(step: int) -> dict[str, np.ndarray]:
+        idx = [int(order[step * global_batch + j]) for j in range(global_batch)]
+        return enc.batch(idx, hs)
+
+    ds = grain.MapDataset.range(num_steps).map(make)
+    return Batches(ds.to_iter_dataset(grain.ReadOptions(num_threads=2,
+                                                        prefetch_buffer_size=prefetch)))
+
+
+def classification_eval_batches(source: Source, tok: TextTokenizer, *, seq_len: int,
+                                global_batch: int, buckets: Sequence[int] | None = None,
+                                process_index: int = 0, process_count: int = 1
+                                ) -> list[dict[str, np.ndarray]]:
+    """Every example of the split exactly once, in order; padding rows have weight 0."""
+    enc = _Encoded(source, tok, seq_len, buckets, tok.pad_id or 0)
+    n = len(enc.ids)
+    hs = _host_slice(global_batch, process_index, process_count)
+    out = []
+    for s in range(math.ceil(n / global_batch)):
+        idx = [i if i < n else -1 for i in range(s * global_batch, (s + 1) * global_batch)]
+        out.append(enc.batch(idx, hs))
+    return out

@@ -1,0 +1,144 @@
+"""Pretraining data from a config: sources for train/validation, the tokenizer's training texts,
+and the batches (random windows over a token stream, or packed documents), causal or masked.
+
+`data.train` / `data.validation` are dataset specs (`jaxlm.data.sources`). Validation is, in
+order: `data.validation`; the train spec's own validation split (a TFDS dataset or a directory
+with dev.txt); else the last `data.val_fraction` of the training data: of its characters when it
+is one document (nanoGPT's split of Tiny Shakespeare), else of its documents.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+
+from jaxlm.data.iterators import Batches
+from jaxlm.data.lm_pipeline import eval_batches, train_dataset
+from jaxlm.data.masking import MaskSpec
+from jaxlm.data.packing import DocEncoder, packed_eval_batches, packed_train_dataset
+from jaxlm.data.sources import ListSource, Source, SourceOptions, has_split, open_source, parse_spec
+from jaxlm.data.tokenizer import TextTokenizer, iter_chunks
+from jaxlm.errors import ConfigError, DataError
+
+
+class SliceSource(Source):
+    """Documents [start, stop) of another source (a held-out tail, without copying)."""
+
+    def __init__(self, base: Source, start: int, stop: int, split: str):
+        self.base, self.start, self.stop = base, start, stop
+        self.spec, self.split, self.label_names, self.report = (base.spec, split,
+                                                                base.label_names, base.report)
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if not 0 <= int(i) < len(self):
+            raise IndexError(i)
+        return self.base[self.start + int(i)]
+
+
+def holdout(train: Source, fraction: float) -> tuple[Source, Source]:
+    """Split the last `fraction` off: of the characters of a one-document source (so
+    `text:input.txt` reproduces nanoGPT's 90/10 split), else of the documents."""
+    if len(train) == 1:
+        text = train[0]["text"]
+        cut = int(len(text) * (1.0 - fraction))
+        mk = lambda t, split: ListSource(train.spec, split, [t], None, None, train.report)  # noqa
+        return mk(text[:cut], "train"), mk(text[cut:], "validation")
+    n_val = max(1, int(round(len(train) * fraction)))
+    if n_val >= len(train):
+        raise DataError(f"{train.name} has {len(train)} documents: too few to hold out "
+                        f"data.val_fraction={fraction} for validation. Give data.validation.",
+                        culprit="data.validation")
+    n = len(train)
+    return SliceSource(train, 0, n - n_val, "train"), SliceSource(train, n - n_val, n, "validation")
+
+
+def load_lm_sources(cfg: Any) -> tuple[Source, Source]:
+    """(train, validation) sources for pretraining."""
+    d = cfg.data
+    if not d.train:
+        raise DataError("No training data given. Set data.train to a dataset spec, e.g. "
+                        "'text:{data_root}/tinyshakespeare/input.txt' or 'tfds:lm1b'.",
+                        culprit="data.train")
+    opts = SourceOptions.from_config(d)
+    spec = parse_spec(cfg.resolve_path(d.train), opts)
+    train = open_source(spec, "train")
+    if d.validation:
+        return train, open_source(cfg.resolve_path(d.validation), "validation", opts)
+    if has_split(spec, "validation"):
+        return train, open_source(spec, "validation")
+    return holdout(train, d.val_fraction)
+
+
+def tokenizer_texts(source: Source) -> Iterator[str]:
+    """Texts to train a tokenizer on (one long document is fed in pieces)."""
+    if len(source) == 1:
+        return iter_chunks(source[0]["text"])
+    return source.texts()
+
+
+def encode_stream(tok: TextTokenizer, text: str) -> np.ndarray:
+    """Tokenize a long text in line-aligned pieces (in parallel) into one int32 stream."""
+    lines = text.splitlines(keepends=True)
+    pieces = ["".join(lines[i:i + 256]) for i in range(0, len(lines), 256)]
+    ids = tok.encode_batch(pieces)
+    return np.fromiter((i for seq in ids for i in seq), dtype=np.int32)
+
+
+def token_stream(tok: TextTokenizer, source: Source, batch: int = 1024) -> np.ndarray:
+    """All documents as one token stream, separated by the tokenizer's [SEP]/EOS when it has one."""
+    if len(source) == 1:
+        return encode_stream(tok, source[0]["text"])
+    parts: list[np.ndarray] = []
+    sep = [] if tok.sep_id is None else [tok.sep_id]
+    for start in range(0, len(source), batch):
+        texts = [source[i]["text"] for i in range(start, min(start + batch, len(source)))]
+        for ids in tok.encode_batch(texts):
+            parts.append(np.asarray(ids + sep, np.int32))
+    return np.concatenate(parts) if parts else np.zeros(0, np.int32)
+
+
+@dataclass
+class LMBatches:
+    train: Batches
+    validation: list[dict[str, np.ndarray]]
+
+
+def mask_spec_for(cfg: Any, tok: TextTokenizer) -> MaskSpec | None:
+    if cfg.train.objective != "masked":
+        return None
+    if cfg.data.whole_word_mask and cfg.data.sampling != "packed":
+        raise ConfigError("data.whole_word_mask needs word boundaries, which random windows cut "
+                          "through: set data.sampling: packed with document-level data.",
+                          culprit="data.whole_word_mask")
+    return MaskSpec.for_tokenizer(tok, cfg.data.mask_prob, cfg.data.whole_word_mask)
+
+
+def lm_batches(cfg: Any, tok: TextTokenizer, train: Source, val: Source, *,
+               process_index: int = 0, process_count: int = 1) -> LMBatches:
+    """Training batches (iterate for a checkpointable iterator) and the fixed validation batches."""
+    d, t = cfg.data, cfg.train
+    T, B = d.seq_len, t.batch_size
+    eval_B = t.eval_batch_size or B
+    mask = mask_spec_for(cfg, tok)
+    if d.sampling == "packed":
+        enc = DocEncoder(tok, t.objective, mask, seed=t.seed)
+        ds = packed_train_dataset(train, enc, seq_len=T, global_batch=B, seed=t.seed,
+                                  packing=d.packing, process_index=process_index,
+                                  process_count=process_count, prefetch=d.prefetch)
+        val_enc = DocEncoder(tok, t.objective, mask, seed=t.seed + 7919)
+        vb = packed_eval_batches(val, val_enc, seq_len=T, global_batch=eval_B,
+                                 max_batches=t.eval_batches, process_index=process_index,
+                                 process_count=process_count)
+        return LMBatches(ds, vb)
+    train_tokens, val_tokens = token_stream(tok, train), token_stream(tok, val)
+    ds = train_dataset(train_tokens, seq_len=T, global_batch=B, num_steps=t.steps, seed=t.seed,
+                       sampling=d.sampling, process_index=process_index,
+                       process_count=process_count, prefetch=d.prefetch, mask=mask)
+    vb = eval_batches(val_tokens, seq_len=T, global_batch=eval_B, max_batches=t.eval_batches,
+                      process_index=process_index, process_count=process_count, mask=mask,
+                      seed=t.seed + 7919)
+    return LMBatches(ds, vb)
