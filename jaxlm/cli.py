@@ -12,7 +12,7 @@ import sys
 
 from jaxlm.errors import JaxlmError
 
-COMMANDS = ["pretrain"]
+COMMANDS = ["pretrain", "train-tokenizer", "data"]
 
 
 class _Parser(argparse.ArgumentParser):

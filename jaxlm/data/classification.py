@@ -14,13 +14,13 @@ with zero-weight padding rows.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import grain
 import numpy as np
 
 from jaxlm.data.iterators import Batches
-from jaxlm.data.sources import Source
+from jaxlm.data.sources import Source, SourceOptions, has_split, open_source, parse_spec
 from jaxlm.data.tokenizer import TextTokenizer
 from jaxlm.errors import DataError
 
@@ -140,4 +140,30 @@ def classification_eval_batches(source: Source, tok: TextTokenizer, *, seq_len: 
     for s in range(math.ceil(n / global_batch)):
         idx = [i if i < n else -1 for i in range(s * global_batch, (s + 1) * global_batch)]
         out.append(enc.batch(idx, hs))
+    return out
+
+
+def classification_sources(cfg: Any) -> dict[str, Source]:
+    """{"train", "validation"?, "test"?} sources for fine-tuning, sharing one label set.
+
+    validation/test: `data.validation` / `data.test` when given, else the train spec's own split of
+    that name (a TFDS dataset, or a directory with dev.txt/test.txt), else absent.
+    """
+    d = cfg.data
+    if not d.train:
+        raise DataError("No training data given. Set data.train to a labeled dataset spec, e.g. "
+                        "'labeled:{data_root}/sst2' or 'tfds:imdb_reviews'.", culprit="data.train")
+    opts = SourceOptions.from_config(d)
+    spec = parse_spec(cfg.resolve_path(d.train), opts)
+    out: dict[str, Source] = {"train": open_source(spec, "train")}
+    names = out["train"].label_names
+    if names is None:
+        raise DataError(f"{out['train'].name} has no labels; fine-tuning needs a labeled source "
+                        "(labeled:, tsv:/csv:/jsonl: with data.label_field, or a TFDS dataset with a "
+                        "ClassLabel feature).", culprit="data.train")
+    for split, given in (("validation", d.validation), ("test", d.test)):
+        if given:
+            out[split] = open_source(cfg.resolve_path(given), split, opts, label_names=names)
+        elif has_split(spec, split):
+            out[split] = open_source(spec, split, label_names=names)
     return out

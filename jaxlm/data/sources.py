@@ -357,12 +357,17 @@ def open_source(spec: str | Spec, split: str | None = None,
     return src
 
 
+def split_order(split: str) -> tuple[int, str]:
+    """Sort key: train, validation, test, then the rest by name."""
+    return ({"train": 0, "validation": 1, "test": 2}.get(split, 3), split)
+
+
 def available_splits(spec: str | Spec, options: SourceOptions | None = None) -> dict[str, int | None]:
     """split name -> number of examples (None when unknown without reading)."""
     s = spec if isinstance(spec, Spec) else parse_spec(spec, options)
     if s.kind == "tfds":
         info = tfds_builder(s).info
-        return {k: v.num_examples for k, v in info.splits.items()}
+        return {k: info.splits[k].num_examples for k in sorted(info.splits.keys(), key=split_order)}
     return {k: None for k in local_splits(s)}
 
 

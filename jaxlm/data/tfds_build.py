@@ -12,7 +12,8 @@ import re
 import shutil
 from pathlib import Path
 
-from jaxlm.data.sources import LOCAL_KINDS, Source, SourceOptions, Spec, open_source, parse_spec
+from jaxlm.data.sources import (LOCAL_KINDS, Source, SourceOptions, Spec, open_source,
+                                parse_spec, split_order)
 from jaxlm.errors import DataError
 
 VERSION = "1.0.0"
@@ -95,7 +96,7 @@ def build_dataset(name: str, files: dict[str, str], data_dir: str | Path, *, fmt
             raise DataError(f"'{target}' already exists. Pass --overwrite to rebuild it, or choose "
                             "another name or --data-dir.", culprit=str(target))
         shutil.rmtree(target)
-    order = sorted(files, key=lambda s: (s != "train", s))  # train first: it fixes the labels
+    order = sorted(files, key=split_order)  # train first: it fixes the labels
     sources: dict[str, Source] = {}
     label_names = None
     for split in order:

@@ -1,0 +1,48 @@
+"""`jaxlm train-tokenizer`: train a tokenizer (char, byte-level BPE, WordPiece, Unigram) on the
+train split of any dataset spec and save it as a Hugging Face tokenizer.json."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from jaxlm.commands.data_args import add_source_args, resolve, source_options
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-tokenizer", help="train a tokenizer on a dataset",
+                       description=__doc__)
+    p.add_argument("--data", required=True, metavar="SPEC",
+                   help="dataset spec, e.g. text:{data_root}/tinyshakespeare/input.txt, "
+                   "labeled:{data_root}/sst2, tfds:imdb_reviews")
+    p.add_argument("--kind", required=True, choices=("bpe", "wordpiece", "unigram", "char"))
+    p.add_argument("--vocab-size", type=int, default=0, help="target vocabulary size "
+                   "(not used by char)")
+    p.add_argument("--out", required=True, help="directory to write tokenizer.json into")
+    p.add_argument("--split", default="train", help="split to train on (default train)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_source_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from jaxlm.data.lm_data import tokenizer_texts
+    from jaxlm.data.sources import open_source
+    from jaxlm.data.tokenizer import TextTokenizer, train_tokenizer
+
+    src = open_source(resolve(args.data), args.split, source_options(args))
+    texts = tqdm(tokenizer_texts(src), desc=f"reading {src.name}", unit=" texts",
+                 disable=args.quiet, file=sys.stderr)
+    tok = TextTokenizer(train_tokenizer(texts, args.kind, args.vocab_size,
+                                        show_progress=not args.quiet))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save(out / "tokenizer.json")
+    sample = src[0]["text"][:80]
+    ids = tok.encode(sample)
+    print(f"saved {out / 'tokenizer.json'}: {args.kind}, vocabulary {tok.vocab_size:,}, trained on "
+          f"{len(src):,} texts of {src.name}")
+    print(f"example: {sample!r} -> {len(ids)} tokens -> {tok.decode(ids)!r}")
+    return 0
