@@ -1,0 +1,25 @@
+"""`jaxlm export`: a run directory's model as a Hugging Face checkpoint folder that
+transformers loads with from_pretrained (BertForSequenceClassification, BertForMaskedLM,
+GPT2LMHeadModel, LlamaForCausalLM)."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write a run's model as a Hugging Face checkpoint",
+                       description=__doc__)
+    p.add_argument("--run", required=True, metavar="DIR", help="run directory (pretrain, "
+                   "finetune or convert)")
+    p.add_argument("--to-hf", required=True, metavar="OUT", help="folder to write")
+    p.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from jaxlm.interop.run_io import export_run
+
+    s = export_run(args.run, args.to_hf, step=args.step, overwrite=args.overwrite)
+    print(f"exported {s['family']} (step {s['step']}) as {s['architecture']} -> {s['out']}")
+    return 0

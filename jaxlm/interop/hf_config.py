@@ -1,0 +1,220 @@
+"""Hugging Face `config.json` <-> jaxlm `ModelConfig`, for the BERT, GPT-2 and Llama families.
+
+Only what jaxlm computes exactly is accepted: an option that would change the numbers (relative
+position embeddings, scaled RoPE, cross-attention, ...) is an error naming the option, never a
+silent approximation.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from jaxlm.config import FAMILY_PRESETS, ModelConfig
+from jaxlm.errors import CheckpointError
+
+SUPPORTED = ("bert", "gpt2", "llama")
+
+# Hugging Face activation names -> jaxlm (gelu_new / gelu_fast / gelu_pytorch_tanh are all the
+# tanh approximation of GELU).
+ACT_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+               "gelu_fast": "gelu_tanh", "relu": "relu", "silu": "silu", "swish": "silu"}
+ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}
+
+# The architecture each export writes, by (family, objective).
+EXPORT_ARCHITECTURES = {("bert", "classification"): "BertForSequenceClassification",
+                        ("bert", "masked"): "BertForMaskedLM",
+                        ("gpt2", "causal"): "GPT2LMHeadModel",
+                        ("llama", "causal"): "LlamaForCausalLM"}
+
+
+def _unsupported(where: str, problems: list[str]) -> CheckpointError:
+    return CheckpointError(
+        f"The checkpoint config '{where}' uses options jaxlm cannot reproduce exactly: "
+        f"{'; '.join(problems)}. Only these options block the import; use a checkpoint without "
+        "them (or extend jaxlm.models for them).", culprit=where)
+
+
+def _activation(name: Any, key: str, problems: list[str]) -> str:
+    if name not in ACT_FROM_HF:
+        problems.append(f"{key}={name!r} (supported: {', '.join(ACT_FROM_HF)})")
+        return "gelu"
+    return ACT_FROM_HF[name]
+
+
+def rope_theta(hf: dict, problems: list[str]) -> float:
+    """RoPE base from `rope_theta` (transformers 4) or `rope_parameters` (transformers 5); any
+    scaled variant (linear, dynamic, yarn, llama3, ...) is refused."""
+    params = hf.get("rope_parameters") or {}
+    scaling = hf.get("rope_scaling") or {}
+    kind = params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
+    if kind != "default":
+        problems.append(f"rope_type={kind!r} (only unscaled 'default' RoPE is supported)")
+    return float(params.get("rope_theta") or hf.get("rope_theta") or 10000.0)
+
+
+def config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
+    """The jaxlm ModelConfig (every family knob resolved) for a Hugging Face config dict."""
+    model_type = hf.get("model_type")
+    if model_type not in SUPPORTED:
+        archs = ", ".join(hf.get("architectures") or []) or "none listed"
+        raise CheckpointError(
+            f"'{where}' has model_type={model_type!r} (architectures: {archs}), which jaxlm cannot "
+            f"import. Supported model types: {', '.join(SUPPORTED)} (BERT incl. MiniLM, GPT-2, "
+            "Llama).", culprit=where)
+    problems: list[str] = []
+    if model_type == "bert":
+        if hf.get("position_embedding_type", "absolute") != "absolute":
+            problems.append(f"position_embedding_type={hf['position_embedding_type']!r}")
+        if hf.get("is_decoder") or hf.get("add_cross_attention"):
+            problems.append("is_decoder/add_cross_attention (a BERT decoder)")
+        d, h = hf["hidden_size"], hf["num_attention_heads"]
+        cfg = ModelConfig(
+            family="bert", vocab_size=hf["vocab_size"], num_layers=hf["num_hidden_layers"],
+            d_model=d, num_heads=h, head_dim=d // h, d_ff=hf["intermediate_size"],
+            max_len=hf.get("max_position_embeddings", 512),
+            dropout=float(hf.get("hidden_dropout_prob", 0.1)),
+            init_std=float(hf.get("initializer_range", 0.02)),
+            type_vocab_size=hf.get("type_vocab_size", 2),
+            norm_eps=float(hf.get("layer_norm_eps", 1e-12)),
+            activation=_activation(hf.get("hidden_act", "gelu"), "hidden_act", problems),
+            tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+            pad_token_id=hf.get("pad_token_id") or 0)
+    elif model_type == "gpt2":
+        if not hf.get("scale_attn_weights", True):
+            problems.append("scale_attn_weights=false")
+        if hf.get("scale_attn_by_inverse_layer_idx"):
+            problems.append("scale_attn_by_inverse_layer_idx=true")
+        if hf.get("add_cross_attention"):
+            problems.append("add_cross_attention=true")
+        d = hf["n_embd"]
+        cfg = ModelConfig(
+            family="gpt2", vocab_size=hf["vocab_size"], num_layers=hf["n_layer"], d_model=d,
+            num_heads=hf["n_head"], head_dim=d // hf["n_head"], d_ff=hf.get("n_inner") or 4 * d,
+            max_len=hf.get("n_positions", 1024), dropout=float(hf.get("resid_pdrop", 0.1)),
+            init_std=float(hf.get("initializer_range", 0.02)),
+            norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
+            activation=_activation(hf.get("activation_function", "gelu_new"),
+                                   "activation_function", problems),
+            tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+            pad_token_id=hf.get("pad_token_id") or 0)
+    else:
+        if bool(hf.get("attention_bias", False)) != bool(hf.get("mlp_bias", False)):
+            problems.append("attention_bias != mlp_bias (jaxlm has one use_bias switch)")
+        h = hf["num_attention_heads"]
+        cfg = ModelConfig(
+            family="llama", vocab_size=hf["vocab_size"], num_layers=hf["num_hidden_layers"],
+            d_model=hf["hidden_size"], num_heads=h,
+            num_kv_heads=hf.get("num_key_value_heads") or h,
+            head_dim=hf.get("head_dim") or hf["hidden_size"] // h,
+            d_ff=hf["intermediate_size"], max_len=hf.get("max_position_embeddings", 2048),
+            dropout=float(hf.get("attention_dropout", 0.0) or 0.0),
+            init_std=float(hf.get("initializer_range", 0.02)),
+            rope_theta=rope_theta(hf, problems),
+            norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            activation=_activation(hf.get("hidden_act", "silu"), "hidden_act", problems),
+            use_bias=bool(hf.get("attention_bias", False)),
+            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            pad_token_id=hf.get("pad_token_id") or 0)
+    if problems:
+        raise _unsupported(where, problems)
+    return cfg.resolved()
+
+
+def default_task(hf: dict) -> str:
+    """The objective a checkpoint was saved for, from its `architectures` (base models: the
+    family's pretraining objective)."""
+    archs = " ".join(hf.get("architectures") or [])
+    if "ForSequenceClassification" in archs:
+        return "classification"
+    if "ForMaskedLM" in archs or "ForPreTraining" in archs:
+        return "masked"
+    if "ForCausalLM" in archs or "LMHeadModel" in archs:
+        return "causal"
+    return "masked" if hf.get("model_type") == "bert" else "causal"
+
+
+def hf_num_labels(hf: dict) -> int | None:
+    """The label count a classification config declares (None when it declares none)."""
+    if hf.get("id2label"):
+        return len(hf["id2label"])
+    return hf.get("num_labels")
+
+
+# Family knobs an export must match exactly (the Hugging Face class hard-codes them).
+_FIXED = ("norm", "norm_position", "position", "mlp", "causal", "embed_norm", "final_norm")
+
+
+def check_exportable(cfg: ModelConfig) -> None:
+    """Refuse a jaxlm model that the family's Hugging Face class cannot represent exactly."""
+    cfg = cfg.resolved()
+    if cfg.family not in SUPPORTED:
+        raise CheckpointError(f"model.family={cfg.family!r} has no Hugging Face export; "
+                              f"supported: {', '.join(SUPPORTED)}.", culprit="model.family")
+    preset = FAMILY_PRESETS[cfg.family]
+    problems = [f"model.{k}={getattr(cfg, k)!r} (needs {preset[k]!r})" for k in _FIXED
+                if getattr(cfg, k) != preset[k]]
+    if cfg.activation not in ACT_TO_HF:
+        problems.append(f"model.activation={cfg.activation!r}")
+    if cfg.family in ("bert", "gpt2"):
+        if cfg.num_kv_heads != cfg.num_heads:
+            problems.append(f"model.num_kv_heads={cfg.num_kv_heads} (needs num_heads)")
+        if cfg.head_dim * cfg.num_heads != cfg.d_model:
+            problems.append(f"model.head_dim={cfg.head_dim} (needs d_model / num_heads)")
+    if cfg.family != "bert" and cfg.type_vocab_size:
+        problems.append(f"model.type_vocab_size={cfg.type_vocab_size} (needs 0)")
+    if problems:
+        raise CheckpointError(
+            f"This '{cfg.family}' model cannot be written as a Hugging Face {cfg.family} "
+            f"checkpoint without changing its outputs: {'; '.join(problems)}. Export a model "
+            f"trained with the '{cfg.family}' family defaults.", culprit="model")
+
+
+def config_to_hf(cfg: ModelConfig, objective: str, *, num_labels: int = 0,
+                 id2label: dict[int, str] | None = None, bos_id: int | None = None,
+                 eos_id: int | None = None) -> dict:
+    """A config.json dict that makes transformers build exactly this model."""
+    cfg = cfg.resolved()
+    check_exportable(cfg)
+    arch = EXPORT_ARCHITECTURES.get((cfg.family, objective))
+    if arch is None:
+        ok = ", ".join(f"{f}/{o}" for f, o in EXPORT_ARCHITECTURES)
+        raise CheckpointError(
+            f"A '{cfg.family}' model trained for '{objective}' has no Hugging Face counterpart "
+            f"that computes the same outputs (exportable family/objective pairs: {ok}).",
+            culprit="objective")
+    pad = cfg.pad_token_id if 0 <= cfg.pad_token_id < cfg.vocab_size else None
+    common: dict[str, Any] = {"architectures": [arch], "vocab_size": cfg.vocab_size,
+                              "initializer_range": cfg.init_std, "tie_word_embeddings":
+                              bool(cfg.tie_embeddings), "pad_token_id": pad,
+                              "bos_token_id": bos_id, "eos_token_id": eos_id, "dtype": cfg.param_dtype}
+    if cfg.family == "bert":
+        hf = {"model_type": "bert", "hidden_size": cfg.d_model, "num_hidden_layers": cfg.num_layers,
+              "num_attention_heads": cfg.num_heads, "intermediate_size": cfg.d_ff,
+              "hidden_act": ACT_TO_HF[cfg.activation], "hidden_dropout_prob": cfg.dropout,
+              "attention_probs_dropout_prob": cfg.dropout, "max_position_embeddings": cfg.max_len,
+              # jaxlm allows no token types; BERT needs >= 1 (export writes one zero row).
+              "type_vocab_size": max(cfg.type_vocab_size, 1), "layer_norm_eps": cfg.norm_eps,
+              "position_embedding_type": "absolute", "is_decoder": False}
+    elif cfg.family == "gpt2":
+        hf = {"model_type": "gpt2", "n_embd": cfg.d_model, "n_layer": cfg.num_layers,
+              "n_head": cfg.num_heads, "n_inner": cfg.d_ff, "n_positions": cfg.max_len,
+              "activation_function": ACT_TO_HF[cfg.activation], "resid_pdrop": cfg.dropout,
+              "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout,
+              "layer_norm_epsilon": cfg.norm_eps, "scale_attn_weights": True,
+              "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False}
+    else:
+        hf = {"model_type": "llama", "hidden_size": cfg.d_model,
+              "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
+              "num_key_value_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim,
+              "intermediate_size": cfg.d_ff, "hidden_act": ACT_TO_HF[cfg.activation],
+              "max_position_embeddings": cfg.max_len, "rms_norm_eps": cfg.norm_eps,
+              "rope_theta": cfg.rope_theta,
+              "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+              "attention_bias": bool(cfg.use_bias), "mlp_bias": bool(cfg.use_bias),
+              "attention_dropout": cfg.dropout}
+    hf.update(common)
+    if objective == "classification":
+        labels = id2label or {i: f"LABEL_{i}" for i in range(num_labels)}
+        hf["id2label"] = {str(k): v for k, v in labels.items()}
+        hf["label2id"] = {v: int(k) for k, v in labels.items()}
+        hf["num_labels"] = num_labels
+    return hf

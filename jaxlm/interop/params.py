@@ -1,0 +1,101 @@
+"""Plain {path: array} parameter dicts <-> nnx.State with jaxlm's metadata, and copying imported
+parameters into a freshly built model (reporting exactly which ones stay at their init)."""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxlm.config import ModelConfig
+from jaxlm.errors import CheckpointError
+from jaxlm.models import build_model
+
+ParamPath = tuple[str | int, ...]
+
+
+def path_str(path: ParamPath) -> str:
+    return ".".join(map(str, path))
+
+
+def abstract_params(cfg: ModelConfig, objectives: dict[str, dict]) -> dict[ParamPath, nnx.Variable]:
+    """Abstract Params (shapes + logical-axis metadata) of the models named in `objectives`
+    ({objective: build_model kwargs}), merged: the backbone is shared, heads differ by root."""
+    out: dict[ParamPath, nnx.Variable] = {}
+    for objective, kw in objectives.items():
+        with nnx.use_eager_sharding(False):
+            model = nnx.eval_shape(lambda: build_model(cfg, objective, **kw))
+        out.update(dict(nnx.to_flat_state(nnx.state(model, nnx.Param))))
+    return out
+
+
+def to_state(flat: dict[ParamPath, Any], abstract: dict[ParamPath, nnx.Variable]) -> nnx.State:
+    """An nnx.State of Params (jax arrays, metadata from `abstract`) for the paths in `flat`."""
+    items = []
+    for path, value in flat.items():
+        var = abstract[path]
+        items.append((path, var.replace(jnp.asarray(value, dtype=var.get_value().dtype))))
+    return nnx.from_flat_state(items)
+
+
+def to_flat(params: nnx.State | dict) -> dict[ParamPath, np.ndarray]:
+    """{path: numpy array} for an nnx.State (or nested dict) of parameters."""
+    if isinstance(params, nnx.State):
+        pairs = nnx.to_flat_state(params)
+    else:
+        pairs = nnx.to_flat_state(nnx.State(params))
+    out = {}
+    for path, var in pairs:
+        value = var.get_value() if isinstance(var, nnx.Variable) else var
+        out[tuple(path)] = np.asarray(jax.device_get(value))
+    return out
+
+
+def apply_params(model: nnx.Module, params: nnx.State) -> tuple[list[str], list[str]]:
+    """Copy `params` into `model` where the paths match; returns (fresh, unused): the model's
+    parameters left at their init (e.g. a new classifier) and the given ones the model has no
+    place for (e.g. an MLM head when fine-tuning a classifier). A shape mismatch is an error."""
+    current = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+    given = dict(nnx.to_flat_state(params))
+    bad = [f"{path_str(p)} {list(v.get_value().shape)} vs model {list(current[p].get_value().shape)}"
+           for p, v in given.items() if p in current
+           and tuple(v.get_value().shape) != tuple(current[p].get_value().shape)]
+    if bad:
+        raise CheckpointError(
+            f"Pretrained parameters do not fit this model: {'; '.join(bad[:6])}"
+            f"{' ...' if len(bad) > 6 else ''}. Build the model from the checkpoint's own config "
+            "(vocabulary size, widths and label count must match).", culprit="params")
+    updates = [(p, current[p].replace(jnp.asarray(v.get_value(), current[p].get_value().dtype)))
+               for p, v in given.items() if p in current]
+    nnx.update(model, nnx.from_flat_state(updates))
+    fresh = sorted(path_str(p) for p in current if p not in given)
+    unused = sorted(path_str(p) for p in given if p not in current)
+    return fresh, unused
+
+
+def heads_in(flat_paths: Any) -> dict[str, Any]:
+    """Which heads a parameter set holds: objective, num_labels, pooler (from paths/shapes)."""
+    roots = {p[0] for p in flat_paths}
+    info: dict[str, Any] = {"objective": None, "num_labels": None, "pooler": False}
+    if "head" in roots:
+        info["objective"] = "classification"
+        info["pooler"] = any(p[:2] == ("head", "pooler") for p in flat_paths)
+    elif "mlm_head" in roots:
+        info["objective"] = "masked"
+    elif "lm_head" in roots:
+        info["objective"] = "causal"
+    return info
+
+
+def model_kwargs(cfg: ModelConfig, flat: dict[ParamPath, Any], objective: str,
+                 pooling: str | None = None) -> dict[str, Any]:
+    """build_model keyword arguments that reproduce the heads present in `flat`."""
+    if objective != "classification":
+        return {}
+    kernel = flat.get(("head", "classifier", "kernel"))
+    num_labels = int(np.shape(kernel)[-1]) if kernel is not None else 2
+    pooler = ("head", "pooler", "kernel") in flat
+    return {"num_labels": num_labels, "pooler": pooler,
+            "pooling": pooling or ("first" if cfg.family == "bert" else "last")}
