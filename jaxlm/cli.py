@@ -12,7 +12,7 @@ import sys
 
 from jaxlm.errors import JaxlmError
 
-COMMANDS = ["pretrain", "convert", "export", "train-tokenizer", "data"]
+COMMANDS = ["pretrain", "generate", "convert", "export", "train-tokenizer", "data"]
 
 
 class _Parser(argparse.ArgumentParser):

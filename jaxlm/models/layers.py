@@ -101,11 +101,15 @@ class Attention(nnx.Module):
 
     def __call__(self, x_BxTxD: jax.Array, mask_Bx1xTxS: jax.Array | None,
                  rope: tuple[jax.Array, jax.Array] | None, rng: jax.Array | None = None,
-                 kv_BxSxGxK: tuple[jax.Array, jax.Array] | None = None
+                 kv_BxSxGxK: tuple[jax.Array, jax.Array] | None = None,
+                 cache_index: jax.Array | None = None
                  ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         """Returns the output and this call's (key, value) for callers that cache them.
 
-        `kv_BxSxGxK`, when given, replaces the keys/values computed from x (decoding with a cache).
+        `kv_BxSxGxK`, when given, replaces the keys/values computed from x. With `cache_index` it is
+        a fixed-size decoding cache instead: this call's keys/values are written at slots
+        cache_index..cache_index+T-1, attention runs over all S slots (the mask hides unwritten
+        ones), and the updated cache is returned in place of this call's (key, value).
         """
         cfg = self.cfg
         B, T, _ = x_BxTxD.shape
@@ -116,7 +120,12 @@ class Attention(nnx.Module):
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         new_kv = (k, v)
-        if kv_BxSxGxK is not None:
+        if kv_BxSxGxK is not None and cache_index is not None:
+            at = (0, cache_index, 0, 0)
+            k = jax.lax.dynamic_update_slice(kv_BxSxGxK[0], k.astype(kv_BxSxGxK[0].dtype), at)
+            v = jax.lax.dynamic_update_slice(kv_BxSxGxK[1], v.astype(kv_BxSxGxK[1].dtype), at)
+            new_kv = (k, v)
+        elif kv_BxSxGxK is not None:
             k, v = kv_BxSxGxK
         dtype = dtypes(cfg)[0]
         q, k, v = q.astype(dtype), k.astype(dtype), v.astype(dtype)

@@ -63,14 +63,15 @@ class Block(nnx.Module):
         self.mlp = MLP(cfg, rngs)
 
     def __call__(self, x_BxTxD: jax.Array, mask: jax.Array | None, rope, rng: jax.Array | None,
-                 kv=None) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+                 kv=None, cache_index: jax.Array | None = None
+                 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         rngs = (None, None, None) if rng is None else tuple(jax.random.split(rng, 3))
         if self.cfg.norm_position == "pre":
-            h, new_kv = self.attn(self.attn_norm(x_BxTxD), mask, rope, rngs[0], kv)
+            h, new_kv = self.attn(self.attn_norm(x_BxTxD), mask, rope, rngs[0], kv, cache_index)
             x = x_BxTxD + dropout(h, self.cfg.dropout, rngs[1])
             x = x + dropout(self.mlp(self.mlp_norm(x)), self.cfg.dropout, rngs[2])
         else:
-            h, new_kv = self.attn(x_BxTxD, mask, rope, rngs[0], kv)
+            h, new_kv = self.attn(x_BxTxD, mask, rope, rngs[0], kv, cache_index)
             x = self.attn_norm(x_BxTxD + dropout(h, self.cfg.dropout, rngs[1]))
             x = self.mlp_norm(x + dropout(self.mlp(x), self.cfg.dropout, rngs[2]))
         return shard(x, ("batch", "length", "act_embed")), new_kv
@@ -116,6 +117,31 @@ class Transformer(nnx.Module):
         if self.final_norm is not None:
             x = self.final_norm(x)
         return x
+
+    def decode(self, tokens_BxT: jax.Array, cache: list[tuple[jax.Array, jax.Array]],
+               cache_index: jax.Array, positions_BxT: jax.Array, kv_valid_BxS: jax.Array
+               ) -> tuple[jax.Array, list[tuple[jax.Array, jax.Array]]]:
+        """Hidden states [B, T, D] for T new tokens given a per-layer key/value cache [B, S, G, K].
+
+        Decoding (and prefill) for generation: the tokens' keys/values are written at cache slots
+        cache_index..cache_index+T-1 and each query attends to the valid slots (`kv_valid_BxS`,
+        e.g. not left padding) at or before its own slot. Deterministic; returns the new cache.
+        """
+        B, T = tokens_BxT.shape
+        S = cache[0][0].shape[1]
+        q_slots_BxT = jnp.broadcast_to(cache_index + jnp.arange(T), (B, T))
+        mask = attention_mask(jnp.ones((B, T), jnp.int32), True, kv_valid_BxS.astype(jnp.int32),
+                              q_slots_BxT, jnp.arange(S)[None, :])
+        rope = (rope_tables(positions_BxT, self.cfg.head_dim, self.cfg.rope_theta)
+                if self.cfg.position == "rope" else None)
+        x = shard(self.embeddings(tokens_BxT, positions_BxT, None), ("batch", "length", "act_embed"))
+        new_cache = []
+        for layer, kv in zip(self.layers, cache):
+            x, kv = layer(x, mask, rope, None, kv, cache_index)
+            new_cache.append(kv)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return x, new_cache
 
     def _run_block(self, layer: Block, x, mask, rope, rng):
         if self.cfg.remat == "none":

@@ -1,0 +1,90 @@
+"""`jaxlm generate`: continue prompts with a trained causal LM, streaming the text as it comes.
+
+With --reference-file (one reference per line, aligned with the prompts) the generations are
+scored with BLEU (sacrebleu) and ROUGE-1/2/L (rouge-score).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="generate text from a trained causal LM run",
+                       description=__doc__)
+    p.add_argument("--run", required=True, metavar="DIR",
+                   help="run directory (config.yaml, tokenizer.json, checkpoints/)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="the text to continue")
+    src.add_argument("--prompt-file", metavar="F", help="one prompt per line (blank lines skipped)")
+    p.add_argument("--max-new-tokens", type=int, default=256, metavar="N")
+    p.add_argument("--temperature", type=float, default=1.0, metavar="T", help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0, metavar="K", help="0 = off")
+    p.add_argument("--top-p", type=float, default=1.0, metavar="P", help="1.0 = off")
+    p.add_argument("--seed", type=int, default=0, metavar="S")
+    p.add_argument("--stop", action="append", default=None, metavar="TOKEN",
+                   help="a token that ends generation (repeatable; default: the tokenizer's "
+                   "end-of-text token)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts decoded together")
+    p.add_argument("--reference-file", metavar="F",
+                   help="one reference per line, aligned with the prompts: print BLEU and ROUGE")
+    p.add_argument("--output", metavar="F", help="write JSON lines {prompt, completion} here")
+    p.add_argument("--no-stream", action="store_true", help="print each completion when done")
+    p.set_defaults(func=run)
+
+
+def _mesh(cfg):
+    """The run's mesh if it fits the devices here, else all devices data-parallel."""
+    from jaxlm.errors import ConfigError
+    from jaxlm.sharding import make_mesh
+
+    try:
+        return make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+    except ConfigError:
+        return make_mesh(-1, 1, 1)
+
+
+def run(args: argparse.Namespace) -> int:
+    from jaxlm.generate import Generator, load_run
+    from jaxlm.generation.scoring import bleu_rouge, read_lines
+    from jaxlm.train.run_dir import load_run_config
+
+    prompts = [args.prompt] if args.prompt is not None else read_lines(args.prompt_file,
+                                                                       "prompt file")
+    refs = read_lines(args.reference_file, "reference file") if args.reference_file else None
+    if refs is not None and len(refs) != len(prompts):
+        from jaxlm.errors import DataError
+        raise DataError(f"The reference file has {len(refs)} lines but there are {len(prompts)} "
+                        "prompts: give exactly one reference line per prompt, in order.",
+                        culprit=args.reference_file)
+    cfg = load_run_config(args.run)
+    mesh = _mesh(cfg)
+    model, tok, cfg = load_run(args.run, step=args.step, mesh=mesh, rules=cfg.mesh.rules)
+    gen = Generator(model, tok, mesh=mesh, rules=cfg.mesh.rules, batch_size=args.batch_size)
+    stream = len(prompts) == 1 and not args.no_stream
+
+    def on_text(row: int, piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    if stream:
+        sys.stdout.write(prompts[0])
+        sys.stdout.flush()
+    outs = gen.generate(prompts, max_new_tokens=args.max_new_tokens,
+                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                        seed=args.seed, stop=args.stop, on_text=on_text if stream else None)
+    if stream:
+        sys.stdout.write("\n")
+    else:
+        for i, (p, o) in enumerate(zip(prompts, outs)):
+            sys.stdout.write((f"### {i}\n" if len(prompts) > 1 else "") + p + o + "\n")
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            for p, o in zip(prompts, outs):
+                f.write(json.dumps({"prompt": p, "completion": o}, ensure_ascii=False) + "\n")
+    if refs is not None:
+        scores = bleu_rouge(outs, refs)
+        sys.stdout.write("scores: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()) + "\n")
+    return 0

@@ -1,0 +1,90 @@
+"""Scoring causal LMs: BLEU / ROUGE of generations against references, and perplexity.
+
+BLEU comes from `sacrebleu` (corpus BLEU, its default 13a tokenisation) and ROUGE from Google's
+`rouge-score` (F1 of ROUGE-1/2/L with stemming, averaged over pairs): the reference
+implementations, so the numbers compare with published ones.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+
+from jaxlm.errors import DataError
+
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+
+
+def read_lines(path: str | Path, what: str, encoding: str = "utf-8") -> list[str]:
+    """Non-empty lines of a text file (one prompt or reference per line), trailing newline off."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"The {what} '{p}' does not exist. Pass a text file with one entry per "
+                        "line.", culprit=str(p))
+    try:
+        lines = p.read_text(encoding=encoding).splitlines()
+    except UnicodeDecodeError as e:
+        raise DataError(f"The {what} '{p}' is not valid {encoding} (byte {e.start}). Save it as "
+                        "UTF-8.", culprit=str(p)) from None
+    lines = [line for line in lines if line.strip()]
+    if not lines:
+        raise DataError(f"The {what} '{p}' has no non-empty lines.", culprit=str(p))
+    return lines
+
+
+def bleu_rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Corpus BLEU (0-100) and mean ROUGE-1/2/L F1 (0-100) of predictions against references."""
+    try:
+        import sacrebleu
+        from rouge_score import rouge_scorer
+    except ImportError as e:
+        raise DataError(f"Scoring needs sacrebleu and rouge-score ({e}). Install them with "
+                        "`pip install 'jaxlm[eval]'`.", culprit="references") from None
+    if len(predictions) != len(references):
+        raise DataError(f"{len(predictions)} generations but {len(references)} references: the "
+                        "reference file needs exactly one line per prompt, in the same order.",
+                        culprit="references")
+    bleu = sacrebleu.corpus_bleu(list(predictions), [list(references)])
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+    sums = dict.fromkeys(ROUGE_TYPES, 0.0)
+    for pred, ref in zip(predictions, references):
+        scores = scorer.score(ref, pred)  # (target, prediction)
+        for k in ROUGE_TYPES:
+            sums[k] += scores[k].fmeasure
+    n = max(len(predictions), 1)
+    return {"bleu": float(bleu.score), **{k: 100.0 * v / n for k, v in sums.items()}}
+
+
+def perplexity(model: Any, tokens: np.ndarray | Sequence[int], *, seq_len: int,
+               batch_size: int = 8, max_batches: int = 0) -> dict[str, float]:
+    """Perplexity of a causal LM on a token stream: non-overlapping windows of `seq_len` (each
+    predicted from the start of its window, as in training's validation), every token scored
+    once. Returns {"loss" (nats/token), "perplexity", "tokens"}.
+
+    `model` is a CausalLM or a (graphdef, params) pair; it runs on the devices its parameters are
+    on. For `jaxlm evaluate` on causal LMs.
+    """
+    from jaxlm.data.lm_pipeline import eval_batches
+    from jaxlm.tasks import token_loss
+
+    if isinstance(model, tuple):
+        graphdef, params = model
+    else:
+        graphdef, params = nnx.split(model, nnx.Param)
+    batches = eval_batches(np.asarray(tokens, np.int32), seq_len=seq_len, global_batch=batch_size,
+                           max_batches=max_batches)
+
+    @jax.jit
+    def loss_sum(p: Any, batch: dict) -> tuple[jax.Array, jax.Array]:
+        loss, aux = token_loss(nnx.merge(graphdef, p), batch, None)
+        return loss, aux["weight"]
+
+    total, weight = 0.0, 0.0
+    for b in batches:
+        loss, w = loss_sum(params, b)
+        total, weight = total + float(loss), weight + float(w)
+    mean = total / max(weight, 1.0)
+    return {"loss": mean, "perplexity": float(np.exp(min(mean, 50.0))), "tokens": int(weight)}
