@@ -56,7 +56,7 @@ def read_run_params(run_dir: str | Path, step: int | None = None
                               f"{', '.join(map(str, steps))}.", culprit=str(run_dir))
     path = (run_dir / "checkpoints" / str(step) / "state").absolute()
     try:
-        meta = ocp.StandardCheckpointer().metadata(path).item_metadata
+        meta = ocp.PyTreeCheckpointHandler().metadata(path)  # the item's tree, no step files
         if "params" not in meta:
             raise KeyError("params")
         target = {"params": jax.tree.map(lambda m: np.zeros((), np.float32), meta["params"])}
