@@ -106,6 +106,15 @@ def _documents(source: Source) -> grain.MapDataset:
     return grain.MapDataset.source(source)
 
 
+def host_documents(source: Source, seed: int, process_index: int = 0, process_count: int = 1
+                   ) -> grain.MapDataset:
+    """This host's endless document stream: a fresh seeded permutation each epoch, of which host h
+    reads positions h, h+P, h+2P, ... So within an epoch hosts read disjoint documents that
+    together cover the dataset."""
+    docs = _documents(source).shuffle(seed=seed).repeat(None)
+    return docs[process_index::process_count]
+
+
 def packed_train_dataset(source: Source, encoder: DocEncoder, *, seq_len: int, global_batch: int,
                          seed: int, packing: str = "concat", process_index: int = 0,
                          process_count: int = 1, shuffle_window: int = 256, num_threads: int = 2,
@@ -115,8 +124,7 @@ def packed_train_dataset(source: Source, encoder: DocEncoder, *, seq_len: int, g
         raise DataError(f"train.batch_size={global_batch} must divide evenly across "
                         f"{process_count} hosts.", culprit="train.batch_size")
     b = global_batch // process_count
-    docs = _documents(source).shuffle(seed=seed).repeat(None)
-    docs = docs[process_index::process_count]
+    docs = host_documents(source, seed, process_index, process_count)
 
     def encode(i: int, ex: dict[str, Any]) -> dict[str, np.ndarray] | None:
         # i counts this host's documents; the global stream index keys the masking rng, so a
