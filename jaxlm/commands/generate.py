@@ -8,13 +8,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate text from a trained causal LM run",
                        description=__doc__)
     p.add_argument("--run", required=True, metavar="DIR",
-                   help="run directory (config.yaml, tokenizer.json, checkpoints/)")
+                   help="a run directory (pretrain or `jaxlm convert`), a Hugging Face folder "
+                   "or hf:org/name")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="the text to continue")
     src.add_argument("--prompt-file", metavar="F", help="one prompt per line (blank lines skipped)")
@@ -40,6 +42,8 @@ def _mesh(cfg):
     from jaxlm.errors import ConfigError
     from jaxlm.sharding import make_mesh
 
+    if cfg is None:
+        return make_mesh(-1, 1, 1)
     try:
         return make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     except ConfigError:
@@ -59,10 +63,11 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"The reference file has {len(refs)} lines but there are {len(prompts)} "
                         "prompts: give exactly one reference line per prompt, in order.",
                         culprit=args.reference_file)
-    cfg = load_run_config(args.run)
-    mesh = _mesh(cfg)
-    model, tok, cfg = load_run(args.run, step=args.step, mesh=mesh, rules=cfg.mesh.rules)
-    gen = Generator(model, tok, mesh=mesh, rules=cfg.mesh.rules, batch_size=args.batch_size)
+    model, tok, _ = load_run(args.run, step=args.step)
+    run_cfg = load_run_config(args.run) if (Path(args.run) / "config.yaml").is_file() else None
+    mesh = _mesh(run_cfg)
+    rules = run_cfg.mesh.rules if run_cfg is not None else None
+    gen = Generator(model, tok, mesh=mesh, rules=rules, batch_size=args.batch_size)
     stream = len(prompts) == 1 and not args.no_stream
 
     def on_text(row: int, piece: str) -> None:
