@@ -33,6 +33,12 @@ FAMILY_PRESETS: dict[str, dict[str, Any]] = {
                  causal=False, embed_norm=True, final_norm=False, norm_eps=1e-12),
 }
 
+# Rotary scaling variants (model.rope_scaling.rope_type) and the keys each needs.
+ROPE_SCALING_KEYS: dict[str, tuple[str, ...]] = {
+    "linear": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+}
+
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.family": tuple(FAMILY_PRESETS),
     "model.norm": ("layernorm", "rmsnorm"),
@@ -46,7 +52,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.param_dtype": ("float32", "bfloat16"),
     "optim.name": ("adamw", "adafactor", "lion", "sgd"),
     "optim.schedule": ("cosine", "linear", "constant"),
-    "train.objective": ("causal", "masked"),
+    "train.objective": ("causal", "masked", "classification"),
+    "finetune.pooling": ("first", "mean", "last"),
+    "finetune.best_mode": ("max", "min"),
     "data.sampling": ("random_windows", "packed"),
     "data.documents": ("file", "blank_line", "line"),
     "data.on_invalid": ("report", "error"),
@@ -70,6 +78,10 @@ class ModelConfig:
     dropout: float = 0.0
     init_std: float = 0.02
     rope_theta: float = 10000.0
+    # {}: plain RoPE; else Hugging Face rope_parameters keys, e.g. {"rope_type": "llama3",
+    # "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+    # "original_max_position_embeddings": 8192} (see ROPE_SCALING_KEYS)
+    rope_scaling: dict[str, Any] = field(default_factory=dict)
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
     remat: str = "none"
@@ -185,6 +197,19 @@ class TrainConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """Sequence classification on top of a (pretrained) backbone."""
+
+    init_from: str = ""  # pretraining run dir, its checkpoints/STEP dir, or hf:DIR; empty: scratch
+    pooling: str = "first"  # first token, mean of tokens, or last non-pad token
+    pooler: bool = False  # BERT's dense+tanh pooler before the classifier
+    freeze_backbone: bool = False
+    backbone_lr_scale: float = 1.0  # backbone learning rate = this x optim.lr
+    best_metric: str = "accuracy"  # validation metric that chooses the kept "best" checkpoint
+    best_mode: str = "max"
+
+
+@dataclass
 class Config:
     """One experiment."""
 
@@ -196,6 +221,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def resolved_data_root(self) -> str:
         return self.data_root or os.environ.get("JAXLM_DATA", "") or "../shared/data"
@@ -381,6 +407,14 @@ def validate(cfg: Config) -> None:
             "(or set model.head_dim explicitly).")
     if m.position == "rope" and m.head_dim % 2:
         bad("model.head_dim", f"RoPE needs an even head_dim, got {m.head_dim}.")
+    if m.rope_scaling:
+        kind = m.rope_scaling.get("rope_type")
+        if kind not in ROPE_SCALING_KEYS:
+            bad("model.rope_scaling", f"rope_type must be one of {', '.join(ROPE_SCALING_KEYS)}, "
+                f"got {kind!r}.")
+        missing = [k for k in ROPE_SCALING_KEYS[kind] if k not in m.rope_scaling]
+        if missing:
+            bad("model.rope_scaling", f"'{kind}' scaling needs {', '.join(missing)}.")
     if not 0.0 <= m.dropout < 1.0:
         bad("model.dropout", f"must be in [0, 1), got {m.dropout}.")
     if cfg.data.seq_len > m.max_len and m.position == "learned":

@@ -20,7 +20,7 @@ from jaxlm.train.flops import count_params, flops_per_token, measure_peak_flops
 from jaxlm.train.logger import MetricsLogger
 from jaxlm.train.loop import LoopSpec, evaluate_batches, restore_or_init, run_loop
 from jaxlm.train.optim import build_optimizer
-from jaxlm.train.run_dir import prepare_run_dir, resolve_run_dir, write_summary
+from jaxlm.train.run_dir import prepare_run_dir, resolve_run_dir, write_model_spec, write_summary
 from jaxlm.train.steps import compile_steps
 
 

@@ -85,3 +85,18 @@ def _json_default(o: Any) -> Any:
     if dataclasses.is_dataclass(o):
         return dataclasses.asdict(o)
     return float(o)
+
+
+def write_model_spec(run_dir: Path, model: Any, objective: str, **head: Any) -> None:
+    """The resolved model config and head, so inference and export need no other run or config."""
+    spec = {"objective": objective, "model": dataclasses.asdict(model), "head": head}
+    (run_dir / "model.json").write_text(json.dumps(spec, indent=2))
+
+
+def read_model_spec(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / "model.json"
+    if not path.is_file():
+        raise CheckpointError(f"'{run_dir}' has no model.json: it is not a finished jaxlm run "
+                              "directory. Pass the --run-dir of a pretrain or finetune run.",
+                              culprit=str(run_dir))
+    return json.loads(path.read_text())

@@ -1,0 +1,38 @@
+"""`jaxlm evaluate`: score a trained run on a dataset.
+
+Classifiers: loss, accuracy, macro and per-class precision/recall/F1 and the confusion matrix.
+Language models: loss and perplexity. Printed as a table and written as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="evaluate a trained run on a dataset", description=__doc__)
+    p.add_argument("--run", required=True, help="run directory of a pretrain or finetune run")
+    p.add_argument("--data", help="dataset spec (default: the run's test split, else validation)")
+    p.add_argument("--split", default="test", help="split to read from a multi-split spec")
+    p.add_argument("--checkpoint", default="best", help="best, latest or a step number")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--out", help="JSON file for the report (default: RUN/eval_<split>.json)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from jaxlm.evaluation import evaluate_run
+    from jaxlm.metrics import format_report
+
+    report = evaluate_run(args.run, args.data, split=args.split, checkpoint=args.checkpoint,
+                          batch_size=args.batch_size)
+    out = Path(args.out) if args.out else Path(args.run) / f"eval_{args.split}.json"
+    out.write_text(json.dumps(report, indent=2))
+    if "accuracy" in report and "per_class" in report:
+        print(format_report(report))
+    else:
+        print(f"loss {report['loss']:.4f}  perplexity {report['perplexity']:.3f}  "
+              f"({report['tokens']:,} tokens)")
+    print(f"wrote {out}")
+    return 0

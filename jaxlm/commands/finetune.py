@@ -1,0 +1,41 @@
+"""`jaxlm finetune`: train a sequence classifier, from scratch or from a pretrained backbone."""
+from __future__ import annotations
+
+import argparse
+
+from jaxlm.commands import add_config_args
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("finetune", help="fine-tune a text classifier (resumes a run directory)",
+                       description=__doc__)
+    add_config_args(p)
+    p.add_argument("--init-from", help="pretraining run dir (or RUN_DIR/checkpoints/STEP), or "
+                   "hf:DIR for a Hugging Face checkpoint; overrides finetune.init_from")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from jaxlm.config import load_config
+    from jaxlm.metrics import format_report
+    from jaxlm.train.finetune import finetune
+
+    overrides = list(args.overrides)
+    if args.init_from:
+        overrides.append(f"finetune.init_from={args.init_from}")
+    cfg = load_config(args.config, overrides)
+    summary = finetune(cfg, args.run_dir, overwrite=args.overwrite, show_progress=not args.quiet)
+    for split in ("validation", "test"):
+        if split in summary:
+            print(f"== {split} ==")
+            print(format_report(summary[split]))
+    parts = [f"step {summary['step']}"]
+    if "best" in summary:
+        parts.append(f"best val {summary['best']['metric']} {summary['best']['value']:.4f} "
+                     f"at step {summary['best']['step']}")
+    if "test" in summary:
+        parts.append(f"test accuracy {summary['test']['accuracy']:.4f}")
+    parts.append(f"wall {summary['wall_s']:.1f}s")
+    parts.append(f"run dir {summary['run_dir']}")
+    print("done: " + ", ".join(parts))
+    return 0

@@ -1,0 +1,122 @@
+"""Loading a finished run for inference: model, parameters and tokenizer, and batched prediction.
+
+Used by `jaxlm evaluate` and `jaxlm predict`, and by researchers who want a trained model back in
+Python: `run = load_run("runs/sst2"); probs = predict_proba(run, ["a fine film"])`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+
+from jaxlm.config import Config, ModelConfig
+from jaxlm.data.tokenizer import TextTokenizer
+from jaxlm.errors import CheckpointError
+from jaxlm.models import build_model
+from jaxlm.train.checkpoint import Checkpointer
+from jaxlm.train.run_dir import load_run_config, read_model_spec
+
+
+@dataclass
+class LoadedRun:
+    """A trained model ready for inference on one device."""
+
+    run_dir: Path
+    cfg: Config
+    model_cfg: ModelConfig
+    objective: str
+    head: dict
+    tokenizer: TextTokenizer
+    model: nnx.Module
+    checkpoint: str  # which checkpoint was loaded, for reports
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.head.get("class_names", []))
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best") -> LoadedRun:
+    """Load a run's model. checkpoint: "best" (the best validation checkpoint of a fine-tuning
+    run, else the latest), "latest", or a step number."""
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    spec = read_model_spec(run_dir)
+    mcfg = ModelConfig(**spec["model"])
+    head = spec.get("head", {})
+    tok = TextTokenizer.load(run_dir / "tokenizer.json")
+    objective = spec["objective"]
+    with nnx.use_eager_sharding(False):
+        model = build_model(mcfg, objective, num_labels=head.get("num_labels", 0),
+                            pooling=head.get("pooling", "first"), pooler=head.get("pooler", False))
+    graphdef, params = nnx.split(model, nnx.Param)
+    dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=dev), params)
+    best_dir = run_dir / "best"
+    if checkpoint == "best" and best_dir.is_dir() and any(p.name.isdigit() for p in best_dir.iterdir()):
+        import orbax.checkpoint as ocp
+        mgr = ocp.CheckpointManager(best_dir.absolute(), item_names=("params",))
+        step = mgr.latest_step()
+        restored = mgr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
+        mgr.close()
+        loaded, which = restored["params"], f"best (step {step})"
+    else:
+        ckpt = Checkpointer(run_dir / "checkpoints", async_save=False)
+        try:
+            step = None if checkpoint in ("best", "latest") else int(checkpoint)
+            loaded = ckpt.restore_params(step, target)
+            which = f"step {step if step is not None else ckpt.latest_step()}"
+        except ValueError:
+            raise CheckpointError(f"--checkpoint must be best, latest or a step number, got "
+                                  f"'{checkpoint}'.", culprit=checkpoint) from None
+        finally:
+            ckpt.close()
+    return LoadedRun(run_dir, cfg, mcfg, objective, head, tok, nnx.merge(graphdef, loaded), which)
+
+
+def _pad_batch(ids: list[list[int]], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    tokens = np.full((len(ids), length), pad_id, np.int32)
+    seg = np.zeros((len(ids), length), np.int32)
+    for i, row in enumerate(ids):
+        tokens[i, :len(row)] = row
+        seg[i, :len(row)] = 1
+    return tokens, seg
+
+
+def _bucket(n: int, max_len: int) -> int:
+    return min(max_len, max(16, 1 << math.ceil(math.log2(max(n, 1)))))
+
+
+def predict_proba(run: LoadedRun, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    """Class probabilities [N, C] for texts, in batches padded to power-of-two lengths (one
+    compiled program per length bucket, reused across batches)."""
+    if run.objective != "classification":
+        raise CheckpointError(f"'{run.run_dir}' is a {run.objective} language model, not a "
+                              "classifier: predict needs a `jaxlm finetune` run.",
+                              culprit=str(run.run_dir))
+    from jaxlm.data.classification import encode_texts
+
+    seq_len = run.cfg.data.seq_len
+    ids = [row.tolist() for row in encode_texts(run.tokenizer, texts, seq_len)]
+    graphdef, params = nnx.split(run.model)
+
+    @jax.jit
+    def probs(params, tokens, seg):
+        return jax.nn.softmax(nnx.merge(graphdef, params)(tokens, segment_ids_BxT=seg), axis=-1)
+
+    out = []
+    for start in range(0, len(ids), batch_size):
+        chunk = ids[start:start + batch_size]
+        length = _bucket(max(len(r) for r in chunk), seq_len)
+        tokens, seg = _pad_batch(chunk, length, run.tokenizer.pad_id or 0)
+        n = len(chunk)
+        if n < batch_size:  # pad the batch too, so the last batch reuses the compiled program
+            tokens = np.concatenate([tokens, np.zeros((batch_size - n, length), np.int32)])
+            seg = np.concatenate([seg, np.zeros((batch_size - n, length), np.int32)])
+            seg[n:, 0] = 1
+        out.append(np.asarray(probs(params, tokens, seg))[:n])
+    return np.concatenate(out) if out else np.zeros((0, len(run.class_names)), np.float32)
