@@ -42,9 +42,10 @@ def save_tiny(kind: str, directory: Path, *, vocab_size: int, seed: int = 0, **o
                             bos_token_id=None, eos_token_id=None, **overrides)
         cls = tf.GPT2LMHeadModel
     elif kind == "llama":
+        overrides.setdefault("rope_parameters", {"rope_type": "default", "rope_theta": 5000.0})
         cfg = tf.LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=48,
                              num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                             max_position_embeddings=64, rope_theta=5000.0, rms_norm_eps=1e-5,
+                             max_position_embeddings=64, rms_norm_eps=1e-5,
                              bos_token_id=None, eos_token_id=None, **overrides)
         cls = tf.LlamaForCausalLM
     else:

@@ -102,8 +102,8 @@ def test_unsupported_model_type(tiny, tmp_path):
 
 def test_unsupported_option_is_named(tiny, tmp_path):
     d = _copy(tiny, "llama", tmp_path)
-    _edit_config(d, rope_parameters={"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0})
-    with pytest.raises(CheckpointError, match=r"rope_type='llama3'"):
+    _edit_config(d, rope_parameters={"rope_type": "yarn", "rope_theta": 5e5, "factor": 8.0})
+    with pytest.raises(CheckpointError, match=r"rope_type='yarn' \(supported: default, linear, llama3\)"):
         import_hf(d)
 
 

@@ -124,6 +124,13 @@ CASES = {  # kind: (objective, hf class for export, build kwargs, save overrides
     "gpt2": ("causal", "GPT2LMHeadModel", {}, {}),
     "llama": ("causal", "LlamaForCausalLM", {}, {}),
     "llama_tied": ("causal", "LlamaForCausalLM", {}, {"tie_word_embeddings": True}),
+    # Llama 3.1+ RoPE scaling. head_dim 8, theta 500: wavelengths 6.3, 30, 140, 664, so with
+    # original length 48, low/high factors 1/6 the bands are: kept (< 8), interpolated, divided.
+    "llama_rope3": ("causal", "LlamaForCausalLM", {}, {"rope_parameters": {
+        "rope_type": "llama3", "rope_theta": 500.0, "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 6.0, "original_max_position_embeddings": 48}}),
+    "llama_linear": ("causal", "LlamaForCausalLM", {}, {"rope_parameters": {
+        "rope_type": "linear", "rope_theta": 5000.0, "factor": 4.0}}),
 }
 
 
@@ -132,12 +139,17 @@ def test_tiny_checkpoint_roundtrip_matches(case, tok_dir, tmp_path):
     """Import -> same outputs as transformers; export -> transformers loads it (no missing or
     unexpected tensors) and again gives the same outputs."""
     objective, hf_cls, build_kw, overrides = CASES[case]
-    kind = case.replace("_tied", "")
+    kind = case.split("_")[0] if case.startswith(("llama", "gpt2")) else case
     src, ref, tok = _checkpoint(tok_dir, tmp_path, kind, **overrides)
     cfg, params, _, info = import_hf(src)
     assert info["task"] == objective
     if kind == "llama":
-        assert cfg.num_kv_heads == 2 < cfg.num_heads and cfg.rope_theta == 5000.0
+        rope = overrides.get("rope_parameters", {"rope_type": "default", "rope_theta": 5000.0})
+        assert cfg.num_kv_heads == 2 < cfg.num_heads and cfg.rope_theta == rope["rope_theta"]
+        assert cfg.rope_scaling.get("rope_type", "default") == rope["rope_type"]
+        from jaxlm.models.layers import rope_inv_freq
+        np.testing.assert_allclose(rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling),
+                                   ref.model.rotary_emb.inv_freq.numpy(), rtol=1e-6)
     ids, mask = padded_batch(tok)
     hidden, logits, model = jax_forward(cfg, params, objective, ids, mask, **build_kw)
     hidden_ref, logits_ref = torch_forward(ref, ids, mask)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jaxlm.config import FAMILY_PRESETS, ModelConfig
+from jaxlm.config import FAMILY_PRESETS, ROPE_SCALING_KEYS, ModelConfig
 from jaxlm.errors import CheckpointError
 
 SUPPORTED = ("bert", "gpt2", "llama")
@@ -40,15 +40,27 @@ def _activation(name: Any, key: str, problems: list[str]) -> str:
     return ACT_FROM_HF[name]
 
 
-def rope_theta(hf: dict, problems: list[str]) -> float:
-    """RoPE base from `rope_theta` (transformers 4) or `rope_parameters` (transformers 5); any
-    scaled variant (linear, dynamic, yarn, llama3, ...) is refused."""
-    params = hf.get("rope_parameters") or {}
-    scaling = hf.get("rope_scaling") or {}
-    kind = params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
-    if kind != "default":
-        problems.append(f"rope_type={kind!r} (only unscaled 'default' RoPE is supported)")
-    return float(params.get("rope_theta") or hf.get("rope_theta") or 10000.0)
+def rope_settings(hf: dict, problems: list[str]) -> tuple[float, dict]:
+    """(RoPE base, jaxlm rope_scaling) from `rope_theta`/`rope_scaling` (transformers 4) or
+    `rope_parameters` (transformers 5). Plain, linear and llama3 RoPE are exact in jaxlm; other
+    variants (dynamic, yarn, longrope, partial rotary) are refused."""
+    params = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+    kind = params.get("rope_type") or params.get("type") or "default"
+    theta = float(params.get("rope_theta") or hf.get("rope_theta") or 10000.0)
+    if float(params.get("partial_rotary_factor", 1.0)) != 1.0:
+        problems.append(f"partial_rotary_factor={params['partial_rotary_factor']}")
+    if kind == "default":
+        return theta, {}
+    if kind not in ROPE_SCALING_KEYS:
+        problems.append(f"rope_type={kind!r} (supported: default, {', '.join(ROPE_SCALING_KEYS)})")
+        return theta, {}
+    if kind == "llama3":
+        params.setdefault("original_max_position_embeddings", hf.get("max_position_embeddings"))
+    missing = [k for k in ROPE_SCALING_KEYS[kind] if params.get(k) is None]
+    if missing:
+        problems.append(f"rope_type={kind!r} without {', '.join(missing)}")
+        return theta, {}
+    return theta, {"rope_type": kind, **{k: params[k] for k in ROPE_SCALING_KEYS[kind]}}
 
 
 def config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
@@ -100,6 +112,7 @@ def config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
         if bool(hf.get("attention_bias", False)) != bool(hf.get("mlp_bias", False)):
             problems.append("attention_bias != mlp_bias (jaxlm has one use_bias switch)")
         h = hf["num_attention_heads"]
+        theta, scaling = rope_settings(hf, problems)
         cfg = ModelConfig(
             family="llama", vocab_size=hf["vocab_size"], num_layers=hf["num_hidden_layers"],
             d_model=hf["hidden_size"], num_heads=h,
@@ -108,7 +121,7 @@ def config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
             d_ff=hf["intermediate_size"], max_len=hf.get("max_position_embeddings", 2048),
             dropout=float(hf.get("attention_dropout", 0.0) or 0.0),
             init_std=float(hf.get("initializer_range", 0.02)),
-            rope_theta=rope_theta(hf, problems),
+            rope_theta=theta, rope_scaling=scaling,
             norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
             activation=_activation(hf.get("hidden_act", "silu"), "hidden_act", problems),
             use_bias=bool(hf.get("attention_bias", False)),
@@ -208,7 +221,9 @@ def config_to_hf(cfg: ModelConfig, objective: str, *, num_labels: int = 0,
               "intermediate_size": cfg.d_ff, "hidden_act": ACT_TO_HF[cfg.activation],
               "max_position_embeddings": cfg.max_len, "rms_norm_eps": cfg.norm_eps,
               "rope_theta": cfg.rope_theta,
-              "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+              "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta,
+                                  **cfg.rope_scaling},
+              "rope_scaling": dict(cfg.rope_scaling) or None,  # transformers 4 reads this
               "attention_bias": bool(cfg.use_bias), "mlp_bias": bool(cfg.use_bias),
               "attention_dropout": cfg.dropout}
     hf.update(common)

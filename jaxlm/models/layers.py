@@ -56,9 +56,29 @@ class Norm(nnx.Module):
         return self.norm(x.astype(jnp.float32)).astype(self.out_dtype)
 
 
-def rope_tables(positions_BxT: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
-    """cos/sin tables [B, T, K/2] for rotary embeddings at the given positions."""
+def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None = None) -> jax.Array:
+    """Rotary inverse frequencies [K/2]. `scaling` (Hugging Face's rope_parameters keys) stretches
+    them for longer contexts: "linear" divides all by `factor`; "llama3" (Llama 3.1+) divides the
+    low frequencies and interpolates the middle band."""
     inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    kind = (scaling or {}).get("rope_type", "default")
+    if kind == "linear":
+        return inv_freq / scaling["factor"]
+    if kind == "llama3":
+        factor, old = scaling["factor"], scaling["original_max_position_embeddings"]
+        lo, hi = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        wavelen = 2 * jnp.pi / inv_freq
+        scaled = jnp.where(wavelen > old / lo, inv_freq / factor, inv_freq)
+        smooth = (old / wavelen - lo) / (hi - lo)
+        middle = (wavelen >= old / hi) & (wavelen <= old / lo)
+        return jnp.where(middle, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
+    return inv_freq
+
+
+def rope_tables(positions_BxT: jax.Array, head_dim: int, theta: float,
+                scaling: dict | None = None) -> tuple[jax.Array, jax.Array]:
+    """cos/sin tables [B, T, K/2] for rotary embeddings at the given positions."""
+    inv_freq = rope_inv_freq(head_dim, theta, scaling)
     angles_BxTxK2 = positions_BxT.astype(jnp.float32)[..., None] * inv_freq
     return jnp.cos(angles_BxTxK2), jnp.sin(angles_BxTxK2)
 

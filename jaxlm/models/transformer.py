@@ -105,7 +105,8 @@ class Transformer(nnx.Module):
         if positions_BxT is None:
             positions_BxT = jnp.broadcast_to(jnp.arange(T), (B, T))
         mask = attention_mask(segment_ids_BxT, self.cfg.causal)
-        rope = (rope_tables(positions_BxT, self.cfg.head_dim, self.cfg.rope_theta)
+        rope = (rope_tables(positions_BxT, self.cfg.head_dim, self.cfg.rope_theta,
+                            self.cfg.rope_scaling)
                 if self.cfg.position == "rope" else None)
         x = self.embeddings(tokens_BxT, positions_BxT, token_types_BxT)
         rngs = (jax.random.split(dropout_rng, len(self.layers) + 1) if dropout_rng is not None
@@ -132,7 +133,8 @@ class Transformer(nnx.Module):
         q_slots_BxT = jnp.broadcast_to(cache_index + jnp.arange(T), (B, T))
         mask = attention_mask(jnp.ones((B, T), jnp.int32), True, kv_valid_BxS.astype(jnp.int32),
                               q_slots_BxT, jnp.arange(S)[None, :])
-        rope = (rope_tables(positions_BxT, self.cfg.head_dim, self.cfg.rope_theta)
+        rope = (rope_tables(positions_BxT, self.cfg.head_dim, self.cfg.rope_theta,
+                            self.cfg.rope_scaling)
                 if self.cfg.position == "rope" else None)
         x = shard(self.embeddings(tokens_BxT, positions_BxT, None), ("batch", "length", "act_embed"))
         new_cache = []
