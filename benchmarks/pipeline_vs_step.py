@@ -78,8 +78,9 @@ def main() -> int:
     tx, lr = build_optimizer(cfg.optim, cfg.train.steps)
     with use_mesh(mesh, cfg.mesh.rules):
         steps = compile_steps(lambda: build_model(mcfg, cfg.train.objective, seed=0), tx,
-                              LOSSES[cfg.train.objective], lr, mesh, grad_accum=cfg.train.grad_accum,
-                              dropout=mcfg.dropout > 0, rules=cfg.mesh.rules)
+                              LOSSES[cfg.train.objective], lr, mesh,
+                              grad_accum=cfg.train.grad_accum, dropout=mcfg.dropout > 0,
+                              rules=cfg.mesh.rules)
         it = iter(data.train)
         device_batches = [put_batch(next(it), steps.batch_sharding) for _ in range(16)]
         state = steps.init()

@@ -50,7 +50,7 @@ def test_non_utf8_file_error_names_file_line_byte_and_fix(data_dir):
     assert "offset 3173" in msg and "encoding" in msg and "iso-8859-1" in msg
     trec = open_source(f"labeled:{data_dir}/trec?encoding=iso-8859-1")
     assert len(trec) == 5452 and len(trec.label_names) == 6
-    assert trec[65]["text"].startswith("Which city has the oldest relationship as a sister\u00f0city")
+    assert trec[65]["text"].startswith("Which city has the oldest relationship as a sister\u00f0")
     # ISO-8859-1 text holds bytes (0x85) that str.splitlines would treat as line breaks
     assert len(open_source(f"labeled:{data_dir}/trec:test?encoding=iso-8859-1")) == 500
 

@@ -34,6 +34,21 @@ def default_buckets(seq_len: int, smallest: int = 16) -> list[int]:
     return out + [seq_len]
 
 
+def encode_texts(tok: TextTokenizer, texts: Sequence[str], seq_len: int) -> list[np.ndarray]:
+    """[CLS] text [SEP] ids per text (the tokenizer's post-processor when it has one), cut to
+    seq_len keeping [SEP]: the one encoding used for training, evaluation and prediction."""
+    has_post = tok.tokenizer.post_processor is not None
+    ids = []
+    for e in tok.encode_batch(list(texts), add_special_tokens=has_post):
+        if not has_post:
+            e = ([tok.cls_id] if tok.cls_id is not None else []) + e + (
+                [tok.sep_id] if tok.sep_id is not None else [])
+        if len(e) > seq_len:
+            e = e[:seq_len - 1] + [e[-1]] if e[-1] == tok.sep_id else e[:seq_len]
+        ids.append(np.asarray(e, np.int32))
+    return ids
+
+
 def encode_examples(source: Source, tok: TextTokenizer, seq_len: int
                     ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """(token ids per example, lengths, labels), all examples of the split, in order."""
@@ -45,18 +60,8 @@ def encode_examples(source: Source, tok: TextTokenizer, seq_len: int
     if n == 0:
         raise DataError(f"{source.name} has no examples.", culprit=source.name)
     examples = [source[i] for i in range(n)]
-    texts = [e["text"] for e in examples]
     labels = np.array([e["label"] for e in examples], np.int32)
-    has_post = tok.tokenizer.post_processor is not None
-    encoded = tok.encode_batch(texts, add_special_tokens=has_post)
-    ids = []
-    for e in encoded:
-        if not has_post:
-            e = ([tok.cls_id] if tok.cls_id is not None else []) + e + (
-                [tok.sep_id] if tok.sep_id is not None else [])
-        if len(e) > seq_len:
-            e = e[:seq_len - 1] + [e[-1]] if e[-1] == tok.sep_id else e[:seq_len]
-        ids.append(np.asarray(e, np.int32))
+    ids = encode_texts(tok, [e["text"] for e in examples], seq_len)
     lengths = np.array([max(len(x), 1) for x in ids], np.int32)
     return ids, lengths, labels
 
@@ -159,8 +164,8 @@ def classification_sources(cfg: Any) -> dict[str, Source]:
     names = out["train"].label_names
     if names is None:
         raise DataError(f"{out['train'].name} has no labels; fine-tuning needs a labeled source "
-                        "(labeled:, tsv:/csv:/jsonl: with data.label_field, or a TFDS dataset with a "
-                        "ClassLabel feature).", culprit="data.train")
+                        "(labeled:, tsv:/csv:/jsonl: with data.label_field, or a TFDS dataset "
+                        "with a ClassLabel feature).", culprit="data.train")
     for split, given in (("validation", d.validation), ("test", d.test)):
         if given:
             out[split] = open_source(cfg.resolve_path(given), split, opts, label_names=names)

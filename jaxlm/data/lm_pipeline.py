@@ -63,7 +63,8 @@ def to_lm_example(window: np.ndarray) -> dict[str, np.ndarray]:
             "weights": np.ones(len(window) - 1, np.float32)}
 
 
-def to_mlm_example(window: np.ndarray, mask: MaskSpec, seed: int, row: int) -> dict[str, np.ndarray]:
+def to_mlm_example(window: np.ndarray, mask: MaskSpec, seed: int, row: int
+                   ) -> dict[str, np.ndarray]:
     """The first T tokens of a window of T+1, corrupted for masked LM with rng (seed, row)."""
     rng = np.random.default_rng([seed, 2, int(row)])
     return mask_tokens(np.asarray(window[:-1], np.int32), rng, mask)

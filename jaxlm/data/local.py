@@ -34,7 +34,8 @@ class DataReport:
     def add(self, problem: str, where: str, fix: str = "") -> None:
         if self.policy == "error":
             raise DataError(
-                f"{where}: {problem} in {self.what}. {fix + ' ' if fix else ''}Fix the file, or set "
+                f"{where}: {problem} in {self.what}. {fix + ' ' if fix else ''}Fix the file, or "
+                "set "
                 "data.on_invalid: report (spec option ?on_invalid=report) to skip such records "
                 "and count them.", culprit=where)
         self.counts[problem] += 1
@@ -95,7 +96,7 @@ def read_text_documents(path: Path, encoding: str, documents: str, report: DataR
 
 
 def read_labeled(path: Path, encoding: str, report: DataReport) -> list[Record]:
-    """`LABEL TEXT` lines (the SST/TREC format): the first whitespace-separated token is the label."""
+    """`LABEL TEXT` lines (SST, TREC): the first whitespace-separated token is the label."""
     out: list[Record] = []
     for n, line in enumerate(_lines(path, encoding), 1):
         where = f"{path}:{n}"
@@ -109,7 +110,7 @@ def read_labeled(path: Path, encoding: str, report: DataReport) -> list[Record]:
     return out
 
 
-def _pick(names: list[str], wanted: str, defaults: tuple[str, ...], what: str, path: Path,
+def pick_field(names: list[str], wanted: str, defaults: tuple[str, ...], what: str, path: Path,
           option: str, required: bool) -> str | None:
     if wanted:
         if wanted not in names:
@@ -140,8 +141,8 @@ def read_delimited(path: Path, encoding: str, delimiter: str, text_field: str, l
         raise DataError(f"{path} is empty; a {'TSV' if delimiter == chr(9) else 'CSV'} file needs "
                         "a header row naming its columns.", culprit=str(path))
     header = [h.strip() for h in header]
-    tcol = _pick(header, text_field, TEXT_NAMES, "text", path, "data.text_field", True)
-    lcol = _pick(header, label_field, LABEL_NAMES, "label", path, "data.label_field", False)
+    tcol = pick_field(header, text_field, TEXT_NAMES, "text", path, "data.text_field", True)
+    lcol = pick_field(header, label_field, LABEL_NAMES, "label", path, "data.label_field", False)
     ti, li = header.index(tcol), (header.index(lcol) if lcol else None)
     out: list[Record] = []
     for n, row in enumerate(rows, 2):
@@ -183,8 +184,9 @@ def read_jsonl(path: Path, encoding: str, text_field: str, label_field: str,
                             "fields.", culprit=where)
         if tkey is None:  # fields are decided by the first record
             names = list(obj)
-            tkey = _pick(names, text_field, TEXT_NAMES, "text", path, "data.text_field", True)
-            lkey = _pick(names, label_field, LABEL_NAMES, "label", path, "data.label_field", False)
+            tkey = pick_field(names, text_field, TEXT_NAMES, "text", path, "data.text_field", True)
+            lkey = pick_field(names, label_field, LABEL_NAMES, "label", path, "data.label_field",
+                              False)
             has_labels = lkey is not None
         text = obj.get(tkey)
         label = obj.get(lkey) if lkey else None

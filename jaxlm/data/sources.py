@@ -271,9 +271,9 @@ class TfdsSource(Source):
         names = list(feats.keys())
         o = spec.options
         text_keys = [k for k in names if type(feats[k]).__name__ == "Text"]
-        self.text_key = local._pick(names, o.text_field, ("text",) + tuple(text_keys),
+        self.text_key = local.pick_field(names, o.text_field, ("text",) + tuple(text_keys),
                                     "text", Path(spec.target), "data.text_field", True)
-        self.label_key = local._pick(names, o.label_field, ("label",), "label",
+        self.label_key = local.pick_field(names, o.label_field, ("label",), "label",
                                      Path(spec.target), "data.label_field", False)
         self.label_names = None
         if self.label_key is not None:
@@ -362,7 +362,8 @@ def split_order(split: str) -> tuple[int, str]:
     return ({"train": 0, "validation": 1, "test": 2}.get(split, 3), split)
 
 
-def available_splits(spec: str | Spec, options: SourceOptions | None = None) -> dict[str, int | None]:
+def available_splits(spec: str | Spec, options: SourceOptions | None = None
+                     ) -> dict[str, int | None]:
     """split name -> number of examples (None when unknown without reading)."""
     s = spec if isinstance(spec, Spec) else parse_spec(spec, options)
     if s.kind == "tfds":

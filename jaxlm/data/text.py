@@ -29,16 +29,6 @@ def read_text(path: str | Path, encoding: str = "utf-8", what: str = "data file"
                         "such as utf-8 or iso-8859-1.", culprit=encoding) from None
 
 
-def parse_text_spec(spec: str) -> Path:
-    """`text:PATH` or a bare path -> Path."""
-    if spec.startswith("text:"):
-        spec = spec[len("text:"):]
-    if not spec:
-        raise DataError("No training data given. Set data.train to a text file, e.g. "
-                        "'text:{data_root}/tinyshakespeare/input.txt'.", culprit="data.train")
-    return Path(spec)
-
-
 def split_lines(text: str) -> list[str]:
     """Lines split on '\n' only (str.splitlines also splits on characters such as U+0085, which
     occur inside ISO-8859-1 text), without the line ends; a final newline adds no empty line."""
