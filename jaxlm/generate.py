@@ -68,6 +68,10 @@ class Generator:
         self.params, self.cfg = params, model.backbone.cfg
         self.tokenizer = tokenizer
         self.context_len = context_len or self.cfg.max_len
+        if self.cfg.position == "learned" and self.context_len > self.cfg.max_len:
+            raise ConfigError(f"context_len={self.context_len} exceeds the model's "
+                              f"{self.cfg.max_len} learned positions. Leave it unset or lower it.",
+                              culprit="context_len")
         if self.context_len < 2:
             raise ConfigError(f"context_len must be at least 2, got {self.context_len}.",
                               culprit="context_len")

@@ -163,6 +163,8 @@ def test_bad_settings_are_reported(model):
         generate_ids(model, [[]], max_new_tokens=3)
     with pytest.raises(ConfigError, match="vocabulary"):
         generate_ids(model, [[1000]], max_new_tokens=3)
+    with pytest.raises(ConfigError, match="learned positions"):
+        Generator(model, context_len=1000)
     with pytest.raises(ConfigError, match="causal"):
         Generator(build_model(model.backbone.cfg, "masked"))
 
