@@ -78,6 +78,7 @@ def pretrain(cfg: Config, run_dir: str | None = None, *, overwrite: bool = False
         raise ConfigError("train.objective: masked needs a bidirectional model, and this one is "
                           "causal. Use model.family: bert, or set model.causal: false.",
                           culprit="train.objective")
+    write_model_spec(out_dir, mcfg, cfg.train.objective)
     data = lm_batches(cfg, tok, train_src, val_src, process_index=jax.process_index(),
                       process_count=jax.process_count())
     tx, lr = build_optimizer(cfg.optim, cfg.train.steps)
