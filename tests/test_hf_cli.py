@@ -127,10 +127,42 @@ def test_export_of_a_pretraining_run(tiny_corpus, tmp_path):
     assert res.returncode == 0, res.stderr
     assert main(["export", "--run", str(run), "--to-hf", str(out)]) == 0
     cfg, params, tok, info = load_params(run)
-    assert info["step"] == 3 and info["task"] == "causal" and not cfg.use_bias
+    assert info["checkpoint"] == "step 3" and info["task"] == "causal" and not cfg.use_bias
     back = transformers.GPT2LMHeadModel.from_pretrained(str(out)).eval()
     ids, mask = padded_batch(tok, ["First Citizen:", "Speak, speak. All:"])
     logits, _ = jax_outputs(run, ids, mask)
     d = max_diff(logits, torch_forward(back, ids, mask)[1], mask)
     print(f"pretrain-run export max abs diff: {d:.2e}")
+    assert d <= TOL
+
+
+def test_export_of_a_finetuning_run(tiny, data_dir, tmp_path):
+    """`jaxlm finetune --init-from hf:DIR` (a BERT with pooler) for a few steps on SST-2, then
+    `jaxlm export`: the best checkpoint loads as BertForSequenceClassification and gives the
+    logits jaxlm's own inference gives."""
+    from jaxlm.inference import load_run
+
+    (src, _), tok = tiny[0]["bert"], tiny[1]
+    run, out = tmp_path / "run", tmp_path / "hf"
+    cfg = {"name": "tiny_ft", "data": {"train": f"labeled:{data_dir}/sst2", "seq_len": 32},
+           "optim": {"lr": 1e-3, "schedule": "constant"},
+           "train": {"objective": "classification", "steps": 4, "batch_size": 8,
+                     "eval_every": 2, "eval_batches": 2, "log_every": 2, "checkpoint_every": 4},
+           "finetune": {"init_from": f"hf:{src}", "pooling": "first", "pooler": True}}
+    (tmp_path / "ft.yaml").write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    res = subprocess.run([sys.executable, "-m", "jaxlm.cli", "finetune", "--config",
+                          str(tmp_path / "ft.yaml"), "--run-dir", str(run), "--quiet"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert main(["export", "--run", str(run), "--to-hf", str(out)]) == 0
+    hf_cfg = json.loads((out / "config.json").read_text())
+    assert hf_cfg["architectures"] == ["BertForSequenceClassification"]
+    assert hf_cfg["id2label"] == {"0": "0", "1": "1"}
+    loaded = load_run(run)  # the best checkpoint, as `jaxlm evaluate` reads it
+    ids, mask = padded_batch(tok, add_special_tokens=True)
+    logits = np.asarray(loaded.model(ids, segment_ids_BxT=mask))
+    back = transformers.BertForSequenceClassification.from_pretrained(str(out)).eval()
+    d = max_diff(logits, torch_forward(back, ids, mask)[1])
+    print(f"finetune-run export max abs diff: {d:.2e} ({loaded.checkpoint})")
     assert d <= TOL

@@ -12,7 +12,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", required=True, metavar="DIR", help="run directory (pretrain, "
                    "finetune or convert)")
     p.add_argument("--to-hf", required=True, metavar="OUT", help="folder to write")
-    p.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+    p.add_argument("--checkpoint", default="best", help="best (a fine-tuning run's best "
+                   "validation checkpoint; otherwise the latest), latest, or a step number")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
     p.set_defaults(func=run)
 
@@ -20,6 +21,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from jaxlm.interop.run_io import export_run
 
-    s = export_run(args.run, args.to_hf, step=args.step, overwrite=args.overwrite)
-    print(f"exported {s['family']} (step {s['step']}) as {s['architecture']} -> {s['out']}")
+    s = export_run(args.run, args.to_hf, checkpoint=args.checkpoint, overwrite=args.overwrite)
+    print(f"exported {s['family']} ({s['checkpoint']}) as {s['architecture']} -> {s['out']}")
     return 0

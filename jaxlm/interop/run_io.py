@@ -27,52 +27,74 @@ from jaxlm.interop.hf_weights import GROUP_ROOTS
 from jaxlm.interop.params import (ParamPath, abstract_params, heads_in, model_kwargs, path_str,
                                   to_state)
 from jaxlm.train.checkpoint import Checkpointer
-from jaxlm.train.run_dir import load_run_config, prepare_run_dir
+from jaxlm.train.run_dir import load_run_config, prepare_run_dir, write_model_spec
 
 IMPORT_INFO = "hf_import.json"
 
 
-def checkpoint_steps(run_dir: Path) -> list[int]:
-    """Finished checkpoint steps (orbax renames a step folder into place when it is complete)."""
-    ckpt = run_dir / "checkpoints"
-    if not ckpt.is_dir():
+def checkpoint_steps(folder: Path, item: str = "state") -> list[int]:
+    """Finished checkpoint steps in an orbax folder (a step folder is renamed into place when
+    complete)."""
+    if not folder.is_dir():
         return []
-    return sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit() and (p / "state").is_dir())
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and (p / item).is_dir())
 
 
-def read_run_params(run_dir: str | Path, step: int | None = None
-                    ) -> tuple[dict[ParamPath, np.ndarray], int]:
-    """{param path: numpy array} of a run's checkpoint (latest step by default), and the step."""
-    import orbax.checkpoint as ocp
-
-    run_dir = Path(run_dir)
-    steps = checkpoint_steps(run_dir)
+def _checkpoint_item(run_dir: Path, checkpoint: str | int) -> tuple[Path, str | None, str]:
+    """(orbax item folder, subtree holding the params or None, description) for a checkpoint
+    choice: "best" (a fine-tuning run's best-validation params, else the latest), "latest", or a
+    step number."""
+    if checkpoint == "best":
+        best = checkpoint_steps(run_dir / "best", "params")
+        if best:
+            return run_dir / "best" / str(best[-1]) / "params", None, f"best (step {best[-1]})"
+        checkpoint = "latest"
+    steps = checkpoint_steps(run_dir / "checkpoints")
     if not steps:
         raise CheckpointError(f"No checkpoint found in '{run_dir / 'checkpoints'}'. Train or "
                               "convert into this run directory first.", culprit=str(run_dir))
-    step = steps[-1] if step is None else step
-    if step not in steps:
-        raise CheckpointError(f"'{run_dir}' has no checkpoint at step {step}; it has steps "
-                              f"{', '.join(map(str, steps))}.", culprit=str(run_dir))
-    path = (run_dir / "checkpoints" / str(step) / "state").absolute()
+    if checkpoint == "latest":
+        step = steps[-1]
+    else:
+        try:
+            step = int(checkpoint)
+        except ValueError:
+            raise CheckpointError(f"The checkpoint must be best, latest or a step number, got "
+                                  f"'{checkpoint}'.", culprit=str(checkpoint)) from None
+        if step not in steps:
+            raise CheckpointError(f"'{run_dir}' has no checkpoint at step {step}; it has steps "
+                                  f"{', '.join(map(str, steps))}.", culprit=str(run_dir))
+    return run_dir / "checkpoints" / str(step) / "state", "params", f"step {step}"
+
+
+def read_run_params(run_dir: str | Path, checkpoint: str | int = "latest"
+                    ) -> tuple[dict[ParamPath, np.ndarray], str]:
+    """{param path: numpy array} of a run's checkpoint, and which checkpoint that was.
+
+    Reads orbax's own metadata and restores only the parameters, as host numpy arrays: the
+    optimizer state and the mesh the run was saved on do not matter.
+    """
+    import orbax.checkpoint as ocp
+
+    path, key, which = _checkpoint_item(Path(run_dir), checkpoint)
+    path = path.absolute()
     try:
         meta = ocp.PyTreeCheckpointHandler().metadata(path)  # the item's tree, no step files
-        if "params" not in meta:
-            raise KeyError("params")
-        target = {"params": jax.tree.map(lambda m: np.zeros((), np.float32), meta["params"])}
+        tree = meta if key is None else {key: meta[key]}
+        target = jax.tree.map(lambda m: np.zeros((), np.float32), tree)
         restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
-        state = ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(
-            item=target, restore_args=restore_args, partial_restore=True))
+        out = ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(
+            item=target, restore_args=restore_args, partial_restore=key is not None))
     except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
-        raise CheckpointError(f"The checkpoint '{path}' could not be read as a jaxlm train state "
+        raise CheckpointError(f"The checkpoint '{path}' could not be read as jaxlm parameters "
                               f"({type(e).__name__}: {str(e)[:300]}).", culprit=str(path)) from None
     flat = {}
-    for keys, arr in jax.tree_util.tree_flatten_with_path(state["params"])[0]:
+    for keys, arr in jax.tree_util.tree_flatten_with_path(out if key is None else out[key])[0]:
         names = [str(getattr(k, "key", getattr(k, "name", k))) for k in keys]
         if names and names[-1] == "value":  # nnx Variables are stored as {"value": array}
             names = names[:-1]
         flat[tuple(int(n) if n.isdigit() else n for n in names)] = np.asarray(arr)
-    return flat, step
+    return flat, which
 
 
 def _find_key(raw: Any, key: str) -> Any:
@@ -87,56 +109,77 @@ def _find_key(raw: Any, key: str) -> Any:
     return None
 
 
-def _load_run(run_dir: Path, step: int | None) -> tuple[ModelConfig, nnx.State, TextTokenizer, dict]:
+def _spec_from_config(run_dir: Path, flat: dict, tok: TextTokenizer) -> dict:
+    """A model.json-like spec for runs that lack one (older runs): the config plus what the
+    parameter shapes say (vocabulary, heads)."""
     cfg = load_run_config(run_dir)
-    tok_path = run_dir / "tokenizer.json"
-    if not tok_path.is_file():
-        raise CheckpointError(f"Run directory '{run_dir}' has no tokenizer.json; it was not "
-                              "written by jaxlm, or is incomplete.", culprit=str(tok_path))
-    tok = TextTokenizer.load(tok_path)
-    flat, step = read_run_params(run_dir, step)
     emb = flat.get(("backbone", "embeddings", "token", "embedding"))
     if emb is None:
         raise CheckpointError(f"The checkpoint in '{run_dir}' has no backbone token embedding; it "
                               "is not a jaxlm model checkpoint.", culprit=str(run_dir))
     pad = cfg.model.pad_token_id if cfg.model.vocab_size else (tok.pad_id or 0)
-    mcfg = dataclasses.replace(cfg.model, vocab_size=int(emb.shape[0]), pad_token_id=pad).resolved()
-    meta = json.loads((run_dir / IMPORT_INFO).read_text()) if (run_dir / IMPORT_INFO).is_file() else {}
-    heads = heads_in(flat)
-    objective = meta.get("task") or heads["objective"] or cfg.train.objective
+    mcfg = dataclasses.replace(cfg.model, vocab_size=int(emb.shape[0]), pad_token_id=pad)
+    objective = heads_in(flat)["objective"] or cfg.train.objective
     raw = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    pooling = meta.get("pooling") or _find_key(raw, "pooling")
-    kw = model_kwargs(mcfg, flat, objective, pooling)
+    head = model_kwargs(mcfg, flat, objective, _find_key(raw, "pooling"))
+    return {"objective": objective, "model": dataclasses.asdict(mcfg), "head": head}
+
+
+def _load_run(run_dir: Path, checkpoint: str | int
+              ) -> tuple[ModelConfig, nnx.State, TextTokenizer, dict]:
+    tok_path = run_dir / "tokenizer.json"
+    if not tok_path.is_file():
+        raise CheckpointError(f"Run directory '{run_dir}' has no tokenizer.json; it was not "
+                              "written by jaxlm, or is incomplete.", culprit=str(tok_path))
+    tok = TextTokenizer.load(tok_path)
+    flat, which = read_run_params(run_dir, checkpoint)
+    spec_path = run_dir / "model.json"
+    spec = (json.loads(spec_path.read_text()) if spec_path.is_file()
+            else _spec_from_config(run_dir, flat, tok))
+    mcfg = ModelConfig(**spec["model"]).resolved()
+    objective, head = spec["objective"], dict(spec.get("head") or {})
+    kw = ({k: head[k] for k in ("num_labels", "pooling", "pooler") if k in head}
+          if objective == "classification" else {})
     abstract = abstract_params(mcfg, {objective: kw})
     unknown = [path_str(p) for p in flat if p not in abstract]
+    missing = [path_str(p) for p in abstract if p not in flat]
     bad = [f"{path_str(p)} {list(a.shape)} vs {list(abstract[p].get_value().shape)}"
            for p, a in flat.items() if p in abstract
            and tuple(a.shape) != tuple(abstract[p].get_value().shape)]
-    if unknown or bad:
+    if unknown or missing or bad:
+        parts = [f"{what} {', '.join(names[:6])}{' ...' if len(names) > 6 else ''}"
+                 for what, names in (("unexpected parameters", unknown),
+                                     ("missing parameters", missing), ("shape mismatches", bad))
+                 if names]
         raise CheckpointError(
-            f"The checkpoint in '{run_dir}' does not match its config.yaml: "
-            f"{'unexpected parameters ' + ', '.join(unknown[:8]) if unknown else ''}"
-            f"{'; ' if unknown and bad else ''}{'shape mismatches ' + '; '.join(bad[:6]) if bad else ''}"
-            ". The run directory was modified or mixes two runs.", culprit=str(run_dir))
+            f"The checkpoint in '{run_dir}' ({which}) does not match the model its run describes "
+            f"(model.json / config.yaml): {'; '.join(parts)}. The run directory was modified or "
+            "mixes two runs.", culprit=str(run_dir))
+    names = head.get("class_names")
     groups = [g for g, root in GROUP_ROOTS.items() if any(p[:len(root)] == root for p in flat)]
-    info = {"source": str(run_dir), "step": step, "task": objective, "heads": groups,
-            "num_labels": kw.get("num_labels") if "head.classifier" in groups else None,
-            "id2label": ({int(k): v for k, v in meta["id2label"].items()}
-                         if meta.get("id2label") else None),
-            "pooler": kw.get("pooler", False), "pooling": kw.get("pooling")}
+    info = {"source": str(run_dir), "checkpoint": which, "task": objective, "heads": groups,
+            "num_labels": kw.get("num_labels"), "id2label": dict(enumerate(names)) if names else None,
+            "pooler": bool(kw.get("pooler", False)), "pooling": kw.get("pooling")}
     return mcfg, to_state(flat, abstract), tok, info
 
 
-def load_params(path: str | Path, *, step: int | None = None
+def load_params(path: str | Path, *, checkpoint: str | int = "latest"
                 ) -> tuple[ModelConfig, nnx.State, TextTokenizer, dict[str, Any]]:
-    """(ModelConfig, params, tokenizer, info) from a run directory, a Hugging Face folder or
-    `hf:org/name`. The params hold the backbone and the heads found; see `import_hf` for info."""
+    """(ModelConfig, params, tokenizer, info) from a run directory (RUN_DIR/checkpoints/STEP picks
+    a step), a Hugging Face folder or `hf:org/name`.
+
+    params hold the backbone and the heads found (see `import_hf`). checkpoint, for run
+    directories: "latest", "best" (a fine-tuning run's best validation checkpoint) or a step.
+    info: source, task, heads, num_labels, id2label, pooler, pooling, and "checkpoint" for runs.
+    """
     s = str(path)
     if s.startswith(HUB_PREFIX):
         return import_hf(s)
     p = Path(s).expanduser()
+    if p.name.isdigit() and p.parent.name == "checkpoints":
+        p, checkpoint = p.parent.parent, int(p.name)
     if (p / "config.yaml").is_file():
-        return _load_run(p, step)
+        return _load_run(p, checkpoint)
     if (p / "config.json").is_file():
         return import_hf(p)
     raise CheckpointError(f"'{p}' is neither a jaxlm run directory (config.yaml + checkpoints/) "
@@ -170,6 +213,13 @@ def write_run(run_dir: str | Path, cfg: ModelConfig, params: nnx.State, tok: Tex
         ckpt.save(0, state, {"iterator": None})
     finally:
         ckpt.close()
+    head = {}
+    if task == "classification":
+        n = info["num_labels"]
+        labels = info.get("id2label") or {}
+        head = {"num_labels": n, "class_names": [str(labels.get(i, i)) for i in range(n)],
+                "pooling": info.get("pooling") or "first", "pooler": bool(info.get("pooler"))}
+    write_model_spec(run_dir, cfg.resolved(), task, **head)
     (run_dir / IMPORT_INFO).write_text(json.dumps({**info, "task": task}, indent=2, default=str))
     return run_dir
 
@@ -227,15 +277,16 @@ def convert_hf_to_run(src: str | Path, out: str | Path, *, task: str | None = No
     return {**meta, "params": n_params, "family": cfg.family, "run_dir": str(out)}
 
 
-def export_run(run_dir: str | Path, out: str | Path, *, step: int | None = None,
+def export_run(run_dir: str | Path, out: str | Path, *, checkpoint: str | int = "best",
                overwrite: bool = False) -> dict[str, Any]:
-    """`jaxlm export`: a run directory's checkpoint as a Hugging Face folder."""
+    """`jaxlm export`: a run directory's checkpoint (default: the best one of a fine-tuning run,
+    else the latest) as a Hugging Face folder."""
     from jaxlm.interop.hf import export_hf
 
-    cfg, params, tok, info = load_params(run_dir, step=step)
+    cfg, params, tok, info = load_params(run_dir, checkpoint=checkpoint)
     path = export_hf(cfg, params, out, tokenizer=tok, objective=info["task"],
                      pooling=info["pooling"] if info["task"] == "classification" else None,
                      id2label=info["id2label"], overwrite=overwrite)
     hf_cfg = json.loads((path / "config.json").read_text())
     return {"out": str(path), "architecture": hf_cfg["architectures"][0],
-            "step": info.get("step"), "family": cfg.family}
+            "checkpoint": info.get("checkpoint"), "family": cfg.family}
