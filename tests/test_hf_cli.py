@@ -55,7 +55,7 @@ def test_convert_then_export_gpt2(tiny, tmp_path, capsys):
     (src, ref), tok = tiny[0]["gpt2"], tiny[1]
     run, out = tmp_path / "run", tmp_path / "hf"
     assert main(["convert", "--from-hf", str(src), "--out", str(run)]) == 0
-    assert f"for 'causal': " in capsys.readouterr().out
+    assert "for 'causal': " in capsys.readouterr().out
     assert {"config.yaml", "tokenizer.json", "checkpoints", "hf_import.json"} <= {
         p.name for p in run.iterdir()}
     cfg_yaml = yaml.safe_load((run / "config.yaml").read_text())

@@ -25,7 +25,7 @@ from jaxlm.data.tokenizer import TextTokenizer, load_tokenizer
 from jaxlm.errors import CheckpointError
 from jaxlm.interop.hf_config import config_from_hf, config_to_hf, default_task, hf_num_labels
 from jaxlm.interop.hf_weights import GROUP_ROOTS, TensorFiles, export_tensors, import_tensors
-from jaxlm.interop.params import abstract_params, heads_in, to_flat, to_state
+from jaxlm.interop.params import abstract_params, objective_of, to_flat, to_state
 from jaxlm.models.layers import DTYPES
 
 HUB_PREFIX = "hf:"
@@ -180,7 +180,7 @@ def export_hf(cfg: ModelConfig, params: nnx.State | dict, out_dir: str | Path, *
     """
     cfg = cfg.resolved()
     flat = to_flat(params)
-    objective = objective or heads_in(flat)["objective"] or (
+    objective = objective or objective_of(flat) or (
         "masked" if cfg.family == "bert" else "causal")
     groups = ["backbone"]
     num_labels = 0

@@ -157,7 +157,10 @@ _FIXED = ("norm", "norm_position", "position", "mlp", "causal", "embed_norm", "f
 
 
 def check_exportable(cfg: ModelConfig) -> None:
-    """Refuse a jaxlm model that the family's Hugging Face class cannot represent exactly."""
+    """Refuse a jaxlm model that the family's Hugging Face class cannot represent exactly.
+
+    Two differences are representable and allowed: no linear biases (GPT-2/BERT get zero
+    biases) and no token types (BERT gets one zero token-type row)."""
     cfg = cfg.resolved()
     if cfg.family not in SUPPORTED:
         raise CheckpointError(f"model.family={cfg.family!r} has no Hugging Face export; "

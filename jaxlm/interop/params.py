@@ -75,18 +75,15 @@ def apply_params(model: nnx.Module, params: nnx.State) -> tuple[list[str], list[
     return fresh, unused
 
 
-def heads_in(flat_paths: Any) -> dict[str, Any]:
-    """Which heads a parameter set holds: objective, num_labels, pooler (from paths/shapes)."""
+def objective_of(flat_paths: Any) -> str | None:
+    """The objective whose head a parameter set holds (None: backbone only, or a tied LM head,
+    which has no parameters of its own)."""
     roots = {p[0] for p in flat_paths}
-    info: dict[str, Any] = {"objective": None, "num_labels": None, "pooler": False}
-    if "head" in roots:
-        info["objective"] = "classification"
-        info["pooler"] = any(p[:2] == ("head", "pooler") for p in flat_paths)
-    elif "mlm_head" in roots:
-        info["objective"] = "masked"
-    elif "lm_head" in roots:
-        info["objective"] = "causal"
-    return info
+    for root, objective in (("head", "classification"), ("mlm_head", "masked"),
+                            ("lm_head", "causal")):
+        if root in roots:
+            return objective
+    return None
 
 
 def model_kwargs(cfg: ModelConfig, flat: dict[ParamPath, Any], objective: str,

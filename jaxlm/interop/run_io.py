@@ -24,8 +24,8 @@ from jaxlm.data.tokenizer import TextTokenizer
 from jaxlm.errors import CheckpointError, ConfigError
 from jaxlm.interop.hf import HUB_PREFIX, import_hf
 from jaxlm.interop.hf_weights import GROUP_ROOTS
-from jaxlm.interop.params import (ParamPath, abstract_params, heads_in, model_kwargs, path_str,
-                                  to_state)
+from jaxlm.interop.params import (ParamPath, abstract_params, model_kwargs, objective_of,
+                                  path_str, to_state)
 from jaxlm.train.checkpoint import Checkpointer
 from jaxlm.train.run_dir import load_run_config, prepare_run_dir, write_model_spec
 
@@ -119,7 +119,7 @@ def _spec_from_config(run_dir: Path, flat: dict, tok: TextTokenizer) -> dict:
                               "is not a jaxlm model checkpoint.", culprit=str(run_dir))
     pad = cfg.model.pad_token_id if cfg.model.vocab_size else (tok.pad_id or 0)
     mcfg = dataclasses.replace(cfg.model, vocab_size=int(emb.shape[0]), pad_token_id=pad)
-    objective = heads_in(flat)["objective"] or cfg.train.objective
+    objective = objective_of(flat) or cfg.train.objective
     raw = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
     head = model_kwargs(mcfg, flat, objective, _find_key(raw, "pooling"))
     return {"objective": objective, "model": dataclasses.asdict(mcfg), "head": head}
