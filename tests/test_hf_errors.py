@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import subprocess
 import sys
 
 import numpy as np
@@ -143,6 +144,25 @@ def test_local_folder_problems(tmp_path, tiny):
     (d / "tokenizer.json").unlink()
     with pytest.raises(CheckpointError, match="has no tokenizer.json"):
         import_hf(d)
+
+
+def test_pytorch_bin_without_torch_is_a_clear_error(tiny, tmp_path, monkeypatch):
+    src, model = tiny[0]["gpt2"]
+    d = tmp_path / "bin"
+    shutil.copytree(src, d)
+    (d / "model.safetensors").unlink()
+    torch.save(model.state_dict(), d / "pytorch_model.bin")
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if torch were not installed
+    with pytest.raises(CheckpointError, match=r"PyTorch pickle; reading it needs torch"):
+        import_hf(d)
+
+
+def test_package_imports_without_torch_or_transformers():
+    code = ("import sys, jaxlm.interop, jaxlm.commands.convert, jaxlm.commands.export; "
+            "print(sorted(m for m in ('torch', 'transformers', 'huggingface_hub') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr[-500:]
 
 
 def _same_params(a, b):
