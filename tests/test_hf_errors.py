@@ -121,7 +121,7 @@ def test_hub_id_offline_fails_clearly(monkeypatch):
         import_hf("hf:sentence-transformers/all-MiniLM-L6-v2")
     msg = str(e.value)
     assert "hf:sentence-transformers/all-MiniLM-L6-v2" in msg and "offline" in msg
-    assert "huggingface-cli download sentence-transformers/all-MiniLM-L6-v2" in msg
+    assert "hf download sentence-transformers/all-MiniLM-L6-v2" in msg
 
 
 def test_hub_id_without_huggingface_hub(monkeypatch):

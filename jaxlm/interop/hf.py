@@ -34,7 +34,7 @@ _HUB_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.txt", "*.model"]
 
 def _download(repo_id: str) -> Path:
     """A hub repository's files via huggingface_hub (its cache works offline once filled)."""
-    fix = (f"Download it where the Hub is reachable (`huggingface-cli download {repo_id} "
+    fix = (f"Download it where the Hub is reachable (`hf download {repo_id} "
            "--local-dir DIR`), copy DIR here and pass that folder instead")
     if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", repo_id):
         raise CheckpointError(f"'{HUB_PREFIX}{repo_id}' is neither a local folder nor a Hugging "
