@@ -56,6 +56,9 @@ def open_splits(cfg: Config) -> dict[str, Any]:
             out[split] = open_source(cfg.resolve_path(spec), split, opts, train.label_names)
         elif has_split(train_spec, split, opts):
             out[split] = open_source(train_spec, split, opts, train.label_names)
+    if "validation" not in out:  # e.g. TREC: hold out the last val_fraction of train
+        from jaxlm.data.lm_data import holdout
+        out["train"], out["validation"] = holdout(train, d.val_fraction)
     return out
 
 
