@@ -18,7 +18,6 @@ from jaxlm.config import Config, ModelConfig
 from jaxlm.data.tokenizer import TextTokenizer
 from jaxlm.errors import CheckpointError
 from jaxlm.models import build_model
-from jaxlm.train.checkpoint import Checkpointer
 from jaxlm.train.run_dir import load_run_config, read_model_spec
 
 
@@ -43,39 +42,26 @@ class LoadedRun:
 def load_run(run_dir: str | Path, checkpoint: str = "best") -> LoadedRun:
     """Load a run's model. checkpoint: "best" (the best validation checkpoint of a fine-tuning
     run, else the latest), "latest", or a step number."""
+    from jaxlm.interop import apply_params, load_params
+
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
     spec = read_model_spec(run_dir)
-    mcfg = ModelConfig(**spec["model"])
+    if checkpoint == "best" and not any(p.name.isdigit() for p in (run_dir / "best").glob("*")):
+        checkpoint = "latest"
+    mcfg, params, tok, info = load_params(run_dir, checkpoint=checkpoint)
     head = spec.get("head", {})
-    tok = TextTokenizer.load(run_dir / "tokenizer.json")
     objective = spec["objective"]
     with nnx.use_eager_sharding(False):
         model = build_model(mcfg, objective, num_labels=head.get("num_labels", 0),
                             pooling=head.get("pooling", "first"), pooler=head.get("pooler", False))
-    graphdef, params = nnx.split(model, nnx.Param)
-    dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=dev), params)
-    best_dir = run_dir / "best"
-    if checkpoint == "best" and best_dir.is_dir() and any(p.name.isdigit() for p in best_dir.iterdir()):
-        import orbax.checkpoint as ocp
-        mgr = ocp.CheckpointManager(best_dir.absolute(), item_names=("params",))
-        step = mgr.latest_step()
-        restored = mgr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
-        mgr.close()
-        loaded, which = restored["params"], f"best (step {step})"
-    else:
-        ckpt = Checkpointer(run_dir / "checkpoints", async_save=False)
-        try:
-            step = None if checkpoint in ("best", "latest") else int(checkpoint)
-            loaded = ckpt.restore_params(step, target)
-            which = f"step {step if step is not None else ckpt.latest_step()}"
-        except ValueError:
-            raise CheckpointError(f"--checkpoint must be best, latest or a step number, got "
-                                  f"'{checkpoint}'.", culprit=checkpoint) from None
-        finally:
-            ckpt.close()
-    return LoadedRun(run_dir, cfg, mcfg, objective, head, tok, nnx.merge(graphdef, loaded), which)
+    fresh, _ = apply_params(model, params)
+    if fresh:
+        raise CheckpointError(f"The checkpoint of '{run_dir}' lacks parameters the model needs: "
+                              f"{', '.join(fresh[:8])}. The run directory is incomplete or was "
+                              "modified.", culprit=str(run_dir))
+    return LoadedRun(run_dir, cfg, mcfg, objective, head, tok, model,
+                     str(info.get("checkpoint", checkpoint)))
 
 
 def _pad_batch(ids: list[list[int]], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,7 @@ from jaxlm.errors import CheckpointError, ConfigError
 from jaxlm.inference import load_run, predict_proba
 from jaxlm.models import build_model
 from jaxlm.train.finetune import finetune
-from jaxlm.train.init_from import check_backbone_shapes, load_run_backbone
+from jaxlm.train.init_from import check_backbone_shapes, load_pretrained
 from jaxlm.train.pretrain import pretrain
 
 MODEL = {"family": "bert", "num_layers": 2, "d_model": 32, "num_heads": 2, "max_len": 64}
@@ -70,7 +70,7 @@ def test_init_from_copies_every_backbone_parameter_and_only_initialises_the_head
                     finetune={"init_from": str(pretrained)})
     summary = finetune(cfg, str(tmp_path / "ft"), show_progress=False)
     params = summary["state"]["params"]
-    pre = load_run_backbone(pretrained)
+    pre = load_pretrained(str(pretrained))
     want, got = _flat(pre.backbone), _flat(params["backbone"])
     assert set(want) == set(got) and len(want) > 10
     for k in want:
@@ -91,10 +91,10 @@ def test_frozen_backbone_does_not_move_but_the_head_does(sst_small, pretrained, 
     cfg = ft_config(root, optim={"lr": 1e-2}, finetune={"init_from": str(pretrained),
                                                          "freeze_backbone": True})
     params = finetune(cfg, str(tmp_path / "ft"), show_progress=False)["state"]["params"]
-    pre = _flat(load_run_backbone(pretrained).backbone)
+    pre = _flat(load_pretrained(str(pretrained)).backbone)
     for k, v in _flat(params["backbone"]).items():
         np.testing.assert_array_equal(v, pre[k], err_msg=k)
-    fresh = _flat(nnx.state(build_model(load_run_backbone(pretrained).model, "classification",
+    fresh = _flat(nnx.state(build_model(load_pretrained(str(pretrained)).model, "classification",
                                         num_labels=2, pooling="mean"), nnx.Param)["head"])
     assert any(np.abs(v - fresh[k]).max() > 1e-4 for k, v in _flat(params["head"]).items())
 
@@ -110,7 +110,7 @@ def test_model_keys_that_contradict_the_checkpoint_are_listed(sst_small, pretrai
 
 
 def test_shape_mismatch_lists_the_parameters(pretrained):
-    pre = load_run_backbone(pretrained)
+    pre = load_pretrained(str(pretrained))
     import dataclasses
     other = dataclasses.replace(pre.model, d_ff=pre.model.d_ff * 2)
     expected = nnx.state(build_model(other, "classification", num_labels=2), nnx.Param)["backbone"]

@@ -69,23 +69,6 @@ class Checkpointer:
                 culprit=str(self.directory)) from None
         return out["state"], dict(out["data"] or {})
 
-    def restore_params(self, step: int | None, target: Any) -> Any:
-        """Only the parameters (orbax partial restore): inference needs no optimizer state."""
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise CheckpointError(f"No checkpoint found in '{self.directory}'.",
-                                  culprit=str(self.directory))
-        item = {"params": target}
-        restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding), item)
-        try:
-            out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-                item=item, restore_args=restore_args, partial_restore=True)))
-        except (ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(
-                f"The parameters at step {step} in '{self.directory}' do not match the model of "
-                f"this run ({type(e).__name__}: {str(e)[:400]}).", culprit=str(self.directory)) from None
-        return out["state"]["params"]
-
     def wait(self) -> None:
         self.manager.wait_until_finished()
 

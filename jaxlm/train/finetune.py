@@ -24,8 +24,8 @@ from jaxlm.sharding import make_mesh, use_mesh
 from jaxlm.tasks import LOSSES
 from jaxlm.train.checkpoint import Checkpointer
 from jaxlm.train.flops import count_params, flops_per_token
-from jaxlm.train.init_from import (Pretrained, check_backbone_shapes, finetune_model_config,
-                                   graft_backbone, load_pretrained)
+from jaxlm.train.init_from import (Pretrained, finetune_model_config, init_from_pretrained,
+                                   load_pretrained)
 from jaxlm.train.logger import MetricsLogger
 from jaxlm.train.loop import LoopSpec, restore_or_init, run_loop
 from jaxlm.train.optim import build_optimizer
@@ -196,9 +196,8 @@ def finetune(cfg: Config, run_dir: str | None = None, *, overwrite: bool = False
                             async_save=cfg.train.async_checkpointing)
         state, start = restore_or_init(steps, ckpt, iterator)
         if start == 0 and pre is not None:
-            check_backbone_shapes(steps.abstract_state["params"]["backbone"], pre.backbone,
-                                  pre.source)
-            state["params"] = graft_backbone(state["params"], pre.backbone, steps.state_sharding["params"])
+            state["params"] = init_from_pretrained(state["params"], pre,
+                                                   steps.state_sharding["params"], ft.pooler)
         best = BestKeeper(out_dir, ft.best_metric, ft.best_mode)
         evaluate = ((lambda p: _scalars(evaluate_classifier(logits_fn, p, val, steps.batch_sharding,
                                                             class_names)))

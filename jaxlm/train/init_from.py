@@ -35,66 +35,24 @@ class Pretrained:
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. a HF pooler
 
 
-def _run_and_step(path: Path) -> tuple[Path, int | None]:
-    """RUN_DIR -> (RUN_DIR, None = latest); RUN_DIR/checkpoints/STEP -> (RUN_DIR, STEP)."""
-    if path.name.isdigit() and path.parent.name == "checkpoints":
-        return path.parent.parent, int(path.name)
-    return path, None
+def load_pretrained(init_from: str) -> Pretrained:
+    """The backbone of a pretrain/finetune/converted run (RUN_DIR or RUN_DIR/checkpoints/STEP),
+    a Hugging Face folder (hf:DIR or a folder with config.json) or a hub id (hf:org/name)."""
+    from jaxlm.interop import load_params
 
-
-def load_run_backbone(path: str | Path) -> Pretrained:
-    """The backbone parameters, model config and tokenizer of a jaxlm pretraining run."""
-    from jaxlm.models import build_model
-    from jaxlm.sharding import make_mesh, use_mesh
-    from jaxlm.tasks import LOSSES
-    from jaxlm.train.checkpoint import Checkpointer, abstract_with_shardings
-    from jaxlm.train.optim import build_optimizer
-    from jaxlm.train.pretrain import model_config_for
-    from jaxlm.train.run_dir import load_run_config
-    from jaxlm.train.steps import compile_steps
-
-    run_dir, step = _run_and_step(Path(path))
-    if not run_dir.is_dir():
-        raise CheckpointError(f"finetune.init_from '{path}' does not exist. Give the run directory "
-                              "of a `jaxlm pretrain` run (or RUN_DIR/checkpoints/STEP, or hf:DIR).",
-                              culprit=str(path))
-    pcfg = load_run_config(run_dir)
-    tok = TextTokenizer.load(run_dir / "tokenizer.json")
-    mcfg = model_config_for(pcfg, tok)
-    tx, lr = build_optimizer(pcfg.optim, pcfg.train.steps)
-    mesh = make_mesh(1, 1, 1, devices=jax.devices()[:1])
-    with use_mesh(mesh):
-        steps = compile_steps(lambda: build_model(mcfg, pcfg.train.objective), tx,
-                              LOSSES[pcfg.train.objective], lr, mesh)
-        ckpt = Checkpointer(run_dir / "checkpoints", async_save=False)
-        try:
-            if step is not None and step not in ckpt.all_steps():
-                raise CheckpointError(f"Run '{run_dir}' has no checkpoint at step {step}; it has "
-                                      f"{ckpt.all_steps() or 'none'}.", culprit=str(path))
-            state, _ = ckpt.restore(step, abstract_with_shardings(steps.abstract_state,
-                                                                  steps.state_sharding))
-        finally:
-            ckpt.close()
-    return Pretrained(model=mcfg, backbone=state["params"]["backbone"], tokenizer=tok,
-                      source=str(path))
-
-
-def load_hf_backbone(path: str) -> Pretrained:
-    """A Hugging Face checkpoint (hf:DIR or hf:org/name) imported into jaxlm modules."""
-    from jaxlm.interop.hf import import_hf
-
-    mcfg, params, tok, info = import_hf(path)
+    source = init_from
+    if init_from.startswith("hf:") and Path(init_from[3:]).expanduser().is_dir():
+        init_from = init_from[3:]  # hf:DIR -> the folder itself
+    elif not init_from.startswith("hf:") and not Path(init_from).exists():
+        raise CheckpointError(f"finetune.init_from '{init_from}' does not exist. Give the run "
+                              "directory of a `jaxlm pretrain` run (or RUN_DIR/checkpoints/STEP), "
+                              "or hf:DIR for a Hugging Face checkpoint.", culprit=init_from)
+    mcfg, params, tok, info = load_params(init_from)
     extra = {}
     if "head" in params and "pooler" in params["head"]:
         extra["pooler"] = params["head"]["pooler"]
     return Pretrained(model=mcfg.resolved(), backbone=params["backbone"], tokenizer=tok,
-                      source=path, extra=extra)
-
-
-def load_pretrained(init_from: str) -> Pretrained:
-    if init_from.startswith("hf:"):
-        return load_hf_backbone(init_from)
-    return load_run_backbone(init_from)
+                      source=source, extra=extra)
 
 
 def merged_model_config(user: ModelConfig, pre: ModelConfig) -> ModelConfig:
@@ -143,17 +101,26 @@ def check_backbone_shapes(expected: Any, loaded: Any, source: str) -> None:
                               "tokenizer), or fine-tune from scratch.", culprit=source)
 
 
-def graft_backbone(params: Any, backbone: Any, shardings: Any | None = None) -> Any:
-    """A copy of classifier `params` whose backbone is replaced by `backbone` (exactly)."""
-    leaves = [np.asarray(x) for x in jax.tree.leaves(backbone)]
-    target = params["backbone"]
-    treedef = jax.tree.structure(target)
-    if shardings is not None:
-        new = [jax.device_put(x, s) for x, s in zip(leaves, jax.tree.leaves(shardings["backbone"]))]
-    else:
-        new = [jax.numpy.asarray(x) for x in leaves]
-    params["backbone"] = jax.tree.unflatten(treedef, [n.astype(t.dtype) for n, t in
-                                                      zip(new, jax.tree.leaves(target))])
+def graft(target: Any, loaded: Any, shardings: Any | None = None) -> Any:
+    """`loaded`'s values (exactly) in `target`'s structure, dtypes and shardings."""
+    leaves = [np.asarray(x) for x in jax.tree.leaves(loaded)]
+    want = jax.tree.leaves(target)
+    if len(leaves) != len(want):
+        raise CheckpointError(f"Cannot copy {len(leaves)} tensors into {len(want)} parameters.")
+    shard_leaves = jax.tree.leaves(shardings) if shardings is not None else [None] * len(want)
+    new = [jax.device_put(x.astype(t.dtype), sh) if sh is not None else jax.numpy.asarray(x, t.dtype)
+           for x, t, sh in zip(leaves, want, shard_leaves)]
+    return jax.tree.unflatten(jax.tree.structure(target), new)
+
+
+def init_from_pretrained(params: Any, pre: Pretrained, shardings: Any, use_pooler: bool) -> Any:
+    """Classifier params with the pretrained backbone (and a pretrained BERT pooler when the head
+    has one) copied in; everything else keeps its fresh initialisation."""
+    check_backbone_shapes(params["backbone"], pre.backbone, pre.source)
+    params["backbone"] = graft(params["backbone"], pre.backbone, shardings["backbone"])
+    if use_pooler and "pooler" in pre.extra:
+        head = params["head"]
+        head["pooler"] = graft(head["pooler"], pre.extra["pooler"], shardings["head"]["pooler"])
     return params
 
 
