@@ -58,6 +58,8 @@ def prepare_run_dir(cfg: Config, run_dir: Path, overwrite: bool = False) -> bool
                     "differ), so it cannot be resumed with this one. Use a new --run-dir, rerun with "
                     "the original config to resume, or pass --overwrite to discard the old run.",
                     culprit=str(run_dir))
+            if old != new:  # e.g. more steps: config.yaml always describes the latest invocation
+                save_config(cfg, cfg_path)
             return (run_dir / "checkpoints").is_dir()
     elif run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
         raise ConfigError(f"Run directory '{run_dir}' is not empty and is not a jaxlm run (no "
