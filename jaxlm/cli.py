@@ -12,7 +12,8 @@ import sys
 
 from jaxlm.errors import JaxlmError
 
-COMMANDS = ["pretrain", "generate", "convert", "export", "train-tokenizer", "data"]
+COMMANDS = ["pretrain", "finetune", "evaluate", "predict", "generate", "convert", "export",
+            "train-tokenizer", "data", "plot", "info", "runs"]
 
 
 class _Parser(argparse.ArgumentParser):

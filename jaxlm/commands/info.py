@@ -1,0 +1,21 @@
+"""`jaxlm info RUN_DIR`: what a run directory holds: kind (pretrain, finetune, converted),
+model and parameter count, steps done, last/best/final metrics, checkpoints and files."""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="describe one run directory", description=__doc__)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory")
+    p.add_argument("--json", action="store_true", help="print the description as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from jaxlm.run_info import describe_run, format_info
+
+    info = describe_run(args.run_dir)
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
+    return 0
