@@ -22,7 +22,7 @@ from jaxlm.metrics import classification_report
 from jaxlm.models import build_model
 from jaxlm.sharding import make_mesh, use_mesh
 from jaxlm.tasks import LOSSES
-from jaxlm.train.checkpoint import Checkpointer
+from jaxlm.train.checkpoint import Checkpointer, require_intact, seal
 from jaxlm.train.flops import count_params, flops_per_token
 from jaxlm.train.init_from import (Pretrained, finetune_model_config, init_from_pretrained,
                                    load_pretrained)
@@ -35,30 +35,14 @@ from jaxlm.train.steps import CompiledSteps, compile_steps, put_batch
 
 
 def open_splits(cfg: Config) -> dict[str, Any]:
-    """train / validation / test sources with one label mapping (from the train split)."""
-    from jaxlm.data.sources import SourceOptions, has_split, open_source
+    """train / validation / test sources with one label set; without a validation split, the
+    last `data.val_fraction` of train is held out (e.g. TREC)."""
+    from jaxlm.data.classification import classification_sources
+    from jaxlm.data.lm_data import holdout
 
-    d = cfg.data
-    opts = SourceOptions.from_config(d)
-    train_spec = cfg.resolve_path(d.train)
-    if not train_spec:
-        raise ConfigError("No training data: set data.train to a labelled dataset, e.g. "
-                          "'labeled:{data_root}/sst2' or 'tfds:glue/sst2'.", culprit="data.train")
-    train = open_source(train_spec, "train", opts)
-    if train.label_names is None:
-        raise ConfigError(f"data.train '{d.train}' has no labels; classification needs labelled "
-                          "data (labeled:, tsv:/csv:/jsonl: with a label field, or a TFDS dataset "
-                          "with a label feature).", culprit="data.train")
-    out = {"train": train}
-    for split, key in (("validation", "validation"), ("test", "test")):
-        spec = getattr(d, key)
-        if spec:
-            out[split] = open_source(cfg.resolve_path(spec), split, opts, train.label_names)
-        elif has_split(train_spec, split, opts):
-            out[split] = open_source(train_spec, split, opts, train.label_names)
-    if "validation" not in out:  # e.g. TREC: hold out the last val_fraction of train
-        from jaxlm.data.lm_data import holdout
-        out["train"], out["validation"] = holdout(train, d.val_fraction)
+    out = classification_sources(cfg)
+    if "validation" not in out:
+        out["train"], out["validation"] = holdout(out["train"], cfg.data.val_fraction)
     return out
 
 
@@ -121,6 +105,12 @@ class BestKeeper:
             item_names=("params",))
         meta = self.dir / "best.json"
         self.best = json.loads(meta.read_text()) if meta.is_file() else None
+        steps = list(self.manager.all_steps())
+        if steps and (self.best is None or self.best["step"] not in steps):
+            # killed between orbax's save and best.json: the folder (and orbax's metrics) win
+            value = (self.manager.metrics(steps[-1]) or {}).get(metric)
+            self.best = ({"step": steps[-1], "value": value, "metric": metric}
+                         if value is not None else None)
 
     def offer(self, step: int, params: Any, metrics: dict) -> bool:
         if self.metric not in metrics:
@@ -134,12 +124,17 @@ class BestKeeper:
             self.manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)),
                               metrics={self.metric: value}, force=True)
             self.manager.wait_until_finished()
+            if jax.process_index() == 0:
+                seal(self.dir / str(step))  # checked when loaded (evaluate, predict, export)
             self.best = {"step": step, "value": value, "metric": self.metric}
-            (self.dir / "best.json").write_text(json.dumps(self.best))
+            tmp = self.dir / "best.json.tmp"  # atomic: a killed process leaves no torn file
+            tmp.write_text(json.dumps(self.best))
+            tmp.replace(self.dir / "best.json")
         return better
 
     def restore(self, target: Any) -> Any:
         step = self.best["step"]
+        require_intact(self.dir, step)
         return self.manager.restore(step, args=ocp.args.Composite(
             params=ocp.args.StandardRestore(target)))["params"]
 
@@ -210,6 +205,8 @@ def finetune(cfg: Config, run_dir: str | None = None, *, overwrite: bool = False
             checkpoint_every=cfg.train.checkpoint_every, evaluate=evaluate,
             on_eval=lambda step, st, m: best.offer(step, st["params"], m),
             show_progress=show_progress, stop_after=stop_after,
+            on_nonfinite=cfg.train.on_nonfinite,
+            preemption_check_every=cfg.train.preemption_check_every,
             extra_summary={"params": count_params(state["params"]), "resumed_from": start,
                            "run_dir": str(out_dir), "init_from": ft.init_from or None,
                            "classes": class_names})
