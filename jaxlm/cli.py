@@ -2,15 +2,18 @@
 
 Each subcommand lives in `jaxlm.commands.<name>` and exposes `add_parser(subparsers)`, which
 registers its arguments and sets `func(args) -> int`. User errors (`JaxlmError`) are printed as one
-paragraph, without a traceback, and exit with code 2.
+paragraph, without a traceback, and exit with code 2. Training that stops on purpose after saving a
+checkpoint (`TrainingStopped`) prints how to resume and exits with 143 (SIGTERM), 130 (SIGINT) or
+3 (non-finite loss/gradients with train.on_nonfinite=stop).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import shlex
 import sys
 
-from jaxlm.errors import JaxlmError
+from jaxlm.errors import JaxlmError, TrainingStopped
 
 COMMANDS = ["pretrain", "finetune", "evaluate", "predict", "generate", "convert", "export",
             "train-tokenizer", "data", "plot", "info", "runs"]
@@ -42,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except JaxlmError as e:
         sys.stderr.write(f"jaxlm {args.command}: error: {e}\n")
+        return e.exit_code
+    except TrainingStopped as e:  # checkpoint saved; exit 130 (SIGINT), 143 (SIGTERM), 3 (NaN)
+        again = shlex.join(["jaxlm", *(sys.argv[1:] if argv is None else argv)])
+        sys.stderr.write(f"jaxlm {args.command}: stopped: {e}\n  resume with: {again}\n")
         return e.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("jaxlm: interrupted.\n")

@@ -53,6 +53,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.name": ("adamw", "adafactor", "lion", "sgd"),
     "optim.schedule": ("cosine", "linear", "constant"),
     "train.objective": ("causal", "masked", "classification"),
+    "train.on_nonfinite": ("stop", "skip"),
     "finetune.pooling": ("first", "mean", "last"),
     "finetune.best_mode": ("max", "min"),
     "data.sampling": ("random_windows", "packed"),
@@ -194,6 +195,10 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     async_checkpointing: bool = True
+    # NaN/Inf loss or gradients: the update is never applied; "stop" then saves a checkpoint and
+    # exits (code 3) naming the step, "skip" carries on and counts them (metric nonfinite_steps).
+    on_nonfinite: str = "stop"
+    preemption_check_every: int = 10  # multi-host: steps between agreeing on SIGTERM/SIGINT
 
 
 @dataclass
@@ -387,7 +392,11 @@ def to_dict(cfg: Any) -> dict:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    """Write atomically (temporary file + rename): a process killed mid-write leaves no torn file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    os.replace(tmp, path)
 
 
 def validate(cfg: Config) -> None:
@@ -420,7 +429,8 @@ def validate(cfg: Config) -> None:
     if cfg.data.seq_len > m.max_len and m.position == "learned":
         bad("data.seq_len", f"{cfg.data.seq_len} exceeds model.max_len={m.max_len}, the number of "
             "learned positions. Raise model.max_len or lower data.seq_len.")
-    for key in ("steps", "batch_size", "grad_accum"):
+    for key in ("steps", "batch_size", "grad_accum", "log_every", "checkpoint_every",
+                "keep_checkpoints", "preemption_check_every"):
         if getattr(cfg.train, key) <= 0:
             bad(f"train.{key}", f"must be positive, got {getattr(cfg.train, key)}.")
     if cfg.train.batch_size % cfg.train.grad_accum:

@@ -25,3 +25,17 @@ class DataError(JaxlmError):
 
 class CheckpointError(JaxlmError):
     """A checkpoint or run directory is missing, corrupt or incompatible."""
+
+
+class TrainingStopped(Exception):
+    """Training stopped early on purpose, after saving a checkpoint: a signal (preemption, Ctrl-C)
+    or non-finite loss/gradients with `train.on_nonfinite: stop`.
+
+    Not a usage error: the CLI prints the message (no traceback) and exits with `exit_code`:
+    130 (SIGINT), 143 (SIGTERM), 3 (non-finite values). Rerunning the same command resumes.
+    """
+
+    def __init__(self, message: str, *, exit_code: int, step: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.step = step

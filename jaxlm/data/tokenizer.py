@@ -6,6 +6,7 @@ and generation use exactly the tokenizer the model was trained with.
 from __future__ import annotations
 
 import collections
+import os
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -117,7 +118,11 @@ class TextTokenizer:
         return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def save(self, path: str | Path) -> None:
-        self.tokenizer.save(str(path))
+        """Write atomically (temporary file + rename): a killed process leaves no torn file."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        self.tokenizer.save(str(tmp))
+        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str | Path) -> "TextTokenizer":

@@ -26,7 +26,7 @@ from jaxlm.interop.hf import HUB_PREFIX, import_hf
 from jaxlm.interop.hf_weights import GROUP_ROOTS
 from jaxlm.interop.params import (ParamPath, abstract_params, model_kwargs, objective_of,
                                   path_str, to_state)
-from jaxlm.train.checkpoint import Checkpointer
+from jaxlm.train.checkpoint import Checkpointer, latest_intact, require_intact
 from jaxlm.train.run_dir import load_run_config, prepare_run_dir, write_model_spec
 
 IMPORT_INFO = "hf_import.json"
@@ -45,16 +45,21 @@ def _checkpoint_item(run_dir: Path, checkpoint: str | int) -> tuple[Path, str | 
     choice: "best" (a fine-tuning run's best-validation params, else the latest), "latest", or a
     step number."""
     if checkpoint == "best":
-        best = checkpoint_steps(run_dir / "best", "params")
-        if best:
-            return run_dir / "best" / str(best[-1]) / "params", None, f"best (step {best[-1]})"
+        best = latest_intact(run_dir / "best", checkpoint_steps(run_dir / "best", "params"),
+                             "best checkpoint")
+        if best is not None:
+            return run_dir / "best" / str(best) / "params", None, f"best (step {best})"
         checkpoint = "latest"
     steps = checkpoint_steps(run_dir / "checkpoints")
     if not steps:
         raise CheckpointError(f"No checkpoint found in '{run_dir / 'checkpoints'}'. Train or "
                               "convert into this run directory first.", culprit=str(run_dir))
     if checkpoint == "latest":
-        step = steps[-1]
+        step = latest_intact(run_dir / "checkpoints", steps)
+        if step is None:
+            raise CheckpointError(f"Every checkpoint in '{run_dir / 'checkpoints'}' is damaged "
+                                  "(see the warnings above); restore them from a backup.",
+                                  culprit=str(run_dir / "checkpoints"))
     else:
         try:
             step = int(checkpoint)
@@ -64,6 +69,7 @@ def _checkpoint_item(run_dir: Path, checkpoint: str | int) -> tuple[Path, str | 
         if step not in steps:
             raise CheckpointError(f"'{run_dir}' has no checkpoint at step {step}; it has steps "
                                   f"{', '.join(map(str, steps))}.", culprit=str(run_dir))
+        require_intact(run_dir / "checkpoints", step)
     return run_dir / "checkpoints" / str(step) / "state", "params", f"step {step}"
 
 

@@ -36,10 +36,10 @@ def setup_tokenizer(cfg: Config, run_dir: Path, train: Source | str) -> TextToke
         return TextTokenizer(load_tokenizer(saved))
     t = cfg.data.tokenizer
     texts = iter_chunks(train) if isinstance(train, str) else tokenizer_texts(train)
-    tok = load_tokenizer(cfg.resolve_path(t.path)) if t.path else train_tokenizer(
-        texts, t.kind, t.vocab_size)
-    tok.save(str(saved))
-    return TextTokenizer(tok)
+    tok = TextTokenizer(load_tokenizer(cfg.resolve_path(t.path)) if t.path else train_tokenizer(
+        texts, t.kind, t.vocab_size))
+    tok.save(saved)
+    return tok
 
 
 def model_config_for(cfg: Config, tok: TextTokenizer):
@@ -103,7 +103,8 @@ def pretrain(cfg: Config, run_dir: str | None = None, *, overwrite: bool = False
             log_every=cfg.train.log_every, eval_every=cfg.train.eval_every,
             checkpoint_every=cfg.train.checkpoint_every,
             evaluate=lambda p: evaluate_batches(steps, p, val), show_progress=show_progress,
-            stop_after=stop_after,
+            stop_after=stop_after, on_nonfinite=cfg.train.on_nonfinite,
+            preemption_check_every=cfg.train.preemption_check_every,
             extra_summary={"params": n_params, "resumed_from": start, "run_dir": str(out_dir),
                            "vocab_size": mcfg.vocab_size, "devices": mesh.size,
                            "mesh": dict(mesh.shape)})

@@ -1,7 +1,13 @@
 """Pure train and eval steps, jitted with explicit shardings over a mesh.
 
 The train state is a plain dict pytree: {"params": nnx.State, "opt_state": optax state,
-"step": int32 scalar, "rng": uint32 key data}. The model's structure (an nnx GraphDef) is static.
+"step": int32 scalar, "rng": uint32 key data, "nonfinite": {"count", "last_step"} int32 scalars}.
+The model's structure (an nnx GraphDef) is static.
+
+An update whose loss or gradients hold NaN/Inf is not applied (parameters and optimizer state stay
+as they were); the step still counts, and `nonfinite` records how many such steps there were and
+the last one. The check is inside the jitted step, so it costs no host sync: the loop reads the
+counter when it reads the metrics anyway (`train.on_nonfinite` says whether it then stops).
 """
 from __future__ import annotations
 
@@ -54,12 +60,23 @@ def train_step(state: State, batch: dict, *, graphdef: nnx.GraphDef, tx: optax.G
                                               (micro, jnp.arange(grad_accum)))
     weight = jnp.maximum(aux["weight"], 1.0)
     grads = jax.tree.map(lambda g: g / weight, grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state["opt_state"], params)
     new_params = optax.apply_updates(params, updates)
-    new_state = {**state, "params": new_params, "opt_state": opt_state, "step": state["step"] + 1}
+    # Not optax.apply_if_finite: that checks gradients only, force-applies after a run of bad
+    # steps and moves its counters into the optimizer state.
+    finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+    bad = state["nonfinite"]
+    nonfinite = {"count": bad["count"] + jnp.where(finite, 0, 1).astype(jnp.int32),
+                 "last_step": jnp.where(finite, bad["last_step"], state["step"] + 1)}
+    new_state = {**state, "params": keep(new_params, params),
+                 "opt_state": keep(opt_state, state["opt_state"]), "step": state["step"] + 1,
+                 "nonfinite": nonfinite}
     metrics = {"loss": total / weight, "accuracy": aux["correct"] / weight,
-               "grad_norm": optax.tree.norm(grads), "lr": lr_schedule(state["step"]),
-               "weight": aux["weight"]}
+               "grad_norm": grad_norm, "lr": lr_schedule(state["step"]),
+               "weight": aux["weight"], "nonfinite_steps": nonfinite["count"],
+               "nonfinite_last_step": nonfinite["last_step"]}
     return new_state, metrics
 
 
@@ -95,7 +112,9 @@ def compile_steps(make_model: Callable[[], nnx.Module], tx: optax.GradientTransf
         params = nnx.state(make_model(), nnx.Param)
         return {"params": params, "opt_state": tx.init(params),
                 "step": jnp.zeros((), jnp.int32),
-                "rng": jax.random.key_data(jax.random.key(seed))}
+                "rng": jax.random.key_data(jax.random.key(seed)),
+                "nonfinite": {"count": jnp.zeros((), jnp.int32),
+                              "last_step": jnp.full((), -1, jnp.int32)}}
 
     abstract_state = jax.eval_shape(init)
     shardings = state_shardings(abstract_state, mesh, rules)
