@@ -235,7 +235,8 @@ def runs_table(root: str | Path, *, count_params: bool = False) -> list[dict[str
             "model": f"{info['model'].get('family') or '?'} {info['model'].get('num_layers') or '?'}"
                      f"x{info['model'].get('d_model') or '?'}",
             "params": _fmt_params(info["params"]),
-            "steps": f"{info['steps_done']}/{info['steps_total']}",
+            "steps": ("-" if info["kind"] == "converted" else
+                      f"{info['steps_done']}/{info['steps_total']}"),
             "status": info["status"],
             "val": f"{metric} {_fmt_num(val)}" if val is not None else "-",
             "best": (f"{best['metric']} {_fmt_num(best['value'])} @{best['step']}"
@@ -283,7 +284,8 @@ def format_info(info: dict[str, Any]) -> str:
         lines.append(_label("data") + f"{data['train']}"
                      + (f" (validation {data['validation']})" if data.get("validation") else "")
                      + f", seq_len {data.get('seq_len')}, batch {info.get('batch_size')}")
-    lines.append(_label("steps") + f"{info['steps_done']} of {info['steps_total']}")
+    if info["kind"] != "converted":
+        lines.append(_label("steps") + f"{info['steps_done']} of {info['steps_total']}")
     for split in ("train", "val"):
         last = info["last"][split]
         if last:

@@ -171,3 +171,14 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys):
     assert main(["plot", str(run), "--out", str(tmp_path / "y.png"), "--labels", "a,b"]) == 2
     assert "2 labels for 1 runs" in capsys.readouterr().err
     assert main(["runs", str(tmp_path / "missing")]) == 2
+
+
+def test_in_process_run_raises_on_failure(runs_root, capsys):
+    from jaxlm.cli import run
+
+    run(f"info {runs_root / 'pre'}")
+    assert "pretrain (causal), finished" in capsys.readouterr().out
+    with pytest.raises(RuntimeError, match="exit code 2"):
+        run(["info", str(runs_root / "missing")])
+    with pytest.raises(RuntimeError, match="exit code 2"):
+        run("plot")  # a usage error (argparse exits) is a failure too, not a dead kernel

@@ -27,7 +27,7 @@ def load_run(path: str | Path, *, step: int | None = None
     from jaxlm.interop.params import apply_params
     from jaxlm.interop.run_io import load_params
 
-    mcfg, params, tok, info = load_params(path, step=step)
+    mcfg, params, tok, info = load_params(path, checkpoint="latest" if step is None else step)
     task = info.get("task")
     if task != "causal":
         raise ConfigError(f"'{path}' holds a '{task}' model; generation needs a causal language "
