@@ -55,5 +55,24 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def run(command: str | list[str]) -> None:
+    """Run one jaxlm command in this process, e.g. `run("info runs/shakespeare_char")`; raise
+    RuntimeError when it fails (its message is already printed).
+
+    For notebooks: the command shares the kernel's JAX runtime, so a TPU that the notebook already
+    holds is used (a `!jaxlm` subprocess could not open it), and each command skips the import
+    cost of a new process.
+    """
+    argv = shlex.split(command) if isinstance(command, str) else list(command)
+    print("$ jaxlm " + shlex.join(argv), flush=True)
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse usage errors and --help
+        code = e.code if isinstance(e.code, int) else 2
+    if code:
+        raise RuntimeError(f"`jaxlm {shlex.join(argv)}` failed with exit code {code}; its "
+                           "message is printed above.")
+
+
 if __name__ == "__main__":
     sys.exit(main())
