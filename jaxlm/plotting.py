@@ -102,6 +102,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *,
     if log_loss:
         ax["loss"].set_yscale("log")
     ax["lr"].ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    ax["throughput"].set_ylim(bottom=0)  # dips on a shared machine should not look like a cliff
     for a in list(axes.flat)[len(panels):]:
         a.set_visible(False)
     if title:
