@@ -10,10 +10,12 @@ interleaved so that machine noise hits both.
 
     .venv/bin/python benchmarks/generate_vs_torch.py                 # 6 layers, d 384
     .venv/bin/python benchmarks/generate_vs_torch.py --shape small   # GPT-2 small: 12 layers, d 768
+    .venv/bin/python benchmarks/generate_vs_torch.py --cores 1       # both on one core
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -53,8 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lengths", default="32,64,128,256,512", help="new-token counts")
     ap.add_argument("--prompt-len", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--cores", type=int, default=0,
+                    help="pin the process (both frameworks) to the first N cores; 0: all")
     args = ap.parse_args(argv)
     lengths = [int(x) for x in args.lengths.split(",")]
+    if args.cores:  # before jax/torch start their thread pools
+        os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:args.cores]))
 
     import jax
     import torch
@@ -65,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     from jaxlm.interop.params import apply_params
     from jaxlm.models import build_model
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         save_random_gpt2(d, args.shape)
