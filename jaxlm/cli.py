@@ -27,6 +27,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `jaxlm` parser with every command in COMMANDS registered."""
     parser = _Parser(prog="jaxlm", description="Pretrain and fine-tune Transformer language "
                      "models in JAX/Flax, from one CPU to a TPU pod.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line (argv: default sys.argv[1:]); returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -229,6 +229,7 @@ class Config:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def resolved_data_root(self) -> str:
+        """Where `{data_root}` points: data_root, else $JAXLM_DATA, else ../shared/data."""
         return self.data_root or os.environ.get("JAXLM_DATA", "") or "../shared/data"
 
     def resolve_path(self, spec: str) -> str:
@@ -388,6 +389,7 @@ def _deepcopy(raw: Any) -> Any:
 
 
 def to_dict(cfg: Any) -> dict:
+    """A config as nested plain dicts (what config.yaml holds)."""
     return dataclasses.asdict(cfg)
 
 

@@ -19,6 +19,8 @@ def _default_spec(run: LoadedRun, split: str) -> tuple[str, str]:
 
 
 def evaluate_classifier_run(run: LoadedRun, spec: str, split: str, batch_size: int) -> dict:
+    """Classification report (accuracy, per-class P/R/F1, confusion matrix, loss) of a classifier
+    run on a dataset split."""
     from jaxlm.data.sources import SourceOptions, open_source
 
     src = open_source(spec, split, SourceOptions.from_config(run.cfg.data), run.class_names)
@@ -62,6 +64,8 @@ def evaluate_lm_run(run: LoadedRun, spec: str, split: str, batch_size: int) -> d
 
 def evaluate_run(run_dir: str, spec: str | None = None, *, split: str = "test",
                  checkpoint: str = "best", batch_size: int = 64) -> dict:
+    """`jaxlm evaluate`: a classifier's report or a language model's loss and perplexity on a
+    dataset (default: the run's test split, else validation)."""
     run = load_run(run_dir, checkpoint)
     if spec is None:
         spec, split = _default_spec(run, split)

@@ -36,6 +36,7 @@ class LoadedRun:
 
     @property
     def class_names(self) -> list[str]:
+        """The classifier's label names, in logit order."""
         return list(self.head.get("class_names", []))
 
 

@@ -52,6 +52,7 @@ def classification_report(labels: Sequence[int], preds: Sequence[int], num_class
 
 
 def perplexity(mean_loss: float) -> float:
+    """exp(mean loss), capped at exp(50) so a diverged run stays finite."""
     return float(math.exp(min(mean_loss, 50.0)))
 
 

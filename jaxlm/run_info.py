@@ -225,6 +225,7 @@ def runs_table(root: str | Path, *, count_params: bool = False) -> list[dict[str
     rows = []
     for run in find_runs(root):
         info = describe_run(run, count_params=count_params)
+        m = info["model"]
         metric, _ = KEY_METRIC.get(info["objective"], ("loss", "min"))
         val = info["last"]["val"].get(metric)
         best = info["best"]
@@ -232,8 +233,8 @@ def runs_table(root: str | Path, *, count_params: bool = False) -> list[dict[str
         rows.append({
             "run": str(run.relative_to(root)) if run != root else run.name,
             "kind": info["kind"], "objective": info["objective"],
-            "model": f"{info['model'].get('family') or '?'} {info['model'].get('num_layers') or '?'}"
-                     f"x{info['model'].get('d_model') or '?'}",
+            "model": f"{m.get('family') or '?'} {m.get('num_layers') or '?'}x"
+                     f"{m.get('d_model') or '?'}",
             "params": _fmt_params(info["params"]),
             "steps": ("-" if info["kind"] == "converted" else
                       f"{info['steps_done']}/{info['steps_total']}"),
@@ -296,7 +297,8 @@ def format_info(info: dict[str, Any]) -> str:
     if info["best"]:
         b = info["best"]
         how = "kept in best/" if b["kept"] else "logged"
-        lines.append(_label("best val") + f"{b['metric']} {_fmt_num(b['value'])} at step {b['step']} ({how})")
+        lines.append(_label("best val") + f"{b['metric']} {_fmt_num(b['value'])} at step "
+                     f"{b['step']} ({how})")
     for split, scalars in info["final"].items():
         shown = ", ".join(f"{k} {_fmt_num(v)}" for k, v in scalars.items()
                           if k in ("accuracy", "macro_f1", "loss", "perplexity", "n", "tokens"))

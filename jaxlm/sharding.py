@@ -92,6 +92,7 @@ def use_mesh(mesh: Mesh | None, rules: dict[str, Any] | None = None) -> Iterator
 
 
 def current_mesh() -> Mesh | None:
+    """The mesh activated by `use_mesh` (None outside one)."""
     return _current["mesh"]
 
 
@@ -155,6 +156,7 @@ def batch_sharding(mesh: Mesh, ndim: int = 2, rules: dict[str, Any] | None = Non
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+    """A sharding that keeps a full copy on every device of the mesh."""
     return NamedSharding(mesh, P())
 
 

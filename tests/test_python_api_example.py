@@ -17,7 +17,8 @@ def test_python_api_doc_runs_and_trains(data_dir, capsys):
     assert len(blocks) >= 2
     loop = blocks[0]
     # the README's "20 lines": the loop after its imports
-    assert len([ln for ln in loop.splitlines() if ln.strip() and not ln.startswith(("import ", "from "))]) <= 20
+    body = [ln for ln in loop.splitlines() if ln.strip() and not ln.startswith(("import ", "from "))]
+    assert len(body) <= 20
     ns: dict = {}
     for block in blocks:
         # the doc reads the data from ../shared/data (beside the repository): use the fixture's copy

@@ -5,6 +5,7 @@ import argparse
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `jaxlm convert` and its options on the subcommand parsers."""
     p = sub.add_parser("convert", help="import a Hugging Face checkpoint into a run directory",
                        description=__doc__)
     p.add_argument("--from-hf", required=True, metavar="DIR",
@@ -21,6 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run `jaxlm convert` with parsed arguments; returns the exit code."""
     from jaxlm.interop.run_io import convert_hf_to_run
 
     s = convert_hf_to_run(args.from_hf, args.out, task=args.task, num_labels=args.num_labels,

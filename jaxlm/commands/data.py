@@ -10,6 +10,7 @@ from jaxlm.commands.data_args import add_source_args, resolve, source_options
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `jaxlm data` and its options on the subcommand parsers."""
     p = sub.add_parser("data", help="inspect datasets, or build a TFDS dataset from local files",
                        description=__doc__)
     dsub = p.add_subparsers(dest="data_command", metavar="{show,build}")
@@ -45,6 +46,7 @@ def _fmt_splits(sizes: dict[str, int | None]) -> str:
 
 
 def run_show(args: argparse.Namespace) -> int:
+    """Run `jaxlm data show`; returns the exit code."""
     from jaxlm.data.sources import available_splits, open_source, parse_spec
     from jaxlm.data.tokenizer import TextTokenizer
 
@@ -84,6 +86,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_build(args: argparse.Namespace) -> int:
+    """Run `jaxlm data build`; returns the exit code."""
     from jaxlm.data.tfds_build import build_dataset
 
     files = {s: resolve(f) for s, f in (("train", args.train), ("validation", args.validation),

@@ -7,6 +7,7 @@ from jaxlm.data.sources import SourceOptions
 
 
 def add_source_args(p: argparse.ArgumentParser) -> None:
+    """Add the options that say how to read a dataset (encoding, fields, labels, ...)."""
     g = p.add_argument_group("reading the data (also settable per spec: SPEC?encoding=...)")
     g.add_argument("--encoding", default="utf-8", help="text encoding of local files, e.g. "
                    "iso-8859-1 (default utf-8)")
@@ -23,6 +24,7 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
 
 
 def source_options(args: argparse.Namespace) -> SourceOptions:
+    """SourceOptions from the parsed command-line options."""
     return SourceOptions(encoding=args.encoding, data_dir=args.tfds_data_dir,
                          documents=args.documents, text_field=args.text_field,
                          label_field=args.label_field,

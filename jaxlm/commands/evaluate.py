@@ -11,6 +11,7 @@ from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `jaxlm evaluate` and its options on the subcommand parsers."""
     p = sub.add_parser("evaluate", help="evaluate a trained run on a dataset", description=__doc__)
     p.add_argument("--run", required=True, help="run directory of a pretrain or finetune run")
     p.add_argument("--data", help="dataset spec (default: the run's test split, else validation)")
@@ -22,6 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run `jaxlm evaluate` with parsed arguments; returns the exit code."""
     from jaxlm.evaluation import evaluate_run
     from jaxlm.metrics import format_report
 

@@ -7,6 +7,7 @@ import argparse
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `jaxlm export` and its options on the subcommand parsers."""
     p = sub.add_parser("export", help="write a run's model as a Hugging Face checkpoint",
                        description=__doc__)
     p.add_argument("--run", required=True, metavar="DIR", help="run directory (pretrain, "
@@ -19,6 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run `jaxlm export` with parsed arguments; returns the exit code."""
     from jaxlm.interop.run_io import export_run
 
     s = export_run(args.run, args.to_hf, checkpoint=args.checkpoint, overwrite=args.overwrite)

@@ -7,6 +7,7 @@ from jaxlm.commands import add_config_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `jaxlm finetune` and its options on the subcommand parsers."""
     p = sub.add_parser("finetune", help="fine-tune a text classifier (resumes a run directory)",
                        description=__doc__)
     add_config_args(p)
@@ -16,6 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run `jaxlm finetune` with parsed arguments; returns the exit code."""
     from jaxlm.config import load_config
     from jaxlm.metrics import format_report
     from jaxlm.train.finetune import finetune

@@ -12,6 +12,7 @@ from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `jaxlm generate` and its options on the subcommand parsers."""
     p = sub.add_parser("generate", help="generate text from a trained causal LM run",
                        description=__doc__)
     p.add_argument("--run", required=True, metavar="DIR",
@@ -51,6 +52,7 @@ def _mesh(cfg):
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run `jaxlm generate` with parsed arguments; returns the exit code."""
     from jaxlm.generate import Generator, load_run
     from jaxlm.generation.scoring import bleu_rouge, read_lines
     from jaxlm.train.run_dir import load_run_config

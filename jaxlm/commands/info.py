@@ -7,6 +7,7 @@ import json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `jaxlm info` and its options on the subcommand parsers."""
     p = sub.add_parser("info", help="describe one run directory", description=__doc__)
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory")
     p.add_argument("--json", action="store_true", help="print the description as JSON")
@@ -14,6 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run `jaxlm info` with parsed arguments; returns the exit code."""
     from jaxlm.run_info import describe_run, format_info
 
     info = describe_run(args.run_dir)

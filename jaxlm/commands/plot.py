@@ -7,6 +7,7 @@ import argparse
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `jaxlm plot` and its options on the subcommand parsers."""
     p = sub.add_parser("plot", help="plot the training curves of one or more runs",
                        description=__doc__)
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories to overlay")
@@ -22,6 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run `jaxlm plot` with parsed arguments; returns the exit code."""
     from jaxlm.plotting import plot_runs
 
     labels = [x.strip() for x in args.labels.split(",")] if args.labels else None

@@ -7,6 +7,7 @@ import sys
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `jaxlm predict` and its options on the subcommand parsers."""
     p = sub.add_parser("predict", help="classify texts (JSONL out)", description=__doc__)
     p.add_argument("--run", required=True, help="run directory of a finetune run")
     p.add_argument("--input", default="-", help="text file, one input per line ('-': stdin)")
@@ -18,6 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run `jaxlm predict` with parsed arguments; returns the exit code."""
     from jaxlm.data.text import read_text
     from jaxlm.inference import load_run, predict_proba
 

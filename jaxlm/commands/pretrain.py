@@ -7,6 +7,7 @@ from jaxlm.commands import add_config_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `jaxlm pretrain` and its options on the subcommand parsers."""
     p = sub.add_parser("pretrain", help="pretrain a language model (resumes a run directory)",
                        description=__doc__)
     add_config_args(p)
@@ -14,6 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run `jaxlm pretrain` with parsed arguments; returns the exit code."""
     from jaxlm.config import load_config
     from jaxlm.train.pretrain import pretrain
 

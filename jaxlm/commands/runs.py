@@ -8,6 +8,7 @@ import json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `jaxlm runs` and its options on the subcommand parsers."""
     p = sub.add_parser("runs", help="list the runs under a folder", description=__doc__)
     p.add_argument("root", nargs="?", default="runs", metavar="ROOT",
                    help="folder holding run directories (default runs)")
@@ -18,6 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run `jaxlm runs` with parsed arguments; returns the exit code."""
     from jaxlm.run_info import format_table, runs_table
 
     rows = runs_table(args.root, count_params=args.params)

@@ -10,6 +10,7 @@ from jaxlm.commands.data_args import add_source_args, resolve, source_options
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `jaxlm train-tokenizer` and its options on the subcommand parsers."""
     p = sub.add_parser("train-tokenizer", help="train a tokenizer on a dataset",
                        description=__doc__)
     p.add_argument("--data", required=True, metavar="SPEC",
@@ -26,6 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run `jaxlm train-tokenizer` with parsed arguments; returns the exit code."""
     from tqdm import tqdm
 
     from jaxlm.data.lm_data import tokenizer_texts

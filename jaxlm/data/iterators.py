@@ -76,6 +76,7 @@ class DataIterator:
         return next(self._it)
 
     def get_state(self) -> dict[str, Any]:
+        """The position to checkpoint (JSON-able); packed per-host pipelines gather every host's."""
         local = json.loads(json.dumps(self._it.get_state()))
         if not self.per_host or self.process_count == 1:
             return {"grain": local}
@@ -83,6 +84,7 @@ class DataIterator:
         return {"hosts": [json.loads(b) for b in blobs]}
 
     def set_state(self, state: dict[str, Any]) -> None:
+        """Resume from a `get_state()` value (a per-host state needs the same host count)."""
         if "hosts" in state:
             hosts = state["hosts"]
             if len(hosts) != self.process_count:
@@ -99,6 +101,7 @@ class DataIterator:
         self._it.set_state(_grain_state(local))
 
     def close(self) -> None:
+        """Stop the underlying iterator's background work (prefetch threads)."""
         close = getattr(self._it, "close", None)
         if close is not None:
             close()
@@ -118,4 +121,5 @@ class Batches:
 
 
 def take(it: Iterator[dict], n: int) -> list[dict]:
+    """The next `n` batches of an iterator, as a list."""
     return [next(it) for _ in range(n)]

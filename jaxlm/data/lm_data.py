@@ -103,11 +103,13 @@ def token_stream(tok: TextTokenizer, source: Source, batch: int = 1024) -> np.nd
 
 @dataclass
 class LMBatches:
+    """Pretraining data: the checkpointable train iterator and the fixed validation batches."""
     train: Batches
     validation: list[dict[str, np.ndarray]]
 
 
 def mask_spec_for(cfg: Any, tok: TextTokenizer) -> MaskSpec | None:
+    """The masked-LM masking spec for objective=masked (None otherwise)."""
     if cfg.train.objective != "masked":
         return None
     if cfg.data.whole_word_mask and cfg.data.sampling != "packed":

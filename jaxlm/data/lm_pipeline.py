@@ -71,6 +71,7 @@ def to_mlm_example(window: np.ndarray, mask: MaskSpec, seed: int, row: int
 
 
 def check_corpus(tokens: np.ndarray, seq_len: int, what: str) -> None:
+    """Refuse a token stream too short for one training row (seq_len + 1 tokens)."""
     if len(tokens) < seq_len + 1:
         raise DataError(
             f"The {what} has {len(tokens)} tokens, fewer than one sequence of data.seq_len="

@@ -32,6 +32,7 @@ class DataReport:
     where: dict[str, list[str]] = field(default_factory=dict)
 
     def add(self, problem: str, where: str, fix: str = "") -> None:
+        """Count (or, with policy error, raise on) one invalid record at `where`."""
         if self.policy == "error":
             raise DataError(
                 f"{where}: {problem} in {self.what}. {fix + ' ' if fix else ''}Fix the file, or "
@@ -45,6 +46,7 @@ class DataReport:
 
     @property
     def skipped(self) -> int:
+        """How many records were skipped."""
         return sum(self.counts.values())
 
     def summary(self) -> str:
@@ -56,6 +58,7 @@ class DataReport:
                 ". Set data.on_invalid: error to stop at the first one instead.")
 
     def warn(self) -> None:
+        """Print the summary of skipped records to stderr, if any."""
         if self.counts:
             sys.stderr.write(f"jaxlm data: warning: {self.summary()}\n")
 
@@ -112,6 +115,7 @@ def read_labeled(path: Path, encoding: str, report: DataReport) -> list[Record]:
 
 def pick_field(names: list[str], wanted: str, defaults: tuple[str, ...], what: str, path: Path,
           option: str, required: bool) -> str | None:
+    """The field holding the text/label: the one asked for, else the first default present."""
     if wanted:
         if wanted not in names:
             raise DataError(f"{path} has no {what} field '{wanted}'; its fields are "
@@ -214,6 +218,7 @@ SPLIT_FILES = {  # split name -> file stems tried, in order, in a dataset direct
 
 
 def find_split_file(directory: Path, split: str, exts: tuple[str, ...]) -> Path | None:
+    """The file of `split` in a dataset directory (e.g. dev.txt for validation), or None."""
     for stem in SPLIT_FILES.get(split, (split,)):
         for ext in exts:
             p = directory / f"{stem}{ext}"

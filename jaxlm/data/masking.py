@@ -35,6 +35,8 @@ class MaskSpec:
 
     @classmethod
     def for_tokenizer(cls, tok, prob: float = 0.15, whole_word: bool = False) -> "MaskSpec":
+        """The spec for a tokenizer's [MASK] and special ids; refuses a tokenizer without a mask
+        token."""
         if tok.mask_id is None:
             raise DataError("Masked-LM training needs a mask token, and this tokenizer has none "
                             "([MASK] or <mask>). Train one with jaxlm train-tokenizer (it adds "

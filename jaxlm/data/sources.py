@@ -52,12 +52,14 @@ class SourceOptions:
 
     @classmethod
     def from_config(cls, data_cfg: Any) -> "SourceOptions":
+        """The options set in a `data:` config section."""
         return cls(encoding=data_cfg.encoding, data_dir=data_cfg.tfds_data_dir,
                    documents=data_cfg.documents, text_field=data_cfg.text_field,
                    label_field=data_cfg.label_field, labels=[str(x) for x in data_cfg.labels],
                    on_invalid=data_cfg.on_invalid)
 
     def tfds_data_dir(self) -> str | None:
+        """The TFDS data_dir: the option, else $TFDS_DATA_DIR, else None (TFDS's default)."""
         return self.data_dir or os.environ.get("TFDS_DATA_DIR") or None
 
 
@@ -73,6 +75,7 @@ class Spec:
 
     @property
     def path(self) -> Path:
+        """The target as a local path."""
         return Path(self.target)
 
 
@@ -155,11 +158,13 @@ class Source:
         raise NotImplementedError
 
     def texts(self) -> Iterator[str]:
+        """Every example's text, in order."""
         for i in range(len(self)):
             yield self[i]["text"]
 
     @property
     def name(self) -> str:
+        """A short name for messages: kind:target [split]."""
         return f"{self.spec.kind}:{self.spec.target} [{self.split}]"
 
 
@@ -179,6 +184,7 @@ class ListSource(Source):
         return {"text": self._texts[i], "label": self._labels[i] if self._labels else -1}
 
     def texts(self) -> Iterator[str]:
+        """Every example's text, in order."""
         return iter(self._texts)
 
 
@@ -241,6 +247,7 @@ def _map_labels(records: list[local.Record], names: list[str], declared: bool,
 
 
 def open_local(spec: Spec, split: str, label_names: list[str] | None = None) -> ListSource:
+    """One split of a local dataset (text/labeled/tsv/csv/jsonl), labels mapped to `label_names`."""
     path = _local_file(spec, split)
     o = spec.options
     report = DataReport(f"{path}", o.on_invalid)
@@ -300,6 +307,7 @@ class TfdsSource(Source):
 
 
 def tfds_builder(spec: Spec) -> Any:
+    """The TFDS builder of a spec, or a DataError naming the data_dir searched."""
     import tensorflow_datasets as tfds
 
     data_dir = spec.options.tfds_data_dir()
@@ -316,6 +324,7 @@ def tfds_builder(spec: Spec) -> Any:
 
 
 def open_tfds(spec: Spec, split: str) -> TfdsSource:
+    """One split of a prepared TFDS dataset, read through `tfds.data_source`."""
     import tensorflow_datasets as tfds
 
     builder = tfds_builder(spec)
@@ -373,6 +382,7 @@ def available_splits(spec: str | Spec, options: SourceOptions | None = None
 
 
 def has_split(spec: str | Spec, split: str, options: SourceOptions | None = None) -> bool:
+    """Whether a spec (without an explicit :SPLIT) has `split`."""
     s = spec if isinstance(spec, Spec) else parse_spec(spec, options)
     if s.split is not None:
         return False  # an explicit split pins the spec to one split

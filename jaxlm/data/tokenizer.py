@@ -105,16 +105,20 @@ class TextTokenizer:
 
     @property
     def vocab_size(self) -> int:
+        """Vocabulary size including added special tokens."""
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """Token ids of one text (no [CLS]/[SEP] unless asked)."""
         return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
 
     def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = False) -> list[list[int]]:
+        """Token ids of many texts (tokenized in parallel by the Rust library)."""
         return [e.ids for e in self.tokenizer.encode_batch(list(texts),
                                                            add_special_tokens=add_special_tokens)]
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        """Text of token ids, special tokens dropped by default."""
         return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def save(self, path: str | Path) -> None:
@@ -126,6 +130,7 @@ class TextTokenizer:
 
     @classmethod
     def load(cls, path: str | Path) -> "TextTokenizer":
+        """Load a tokenizer.json."""
         return cls(load_tokenizer(path))
 
 

@@ -34,6 +34,7 @@ class Sampling:
 
     @property
     def greedy(self) -> bool:
+        """Temperature 0 means argmax decoding."""
         return self.temperature == 0.0
 
 

@@ -77,6 +77,7 @@ def resolve_hf_dir(spec: str | Path) -> Path:
 
 
 def read_hf_config(directory: Path) -> dict:
+    """A checkpoint folder's config.json as a dict, or a CheckpointError."""
     path = directory / "config.json"
     try:
         hf = json.loads(path.read_text())

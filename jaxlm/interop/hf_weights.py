@@ -178,6 +178,7 @@ def hf_shape(link: Link, shapes: dict[ParamPath, tuple[int, ...]]) -> tuple[int,
 
 
 def to_jax(link: Link, arr: np.ndarray) -> list[np.ndarray]:
+    """A Hugging Face tensor as the jaxlm array(s) of `link` (transposed or split as needed)."""
     if link.op == "t":
         return [arr.T]
     if link.op == "split":
@@ -186,6 +187,7 @@ def to_jax(link: Link, arr: np.ndarray) -> list[np.ndarray]:
 
 
 def from_jax(link: Link, arrs: list[np.ndarray]) -> np.ndarray:
+    """The Hugging Face tensor of `link` from its jaxlm array(s) (inverse of to_jax)."""
     if link.op == "t":
         return np.ascontiguousarray(arrs[0].T)
     if link.op == "split":
@@ -269,9 +271,11 @@ class TensorFiles:
 
     @property
     def names(self) -> list[str]:
+        """Every tensor name in the checkpoint's files."""
         return list(self.file_of)
 
     def shape(self, name: str) -> tuple[int, ...]:
+        """A tensor's shape, read from the file header without loading it."""
         file = self.file_of[name]
         if file.endswith(".safetensors"):
             return tuple(self._safe(file).get_slice(name).get_shape())
@@ -291,6 +295,7 @@ class TensorFiles:
 
 @dataclass
 class ImportedTensors:
+    """A checkpoint's tensors mapped to jaxlm parameter paths, with what was skipped and why."""
     flat: dict[ParamPath, np.ndarray]  # jaxlm parameter path -> array
     groups: list[str]  # parameter groups found complete (backbone first)
     ignored: dict[str, str]  # checkpoint name -> why it was skipped

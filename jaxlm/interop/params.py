@@ -17,6 +17,7 @@ ParamPath = tuple[str | int, ...]
 
 
 def path_str(path: ParamPath) -> str:
+    """A parameter path as dotted text, e.g. backbone.layers.0.attn.q_proj.kernel."""
     return ".".join(map(str, path))
 
 

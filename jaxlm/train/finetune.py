@@ -75,6 +75,7 @@ def predict_batches(steps_eval_logits, params: Any, batches: list[dict], shardin
 
 def evaluate_classifier(logits_fn, params: Any, batches: list[dict], sharding,
                         class_names: list[str]) -> dict:
+    """Classification report of a classifier's parameters over host batches (padding rows dropped)."""
     logits, labels, weights = predict_batches(logits_fn, params, batches, sharding)
     keep = weights > 0
     logits, labels = logits[keep], labels[keep]
@@ -84,6 +85,7 @@ def evaluate_classifier(logits_fn, params: Any, batches: list[dict], sharding,
 
 
 def make_logits_fn(graphdef, steps: CompiledSteps):
+    """A jitted (params, batch) -> class logits function with the training shardings."""
     from flax import nnx
 
     def logits(params, batch):
@@ -113,6 +115,7 @@ class BestKeeper:
                          if value is not None else None)
 
     def offer(self, step: int, params: Any, metrics: dict) -> bool:
+        """Keep `params` if `metrics` beats the best so far; returns whether it did."""
         if self.metric not in metrics:
             raise ConfigError(f"finetune.best_metric '{self.metric}' is not a validation metric; "
                               f"choose one of {', '.join(sorted(k for k, v in metrics.items() if isinstance(v, float)))}.",
@@ -133,12 +136,14 @@ class BestKeeper:
         return better
 
     def restore(self, target: Any) -> Any:
+        """The kept best parameters, restored onto `target`'s shardings."""
         step = self.best["step"]
         require_intact(self.dir, step)
         return self.manager.restore(step, args=ocp.args.Composite(
             params=ocp.args.StandardRestore(target)))["params"]
 
     def close(self) -> None:
+        """Close the checkpoint manager."""
         self.manager.close()
 
 

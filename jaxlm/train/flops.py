@@ -21,6 +21,7 @@ from jaxlm.config import ModelConfig
 
 
 def count_params(params: Any) -> int:
+    """Number of scalars in a parameter tree."""
     return int(sum(x.size for x in jax.tree.leaves(params)))
 
 
@@ -33,6 +34,7 @@ def matmul_params(cfg: ModelConfig) -> int:
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs per token (6 x matmul parameters + attention), for MFU."""
     c = cfg.resolved()
     return 6.0 * matmul_params(c) + 12.0 * c.num_layers * seq_len * c.num_heads * c.head_dim
 

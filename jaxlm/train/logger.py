@@ -24,6 +24,7 @@ class MetricsLogger:
             self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
 
     def log(self, step: int, split: str, metrics: dict[str, Any]) -> None:
+        """Append one record (step, split, metrics) to metrics.jsonl and TensorBoard."""
         if not self.enabled:
             return
         clean = {k: float(v) for k, v in metrics.items() if v is not None}
@@ -34,12 +35,15 @@ class MetricsLogger:
                 self.tb.add_scalar(f"{split}/{k}", v, int(step))
 
     def close(self) -> None:
+        """Flush and close the TensorBoard writer."""
         if self.tb is not None:
             self.tb.flush()
             self.tb.close()
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
+    """Every record of a run's metrics.jsonl, as written (see jaxlm.run_info.metric_records for the
+    deduplicated view)."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         return []

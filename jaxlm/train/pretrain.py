@@ -43,6 +43,7 @@ def setup_tokenizer(cfg: Config, run_dir: Path, train: Source | str) -> TextToke
 
 
 def model_config_for(cfg: Config, tok: TextTokenizer):
+    """The resolved model config, its vocabulary and pad id taken from the tokenizer."""
     m = cfg.model
     if m.vocab_size and m.vocab_size < tok.vocab_size:
         raise ConfigError(f"model.vocab_size={m.vocab_size} is smaller than the tokenizer's "
@@ -53,6 +54,7 @@ def model_config_for(cfg: Config, tok: TextTokenizer):
 
 
 def check_batch(cfg: Config, mesh) -> None:
+    """Refuse a batch size that does not split evenly over the mesh's data-parallel shards."""
     dp = data_parallel_size(mesh, cfg.mesh.rules)
     per_micro = cfg.train.batch_size // cfg.train.grad_accum
     if per_micro % dp:

@@ -20,6 +20,7 @@ IDENTITY_KEYS = ("model", "data", "optim", "train.objective", "train.batch_size"
 
 
 def resolve_run_dir(cfg: Config, run_dir: str | None) -> Path:
+    """The run directory: --run-dir, else config run_dir, else runs/<name>."""
     return Path(run_dir or cfg.run_dir or f"runs/{cfg.name}")
 
 
@@ -80,6 +81,7 @@ def load_run_config(run_dir: str | Path) -> Config:
 
 
 def write_summary(run_dir: Path, summary: dict) -> None:
+    """Write summary.json (dataclasses and numpy scalars made JSON-able)."""
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
 
 
@@ -96,6 +98,7 @@ def write_model_spec(run_dir: Path, model: Any, objective: str, **head: Any) -> 
 
 
 def read_model_spec(run_dir: str | Path) -> dict:
+    """A run's model.json (objective, resolved model config, head)."""
     path = Path(run_dir) / "model.json"
     if not path.is_file():
         raise CheckpointError(f"'{run_dir}' has no model.json: it is not a finished jaxlm run "
