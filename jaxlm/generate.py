@@ -187,15 +187,15 @@ class Generator:
                 ids[i] = [tok.cls_id]  # an empty prompt starts from the begin-of-text token
         stop_ids = self.stop_ids(stop)
         streams = [_TextStream(tok) for _ in texts]
-        cb = None
-        if on_text is not None:
-            def cb(row: int, new_ids: list[int]) -> None:
-                piece = streams[row].push(new_ids)
-                if piece:
-                    on_text(row, piece)
+
+        def push(row: int, new_ids: list[int]) -> None:
+            piece = streams[row].push(new_ids)
+            if piece and on_text is not None:
+                on_text(row, piece)
+
         out_ids = self.generate_ids(ids, max_new_tokens=max_new_tokens, temperature=temperature,
                                     top_k=top_k, top_p=top_p, seed=seed, stop_ids=stop_ids,
-                                    on_tokens=cb, chunk=chunk)
+                                    on_tokens=push if on_text is not None else None, chunk=chunk)
         outs = [tok.decode(o) for o in out_ids]
         if on_text is not None:
             for row, (s, full) in enumerate(zip(streams, outs)):
