@@ -306,11 +306,30 @@ class TfdsSource(Source):
         return {"text": str(text), "label": label}
 
 
+def _check_feature_classes(name: str, data_dir: str | None) -> None:
+    """Refuse a prepared dataset whose features.json names a feature class outside TFDS: TFDS
+    would import that module by name, running code chosen by whoever wrote the data folder."""
+    root = Path(data_dir or "~/tensorflow_datasets").expanduser() / name.split("/")[0].split(":")[0]
+    for path in root.glob("**/features.json") if root.is_dir() else []:
+        try:
+            text = path.read_text()
+        except OSError:
+            continue  # TFDS reports unreadable metadata itself
+        for cls in re.findall(r'"python_?[cC]lass_?[nN]ame"\s*:\s*"([^"]*)"', text):
+            if not cls.startswith("tensorflow_datasets."):
+                raise DataError(
+                    f"'{path}' names the feature class '{cls}', which is not part of TFDS; reading "
+                    "the dataset would import and run that module. jaxlm only reads datasets "
+                    "whose features are TFDS's own: rebuild it (e.g. `jaxlm data build`) or "
+                    "check where the folder came from.", culprit=str(path))
+
+
 def tfds_builder(spec: Spec) -> Any:
     """The TFDS builder of a spec, or a DataError naming the data_dir searched."""
     import tensorflow_datasets as tfds
 
     data_dir = spec.options.tfds_data_dir()
+    _check_feature_classes(spec.target, data_dir)
     try:
         return tfds.builder(spec.target, data_dir=data_dir, try_gcs=False)
     except Exception as e:  # DatasetNotFoundError and friends

@@ -65,6 +65,12 @@ def rope_settings(hf: dict, problems: list[str]) -> tuple[float, dict]:
 
 def config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
     """The jaxlm ModelConfig (every family knob resolved) for a Hugging Face config dict."""
+    if hf.get("auto_map"):  # custom modeling code (trust_remote_code): never run, never guessed
+        raise CheckpointError(
+            f"'{where}' declares custom model code (auto_map: "
+            f"{', '.join(map(str, hf['auto_map'].values()))[:200]}); its weights need that code, "
+            "which jaxlm never runs. Use a checkpoint saved with the standard transformers class "
+            "(BERT, GPT-2 or Llama).", culprit=where)
     model_type = hf.get("model_type")
     if model_type not in SUPPORTED:
         archs = ", ".join(hf.get("architectures") or []) or "none listed"
