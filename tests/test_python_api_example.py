@@ -34,3 +34,13 @@ def test_python_api_doc_runs_and_trains(data_dir, capsys):
     assert held_out < 3.2
     generated = re.search(r"^ROMEO:(.*)", out, flags=re.M | re.S).group(1)
     assert len(ns["new_ids"]) == 60 and len(generated) >= 60
+
+
+def test_readme_python_examples_are_the_tested_ones():
+    """A ```python block in README.md must be one of the blocks executed above (copy it from
+    docs/python_api.md), so the README's example is tested too."""
+    readme = DOC.parents[1] / "README.md"
+    tested = python_blocks(DOC.read_text())
+    for block in python_blocks(readme.read_text()):
+        assert block in tested, ("README.md has a Python example that docs/python_api.md does not "
+                                 "run; copy it from there:\n" + block[:200])
