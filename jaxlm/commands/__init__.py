@@ -12,3 +12,14 @@ def add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="discard an existing run in --run-dir instead of refusing")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (batch sizes, counts)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value

@@ -9,6 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
+from jaxlm.commands import positive_int
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register `jaxlm evaluate` and its options on the subcommand parsers."""
@@ -17,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="dataset spec (default: the run's test split, else validation)")
     p.add_argument("--split", default="test", help="split to read from a multi-split spec")
     p.add_argument("--checkpoint", default="best", help="best, latest or a step number")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--out", help="JSON file for the report (default: RUN/eval_<split>.json)")
     p.set_defaults(func=run)
 
@@ -26,10 +28,12 @@ def run(args: argparse.Namespace) -> int:
     """Run `jaxlm evaluate` with parsed arguments; returns the exit code."""
     from jaxlm.evaluation import evaluate_run
     from jaxlm.metrics import format_report
+    from jaxlm.train.run_dir import check_output_path
 
+    out = Path(args.out) if args.out else Path(args.run) / f"eval_{args.split}.json"
+    check_output_path(out, "--out")
     report = evaluate_run(args.run, args.data, split=args.split, checkpoint=args.checkpoint,
                           batch_size=args.batch_size)
-    out = Path(args.out) if args.out else Path(args.run) / f"eval_{args.split}.json"
     out.write_text(json.dumps(report, indent=2))
     if "accuracy" in report and "per_class" in report:
         print(format_report(report))

@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+from jaxlm.commands import positive_int
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register `jaxlm generate` and its options on the subcommand parsers."""
@@ -30,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="a token that ends generation (repeatable; default: the tokenizer's "
                    "end-of-text token)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts decoded together")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="prompts decoded together")
     p.add_argument("--reference-file", metavar="F",
                    help="one reference per line, aligned with the prompts: print BLEU and ROUGE")
     p.add_argument("--output", metavar="F", help="write JSON lines {prompt, completion} here")
@@ -55,7 +57,10 @@ def run(args: argparse.Namespace) -> int:
     """Run `jaxlm generate` with parsed arguments; returns the exit code."""
     from jaxlm.generate import Generator, load_run
     from jaxlm.generation.scoring import bleu_rouge, read_lines
-    from jaxlm.train.run_dir import load_run_config
+    from jaxlm.train.run_dir import check_output_path, load_run_config
+
+    if args.output:
+        check_output_path(args.output, "--output")
 
     prompts = [args.prompt] if args.prompt is not None else read_lines(args.prompt_file,
                                                                        "prompt file")

@@ -5,6 +5,8 @@ import argparse
 import json
 import sys
 
+from jaxlm.commands import positive_int
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register `jaxlm predict` and its options on the subcommand parsers."""
@@ -13,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", default="-", help="text file, one input per line ('-': stdin)")
     p.add_argument("--output", default="-", help="JSONL file ('-': stdout)")
     p.add_argument("--checkpoint", default="best", help="best, latest or a step number")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--encoding", default="utf-8")
     p.set_defaults(func=run)
 
@@ -22,6 +24,10 @@ def run(args: argparse.Namespace) -> int:
     """Run `jaxlm predict` with parsed arguments; returns the exit code."""
     from jaxlm.data.text import read_text
     from jaxlm.inference import load_run, predict_proba
+    from jaxlm.train.run_dir import check_output_path
+
+    if args.output != "-":
+        check_output_path(args.output, "--output")
 
     text = sys.stdin.read() if args.input == "-" else read_text(args.input, args.encoding,
                                                                  "input file")

@@ -33,6 +33,9 @@ def run(args: argparse.Namespace) -> int:
     from jaxlm.data.lm_data import tokenizer_texts
     from jaxlm.data.sources import open_source
     from jaxlm.data.tokenizer import TextTokenizer, train_tokenizer
+    from jaxlm.train.run_dir import check_output_path
+
+    check_output_path(args.out, "--out", folder=True)  # a run's tokenizer must match its model
 
     src = open_source(resolve(args.data), args.split, source_options(args))
     texts = tqdm(tokenizer_texts(src), desc=f"reading {src.name}", unit=" texts",

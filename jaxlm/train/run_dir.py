@@ -42,26 +42,28 @@ def prepare_run_dir(cfg: Config, run_dir: Path, overwrite: bool = False) -> bool
                           "--run-dir.", culprit=str(run_dir))
     if cfg_path.is_file():
         if overwrite:
-            for name in ("checkpoints", "tensorboard", "metrics.jsonl", "summary.json",
-                         "config.yaml", "tokenizer.json"):
-                target = run_dir / name
-                if target.is_dir():
-                    shutil.rmtree(target)
-                elif target.exists():
-                    target.unlink()
+            _clear_run(run_dir)
         else:
-            old = yaml.safe_load(cfg_path.read_text()) or {}
+            old = _read_yaml(cfg_path)
             new = to_dict(cfg)
             diffs = [k for k in IDENTITY_KEYS if _pick(old, k) != _pick(new, k)]
-            if diffs:
+            if diffs and not _has_checkpoint(run_dir):
+                # a start that failed before its first checkpoint: nothing to lose, start again
+                # (its tokenizer and model spec came from the old config, so they go too)
+                from jaxlm.train.checkpoint import warn
+                warn(f"'{run_dir}' holds a run with a different config that never saved a "
+                     "checkpoint; starting it again with this config.")
+                _clear_run(run_dir)
+            elif diffs:
                 raise ConfigError(
                     f"Run directory '{run_dir}' holds a run with a different config ({', '.join(diffs)} "
                     "differ), so it cannot be resumed with this one. Use a new --run-dir, rerun with "
                     "the original config to resume, or pass --overwrite to discard the old run.",
                     culprit=str(run_dir))
-            if old != new:  # e.g. more steps: config.yaml always describes the latest invocation
-                save_config(cfg, cfg_path)
-            return (run_dir / "checkpoints").is_dir()
+            else:
+                if old != new:  # e.g. more steps: config.yaml describes the latest invocation
+                    save_config(cfg, cfg_path)
+                return (run_dir / "checkpoints").is_dir()
     elif run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
         raise ConfigError(f"Run directory '{run_dir}' is not empty and is not a jaxlm run (no "
                           "config.yaml). Choose an empty or new --run-dir, or pass --overwrite.",
@@ -71,13 +73,80 @@ def prepare_run_dir(cfg: Config, run_dir: Path, overwrite: bool = False) -> bool
     return False
 
 
+def _has_checkpoint(run_dir: Path) -> bool:
+    return any(p.name.isdigit() for d in ("checkpoints", "best") if (run_dir / d).is_dir()
+               for p in (run_dir / d).iterdir())
+
+
+def _clear_run(run_dir: Path) -> None:
+    """Remove what a run wrote (and nothing else in the folder): --overwrite, or a failed start."""
+    for name in RUN_FILES + tuple(p.name for p in run_dir.glob("eval_*.json")):
+        target = run_dir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+
+
+# What a run directory holds: nothing but training (and `--overwrite`) may replace these.
+RUN_FILES = ("config.yaml", "model.json", "tokenizer.json", "summary.json", "metrics.jsonl",
+             "hf_import.json", "checkpoints", "checkpoints.corrupt", "best", "tensorboard")
+
+
+def is_run_dir(path: str | Path) -> bool:
+    p = Path(path)
+    return (p / "config.yaml").is_file() and ((p / "checkpoints").is_dir()
+                                               or (p / "model.json").is_file())
+
+
+def check_output_path(path: str | Path, flag: str, *, folder: bool = False) -> None:
+    """Refuse an output path that would overwrite part of an existing jaxlm run (its config,
+    model, tokenizer, metrics or checkpoints), or a folder where a file is expected."""
+    p = Path(path).absolute()
+    if not folder and p.is_dir():
+        raise ConfigError(f"{flag} '{path}' is a directory; give the path of a file to write.",
+                          culprit=flag)
+    if folder and p.exists() and not p.is_dir():
+        raise ConfigError(f"{flag} '{path}' is an existing file; give a folder to write into.",
+                          culprit=flag)
+    if folder and is_run_dir(p):
+        raise ConfigError(f"{flag} '{path}' is a jaxlm run directory; writing there would "
+                          "replace the run's own files. Choose another folder.", culprit=flag)
+    for parent in p.parents:
+        if is_run_dir(parent):
+            part = p.relative_to(parent).parts[0]
+            if part in RUN_FILES:
+                raise ConfigError(f"{flag} '{path}' would overwrite '{part}' of the jaxlm run in "
+                                  f"'{parent}'. Write the output somewhere else.", culprit=flag)
+            return
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"'{path}' is not readable YAML ({str(e).splitlines()[0]}): the run "
+                              "directory is damaged. Restore config.yaml from a backup, or start "
+                              "a new --run-dir.", culprit=str(path)) from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"'{path}' does not hold a config mapping: the run directory is "
+                              "damaged. Restore config.yaml from a backup, or start a new --run-dir.",
+                              culprit=str(path))
+    return raw
+
+
 def load_run_config(run_dir: str | Path) -> Config:
     """The resolved config saved in a run directory."""
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise CheckpointError(f"'{run_dir}' is not a jaxlm run directory (no config.yaml). Pass "
                               "the --run-dir of a pretrain or finetune run.", culprit=str(run_dir))
-    return config_from_dict(yaml.safe_load(path.read_text()) or {})
+    try:
+        return config_from_dict(_read_yaml(path))
+    except ConfigError as e:
+        raise CheckpointError(f"The config saved in '{path}' is not valid for this jaxlm ({e}). "
+                              "It was written by another version or edited by hand.",
+                              culprit=str(path)) from None
 
 
 def write_summary(run_dir: Path, summary: dict) -> None:
