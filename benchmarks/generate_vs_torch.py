@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import jax
     import torch
+    from flax import nnx
     from transformers import GPT2LMHeadModel
 
     from jaxlm.generate import Generator
@@ -88,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     # Same weights: the logits of one forward pass agree.
     with torch.inference_mode():
         ref = hf(ids).logits[0].numpy()
-    ours = np.asarray(jax.jit(lambda t: model(t))(np.asarray([prompt], np.int32))[0])
+    graphdef, state = nnx.split(model, nnx.Param)
+    forward = jax.jit(lambda p, t: nnx.merge(graphdef, p)(t))
+    ours = np.asarray(forward(state, np.asarray([prompt], np.int32))[0])
     logit_diff = float(np.abs(ours - ref).max())
 
     def run_jax(n: int) -> list[int]:
@@ -105,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{cfg.num_heads} heads, vocab {cfg.vocab_size}, {n_params / 1e6:.1f}M parameters; "
           f"batch 1, prompt {args.prompt_len} tokens, greedy; jax {jax.__version__} "
           f"({jax.devices()[0].platform}), torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads)")
+          f"({torch.get_num_threads()} threads); machine load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"forward logits max |jaxlm - torch| = {logit_diff:.2e}")
     rows, prev = [], None
     for n in lengths:
