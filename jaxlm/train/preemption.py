@@ -6,12 +6,14 @@ after each step and, on yes, saves a checkpoint at that step and raises `Trainin
 code 143 for SIGTERM, 130 for SIGINT). Rerunning the same command resumes from that checkpoint.
 
 With several hosts every host must stop at the same step, because saving a checkpoint is a
-collective. Hosts combine their flags with a tiny all-gather every `check_every` steps (at step
-numbers every host reaches), so a signal seen by any host stops all of them at the same step, and
-single-host runs need no sync at all. A second Ctrl-C quits at once, without saving.
+collective. Hosts exchange their flags every `check_every` steps (at step numbers every host
+reaches) through the jax.distributed coordination service: a host-side key-value exchange, so it
+never waits for the queued device work. A signal seen by any host stops all of them at the same
+step; single-host runs need no exchange at all. A second Ctrl-C quits at once, without saving.
 """
 from __future__ import annotations
 
+import itertools
 import signal
 import sys
 import threading
@@ -22,13 +24,27 @@ import numpy as np
 from jaxlm.errors import TrainingStopped
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + signal number, as shells report
-Allgather = Callable[[np.ndarray], np.ndarray]  # this host's value -> every host's values
+EXCHANGE_TIMEOUT_S = 600  # a host this late at an exchange point is gone: fail, do not hang
+# (exchange id, this host's value, previous exchange id or None) -> every host's value
+Allgather = Callable[[str, int, "str | None"], list[int]]
+_GUARDS = itertools.count()  # guards are made in the same order on every host
 
 
-def _jax_allgather(x: np.ndarray) -> np.ndarray:
-    from jax.experimental import multihost_utils
+def _coordination_allgather(key: str, value: int, previous: str | None) -> list[int]:
+    """Every host's value, through the coordination service's key-value store and barrier (the
+    way orbax's multihost helpers talk): no device computation, no wait for queued steps."""
+    import jax
+    from jax._src import distributed
 
-    return np.asarray(multihost_utils.process_allgather(x))
+    client = distributed.global_state.client
+    if client is None:  # several processes without jax.distributed: a device all-gather
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(np.int32(value))).reshape(-1).tolist()
+    client.key_value_set(f"jaxlm/{key}/{jax.process_index()}", str(value))
+    client.wait_at_barrier(f"jaxlm_{key}", timeout_in_ms=EXCHANGE_TIMEOUT_S * 1000)
+    if previous is not None:  # every host is past this barrier, so done reading the previous one
+        client.key_value_delete(f"jaxlm/{previous}/{jax.process_index()}")
+    return [int(v) for _, v in client.key_value_dir_get(f"jaxlm/{key}/")]
 
 
 class PreemptionGuard:
@@ -44,7 +60,9 @@ class PreemptionGuard:
             process_count = jax.process_count()
         self.check_every = max(1, int(check_every))
         self.process_count = process_count
-        self._allgather = allgather or _jax_allgather
+        self._allgather = allgather or _coordination_allgather
+        self._id = next(_GUARDS)
+        self._last_key: str | None = None
         self.quiet = quiet
         self.signum: int | None = None  # the signal this host received (or all hosts agreed on)
         self._previous: dict[int, Any] = {}
@@ -77,9 +95,11 @@ class PreemptionGuard:
             return self.signum is not None
         if step % self.check_every:
             return False
-        flags = self._allgather(np.asarray(self.signum or 0, np.int32)).reshape(-1)
-        if int(flags.max()) > 0:
-            self.signum = self.signum or int(flags.max())
+        key = f"preempt_{self._id}_{step}"
+        flags = self._allgather(key, int(self.signum or 0), self._last_key)
+        self._last_key = key
+        if max(flags) > 0:
+            self.signum = self.signum or max(flags)
             return True
         return False
 
