@@ -191,3 +191,14 @@ def test_pretrain_resumes_from_the_previous_checkpoint_when_the_latest_is_damage
     assert "step 8" in capsys.readouterr().err
     assert (run / "checkpoints.corrupt" / "8").is_dir()
 
+
+
+def test_metrics_survive_a_torn_last_line(tmp_path):
+    from jaxlm.train.logger import MetricsLogger, read_metrics
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 4, "split": "train", "loss": 2.0}\n'
+                                            '{"step": 6, "split": "tr')  # killed mid-write
+    logger = MetricsLogger(tmp_path, resumed_from=4)
+    logger.log(5, "train", {"loss": 1.5})
+    logger.close()
+    assert [(r["step"], r["loss"]) for r in read_metrics(tmp_path)] == [(4, 2.0), (5, 1.5)]

@@ -202,7 +202,7 @@ def finetune(cfg: Config, run_dir: str | None = None, *, overwrite: bool = False
         evaluate = ((lambda p: _scalars(evaluate_classifier(logits_fn, p, val, steps.batch_sharding,
                                                             class_names)))
                     if val else None)
-        logger = MetricsLogger(out_dir)
+        logger = MetricsLogger(out_dir, resumed_from=start)
         spec = LoopSpec(
             total_steps=cfg.train.steps, tokens_per_step=B * T,
             flops_per_step=flops_per_token(mcfg, T) * B * T, peak_flops=None,

@@ -15,13 +15,18 @@ class MetricsLogger:
     Only process 0 writes, so multi-host runs produce one file.
     """
 
-    def __init__(self, run_dir: str | Path):
+    def __init__(self, run_dir: str | Path, resumed_from: int = 0):
         self.enabled = jax.process_index() == 0
         self.path = Path(run_dir) / "metrics.jsonl"
         self.tb = None
         if self.enabled:
             from tensorboardX import SummaryWriter
-            self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+            if self.path.is_file() and not self.path.read_bytes().endswith(b"\n"):
+                with self.path.open("a") as f:  # a killed run's torn last line: start afresh
+                    f.write("\n")
+            # TensorBoard hides what a killed run logged after the checkpoint it resumes from
+            self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"),
+                                    purge_step=resumed_from + 1 if resumed_from else None)
 
     def log(self, step: int, split: str, metrics: dict[str, Any]) -> None:
         """Append one record (step, split, metrics) to metrics.jsonl and TensorBoard."""
@@ -47,4 +52,10 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:  # blank, or the torn last line of a killed run
+            continue
+    return rows

@@ -98,7 +98,7 @@ def pretrain(cfg: Config, run_dir: str | None = None, *, overwrite: bool = False
         n_params = count_params(state["params"])
         if peak_flops is None:
             peak_flops = measure_peak_flops(mcfg.dtype) * mesh.size
-        logger = MetricsLogger(out_dir)
+        logger = MetricsLogger(out_dir, resumed_from=start)
         spec = LoopSpec(
             total_steps=cfg.train.steps, tokens_per_step=B * T,
             flops_per_step=flops_per_token(mcfg, T) * B * T, peak_flops=peak_flops,
