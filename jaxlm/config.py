@@ -47,14 +47,15 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.mlp": ("gelu", "swiglu"),
     "model.activation": ("gelu", "gelu_tanh", "silu", "relu"),
     "model.remat": ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable"),
-    "model.attention_impl": ("auto", "xla", "cudnn"),
-    "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.attention_impl": ("auto", "xla", "cudnn", "splash"),
+    "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "model.param_dtype": ("float32", "bfloat16"),
     "optim.name": ("adamw", "adafactor", "lion", "sgd"),
     "optim.schedule": ("cosine", "linear", "constant"),
     "train.objective": ("causal", "masked", "classification"),
     "train.on_nonfinite": ("stop", "skip"),
     "finetune.pooling": ("first", "mean", "last"),
+    "distributed.initialize": ("auto", "always", "never"),
     "finetune.best_mode": ("max", "min"),
     "data.sampling": ("random_windows", "packed"),
     "data.documents": ("file", "blank_line", "line"),
@@ -215,6 +216,17 @@ class FinetuneConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """Multi-host start-up (see `jaxlm.distributed`): empty values come from JAXLM_COORDINATOR,
+    JAXLM_NUM_PROCESSES, JAXLM_PROCESS_ID, else from the cluster (TPU pod, SLURM, Open MPI)."""
+
+    initialize: str = "auto"  # auto: when settings or a cluster are found; always; never
+    coordinator: str = ""  # host:port of process 0
+    num_processes: int = 0
+    process_id: int = -1
+
+
+@dataclass
 class Config:
     """One experiment."""
 
@@ -227,6 +239,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def resolved_data_root(self) -> str:
         """Where `{data_root}` points: data_root, else $JAXLM_DATA, else ../shared/data."""

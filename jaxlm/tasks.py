@@ -16,14 +16,48 @@ Batch = dict[str, jax.Array]
 LossFn = Callable[[Any, Batch, jax.Array | None], tuple[jax.Array, dict[str, jax.Array]]]
 
 
+@jax.custom_vjp
+def cross_entropy_and_hit(logits_BxTxV: jax.Array, labels_BxT: jax.Array
+                          ) -> tuple[jax.Array, jax.Array]:
+    """Per-token cross-entropy (float32) and whether the label has the highest logit.
+
+    One pass for the max, one for the log-sum-exp, a gather for the label logit; the backward pass
+    is a single fused `softmax - onehot` (optax's version plus an argmax made XLA:CPU read and
+    write the [B, T, V] logits several more times). A label tied with the best logit counts as a
+    hit. Labels outside [0, V) score 0 and get no gradient (they must carry weight 0).
+    """
+    return _ce_fwd(logits_BxTxV, labels_BxT)[0]
+
+
+def _ce_fwd(logits, labels):
+    logits = logits.astype(jnp.float32)
+    max_BxT = jnp.max(logits, -1)
+    lse_BxT = jnp.log(jnp.sum(jnp.exp(logits - max_BxT[..., None]), -1)) + max_BxT
+    label_BxT = jnp.take_along_axis(logits, labels[..., None], -1, mode="clip")[..., 0]
+    valid = (labels >= 0) & (labels < logits.shape[-1])
+    ce = jnp.where(valid, lse_BxT - label_BxT, 0.0)
+    return (ce, valid & (label_BxT >= max_BxT)), (logits, labels, lse_BxT)
+
+
+def _ce_bwd(res, g):
+    logits, labels, lse_BxT = res
+    onehot = jnp.arange(logits.shape[-1]) == labels[..., None]
+    valid = ((labels >= 0) & (labels < logits.shape[-1]))[..., None]
+    d = jnp.where(valid, jnp.exp(logits - lse_BxT[..., None]) - onehot, 0.0) * g[0][..., None]
+    return d, None
+
+
+cross_entropy_and_hit.defvjp(_ce_fwd, _ce_bwd)
+
+
 def token_loss(model: Any, batch: Batch, dropout_rng: jax.Array | None) -> tuple[jax.Array, dict]:
     """Cross-entropy over scored tokens (causal LM: next token; masked LM: masked tokens)."""
     logits_BxTxV = model(batch["inputs"], segment_ids_BxT=batch.get("segment_ids"),
                          positions_BxT=batch.get("positions"), dropout_rng=dropout_rng)
-    ce_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, batch["targets"])
+    ce_BxT, hit_BxT = cross_entropy_and_hit(logits_BxTxV, batch["targets"])
     w_BxT = batch["weights"].astype(jnp.float32)
-    correct = (jnp.argmax(logits_BxTxV, -1) == batch["targets"]).astype(jnp.float32)
-    return (ce_BxT * w_BxT).sum(), {"weight": w_BxT.sum(), "correct": (correct * w_BxT).sum()}
+    return (ce_BxT * w_BxT).sum(), {"weight": w_BxT.sum(),
+                                    "correct": (hit_BxT.astype(jnp.float32) * w_BxT).sum()}
 
 
 def classification_loss(model: Any, batch: Batch, dropout_rng: jax.Array | None

@@ -19,6 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run `jaxlm finetune` with parsed arguments; returns the exit code."""
     from jaxlm.config import load_config
+    from jaxlm.distributed import initialize
     from jaxlm.metrics import format_report
     from jaxlm.train.finetune import finetune
 
@@ -26,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
     if args.init_from:
         overrides.append(f"finetune.init_from={args.init_from}")
     cfg = load_config(args.config, overrides)
+    initialize(cfg.distributed)  # multi-host jobs: before anything touches a device
     summary = finetune(cfg, args.run_dir, overwrite=args.overwrite, show_progress=not args.quiet)
     for split in ("validation", "test"):
         if split in summary:

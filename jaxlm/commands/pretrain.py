@@ -17,9 +17,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run `jaxlm pretrain` with parsed arguments; returns the exit code."""
     from jaxlm.config import load_config
+    from jaxlm.distributed import initialize
     from jaxlm.train.pretrain import pretrain
 
     cfg = load_config(args.config, args.overrides)
+    initialize(cfg.distributed)  # multi-host jobs: before anything touches a device
     summary = pretrain(cfg, args.run_dir, overwrite=args.overwrite, show_progress=not args.quiet)
     train, val = summary["train"], summary["val"]
     parts = [f"step {summary['step']}", f"train loss {train.get('loss', float('nan')):.4f}"]

@@ -12,14 +12,23 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxlm.config import ModelConfig
+from jaxlm.models.attention import attend, choose_impl
 from jaxlm.sharding import shard
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
+def compute_dtype_name(cfg: ModelConfig) -> str:
+    """The compute dtype's name; `auto` is bfloat16 (mixed precision: float32 parameters,
+    optimizer state, norms, softmax and loss) on TPU and GPU, float32 on CPU."""
+    if cfg.dtype != "auto":
+        return cfg.dtype
+    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+
+
 def dtypes(cfg: ModelConfig) -> tuple[jnp.dtype, jnp.dtype]:
     """(compute dtype, parameter dtype)."""
-    return DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
+    return DTYPES[compute_dtype_name(cfg)], DTYPES[cfg.param_dtype]
 
 
 def dense(cfg: ModelConfig, d_in: int, d_out: int, names: tuple[str | None, str | None],
@@ -100,11 +109,33 @@ def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
     return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
 
-def attention_impl(cfg: ModelConfig) -> str | None:
-    """The `jax.nn.dot_product_attention` implementation to use (None: let XLA decide)."""
-    if cfg.attention_impl == "auto":
-        return None
-    return cfg.attention_impl
+@jax.custom_vjp
+def materialize_grad(x: jax.Array) -> jax.Array:
+    """Identity whose gradient is computed once and stored (an optimization barrier).
+
+    Wrapped around the residual stream at every residual add: without it XLA:CPU fuses the stream's
+    gradient, a chain of adds through all later layers, into each of its consumers and recomputes
+    it there (quadratic in depth; ~20% of a 6-layer step). The barrier only survives to fusion when
+    the `cse_barrier_expander` pass is off, which `jaxlm.train.steps` does on CPU; elsewhere it is a
+    no-op.
+    """
+    return x
+
+
+def _materialize_fwd(x: jax.Array) -> tuple[jax.Array, None]:
+    return x, None
+
+
+def _materialize_bwd(_: None, g: jax.Array) -> tuple[jax.Array]:
+    return (jax.lax.optimization_barrier(g),)
+
+
+materialize_grad.defvjp(_materialize_fwd, _materialize_bwd)
+
+
+def attention_impl(cfg: ModelConfig) -> str:
+    """The attention kernel to use: xla, cudnn or splash (see `jaxlm.models.attention`)."""
+    return choose_impl(cfg.attention_impl, dtypes(cfg)[0])
 
 
 class Attention(nnx.Module):
@@ -125,6 +156,9 @@ class Attention(nnx.Module):
                  cache_index: jax.Array | None = None
                  ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         """Returns the output and this call's (key, value) for callers that cache them.
+
+        `mask_Bx1xTxS`: a boolean mask; None for plain causal (model.causal) or full attention;
+        or segment ids [B, T] (0 = padding) for kernels that build their own mask (splash).
 
         `kv_BxSxGxK`, when given, replaces the keys/values computed from x. With `cache_index` it is
         a fixed-size decoding cache instead: this call's keys/values are written at slots
@@ -149,8 +183,11 @@ class Attention(nnx.Module):
             k, v = kv_BxSxGxK
         dtype = dtypes(cfg)[0]
         q, k, v = q.astype(dtype), k.astype(dtype), v.astype(dtype)
-        out = jax.nn.dot_product_attention(q, k, v, mask=mask_Bx1xTxS,
-                                           implementation=attention_impl(cfg))
+        segment_ids_BxT = None
+        if mask_Bx1xTxS is not None and mask_Bx1xTxS.ndim == 2:  # segment ids, for splash
+            segment_ids_BxT, mask_Bx1xTxS = mask_Bx1xTxS, None
+        out = attend(q, k, v, mask_Bx1xTxS=mask_Bx1xTxS, causal=bool(cfg.causal),
+                     segment_ids_BxT=segment_ids_BxT, impl=attention_impl(cfg))
         out = dropout(out, cfg.dropout, rng)
         out = shard(out, ("batch", "length", "act_heads", None))
         return self.o_proj(out.reshape(B, T, cfg.num_heads * cfg.head_dim)), new_kv

@@ -11,7 +11,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxlm.config import ModelConfig
-from jaxlm.models.layers import MLP, Attention, Norm, attention_mask, dropout, dtypes, rope_tables
+from jaxlm.models.layers import (MLP, Attention, Norm, attention_impl, attention_mask, dropout,
+                                 dtypes, materialize_grad, rope_tables)
 from jaxlm.sharding import shard
 
 REMAT_POLICIES = {
@@ -68,13 +69,13 @@ class Block(nnx.Module):
         rngs = (None, None, None) if rng is None else tuple(jax.random.split(rng, 3))
         if self.cfg.norm_position == "pre":
             h, new_kv = self.attn(self.attn_norm(x_BxTxD), mask, rope, rngs[0], kv, cache_index)
-            x = x_BxTxD + dropout(h, self.cfg.dropout, rngs[1])
+            x = materialize_grad(x_BxTxD + dropout(h, self.cfg.dropout, rngs[1]))
             x = x + dropout(self.mlp(self.mlp_norm(x)), self.cfg.dropout, rngs[2])
         else:
             h, new_kv = self.attn(x_BxTxD, mask, rope, rngs[0], kv, cache_index)
-            x = self.attn_norm(x_BxTxD + dropout(h, self.cfg.dropout, rngs[1]))
+            x = materialize_grad(self.attn_norm(x_BxTxD + dropout(h, self.cfg.dropout, rngs[1])))
             x = self.mlp_norm(x + dropout(self.mlp(x), self.cfg.dropout, rngs[2]))
-        return shard(x, ("batch", "length", "act_embed")), new_kv
+        return shard(materialize_grad(x), ("batch", "length", "act_embed")), new_kv
 
 
 class Transformer(nnx.Module):
@@ -100,11 +101,14 @@ class Transformer(nnx.Module):
         (default 0..T-1). dropout_rng: None for deterministic (eval) mode.
         """
         B, T = tokens_BxT.shape
-        if segment_ids_BxT is None:
-            segment_ids_BxT = jnp.ones((B, T), jnp.int32)
         if positions_BxT is None:
             positions_BxT = jnp.broadcast_to(jnp.arange(T), (B, T))
-        mask = attention_mask(segment_ids_BxT, self.cfg.causal)
+        if segment_ids_BxT is None:
+            mask = None  # causal (or full) attention without a mask tensor: kernels' fast path
+        elif attention_impl(self.cfg) == "splash":
+            mask = segment_ids_BxT  # the kernel builds its block mask from the ids
+        else:
+            mask = attention_mask(segment_ids_BxT, self.cfg.causal)
         rope = (rope_tables(positions_BxT, self.cfg.head_dim, self.cfg.rope_theta,
                             self.cfg.rope_scaling)
                 if self.cfg.position == "rope" else None)

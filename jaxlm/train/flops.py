@@ -41,6 +41,8 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
 
 def measure_peak_flops(dtype: str = "float32", n: int = 2048, repeats: int = 5) -> float:
     """FLOP/s of an n x n matmul on device 0: the practical peak MFU is measured against."""
+    if dtype == "auto":
+        dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
     dt = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[dtype]
     a = jnp.ones((n, n), dt)
     f = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32))

@@ -32,8 +32,12 @@ def _split_micro(batch: dict, n: int) -> dict:
 
 def train_step(state: State, batch: dict, *, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                loss_fn: LossFn, lr_schedule: optax.Schedule, grad_accum: int = 1,
-               dropout: bool = False) -> tuple[State, dict[str, jax.Array]]:
-    """One optimizer update on `batch` (split into `grad_accum` micro-batches)."""
+               dropout: bool = False, guard_nonfinite: bool = True
+               ) -> tuple[State, dict[str, jax.Array]]:
+    """One optimizer update on `batch` (split into `grad_accum` micro-batches).
+
+    guard_nonfinite=False drops the NaN/Inf check (benchmarks/nonfinite_guard_overhead.py only).
+    """
     params = state["params"]
     step_key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
 
@@ -65,7 +69,7 @@ def train_step(state: State, batch: dict, *, graphdef: nnx.GraphDef, tx: optax.G
     new_params = optax.apply_updates(params, updates)
     # Not optax.apply_if_finite: that checks gradients only, force-applies after a run of bad
     # steps and moves its counters into the optimizer state.
-    finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
+    finite = (jnp.isfinite(total) & jnp.isfinite(grad_norm)) if guard_nonfinite else jnp.bool_(True)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
     bad = state["nonfinite"]
     nonfinite = {"count": bad["count"] + jnp.where(finite, 0, 1).astype(jnp.int32),
@@ -85,6 +89,15 @@ def eval_step(params: Any, batch: dict, *, graphdef: nnx.GraphDef, loss_fn: Loss
     """Sums (not means) so that batches can be added up exactly."""
     loss, aux = loss_fn(nnx.merge(graphdef, params), batch, None)
     return {"loss_sum": loss, **aux}
+
+
+def train_compiler_options(mesh: Mesh) -> dict[str, str] | None:
+    """XLA options for the train step. On CPU, optimization barriers are kept through fusion so
+    that the residual stream's gradient is stored once per layer instead of being recomputed in
+    every consumer (see `jaxlm.models.layers.materialize_grad`): ~1.2x on a 6-layer GPT step."""
+    if mesh.devices.flat[0].platform != "cpu":
+        return None
+    return {"xla_disable_hlo_passes": "cse_barrier_expander"}
 
 
 @dataclass
@@ -131,7 +144,7 @@ def compile_steps(make_model: Callable[[], nnx.Module], tx: optax.GradientTransf
         lambda s, b: train_step(s, b, graphdef=graphdef, tx=tx, loss_fn=loss_fn,
                                 lr_schedule=lr_schedule, grad_accum=grad_accum, dropout=dropout),
         in_shardings=(shardings, batch_prefix), out_shardings=(shardings, rep),
-        donate_argnums=(0,))
+        donate_argnums=(0,), compiler_options=train_compiler_options(mesh))
     evaluate = jax.jit(lambda p, b: eval_step(p, b, graphdef=graphdef, loss_fn=loss_fn),
                        in_shardings=(shardings["params"], batch_prefix), out_shardings=rep)
     init_sharded = jax.jit(init, out_shardings=shardings)
