@@ -47,6 +47,9 @@ def test_committed_notebooks_are_clean(name):
     sources = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
     assert "SMALL = " in sources and "REPO_URL = " in sources
     assert "!jaxlm" not in sources  # a subprocess could not open the kernel's TPU
+    # JAX already runs in the kernel: a training command must not try jax.distributed.initialize
+    # (on a Cloud TPU VM, jaxlm.distributed would detect a cluster and JAX would refuse)
+    assert sources.count('"distributed": {"initialize": "never"}') == sources.count("yaml.safe_dump(")
 
 
 def test_quickstart_notebook_runs_on_cpu(tmp_path, data_dir):
