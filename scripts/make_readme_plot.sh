@@ -3,8 +3,10 @@
 #   docs/images/training_curves.png  Tiny Shakespeare, character level (configs/shakespeare_char.yaml)
 #   docs/images/pretrain_sst.png     causal vs masked pretraining (configs/pretrain_sst_*.yaml)
 #   docs/images/sst2_finetune.png    SST-2 fine-tuning, seed 0: scratch vs pretrained (scripts/sst_experiments.sh)
-# Only finished runs are drawn (pass --all to include unfinished ones); a figure with no run is
-# skipped and says so. Rerun after the runs finish, then commit docs/images/.
+# Runs still being written (metrics.jsonl changed in the last 10 minutes, not finished) are left
+# out, so a figure never freezes a moving curve (pass --all to draw them anyway); a run stopped
+# early on purpose is drawn as far as it went. A figure with no run is skipped and says so.
+# Rerun after the runs finish, then commit docs/images/.
 # Usage: scripts/make_readme_plot.sh [--all]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +22,7 @@ figure () {
   local picked
   picked=$("$PY" - "$INCLUDE" "$@" <<'PYEOF'
 import sys
+import time
 from pathlib import Path
 from jaxlm.run_info import describe_run, is_run_dir
 dirs, labels = [], []
@@ -28,8 +31,10 @@ for item in sys.argv[2:]:
     p = Path(run)
     if not (is_run_dir(p) and (p / "metrics.jsonl").is_file()):
         continue
-    if sys.argv[1] != "--all" and describe_run(p, count_params=False)["status"] != "finished":
-        print(f"skipping {run}: not finished (pass --all to draw it anyway)", file=sys.stderr)
+    info = describe_run(p, count_params=False)
+    idle_s = time.time() - (info["updated"] or 0)
+    if sys.argv[1] != "--all" and info["status"] != "finished" and idle_s < 600:
+        print(f"skipping {run}: still running (pass --all to draw it anyway)", file=sys.stderr)
         continue
     dirs.append(run)
     labels.append(label)
@@ -41,7 +46,7 @@ PYEOF
   dirs=$(sed -n 1p <<<"$picked")
   labels=$(sed -n 2p <<<"$picked")
   if [ -z "$dirs" ]; then
-    echo "skipping $out: none of its runs is there (and finished) yet"
+    echo "skipping $out: none of its runs is there (or done) yet"
     return
   fi
   # shellcheck disable=SC2086  # run directories are plain paths without spaces
