@@ -16,7 +16,7 @@ import sys
 from jaxlm.errors import JaxlmError, TrainingStopped
 
 COMMANDS = ["pretrain", "finetune", "evaluate", "predict", "generate", "convert", "export",
-            "train-tokenizer", "data", "plot", "info", "runs"]
+            "train-tokenizer", "data", "plot", "info", "runs", "bench"]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,0 +1,189 @@
+"""`jaxlm bench`: what a config's train step costs on this machine, without data or a run dir.
+
+Compiles the real train step (`compile_steps`, the same path `jaxlm pretrain` takes) for the
+config's model, optimizer, mesh and batch, then reports the per-device memory of the compiled step
+(`compiled.memory_analysis()`: arguments = parameters + optimizer state + batch, outputs, temporaries),
+and unless compile-only, times steps on random tokens: step time, tokens/s and MFU against a peak
+that is measured (an n x n matmul of the compute dtype on one device) or given.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlm.config import Config, ModelConfig
+from jaxlm.errors import ConfigError
+from jaxlm.models import build_model
+from jaxlm.models.layers import attention_impl, compute_dtype_name
+from jaxlm.sharding import make_mesh, use_mesh
+from jaxlm.tasks import LOSSES
+from jaxlm.train.flops import count_params, flops_per_token, measure_peak_flops
+from jaxlm.train.checkpoint import abstract_with_shardings
+from jaxlm.train.optim import build_optimizer
+from jaxlm.train.steps import CompiledSteps, compile_steps, put_batch
+
+
+@dataclass
+class BenchResult:
+    """Everything `jaxlm bench` prints (bytes are per device)."""
+
+    params: int
+    devices: int
+    mesh: dict[str, int]
+    dtype: str
+    attention: str
+    remat: str
+    tokens_per_step: int
+    flops_per_step: float
+    compile_s: float
+    memory: dict[str, int]
+    shardings: dict[str, str] = field(default_factory=dict)
+    step_s: float | None = None
+    tokens_per_s: float | None = None
+    peak_flops_per_device: float | None = None
+    peak_source: str = ""
+    mfu: float | None = None
+    losses: list[float] = field(default_factory=list)
+
+
+def bench_model_config(cfg: Config) -> ModelConfig:
+    """The resolved model config; the vocabulary must be known without a tokenizer."""
+    m = cfg.model
+    vocab = m.vocab_size or cfg.data.tokenizer.vocab_size
+    if vocab <= 0:
+        raise ConfigError("jaxlm bench runs without data, so it needs the vocabulary size: set "
+                          "model.vocab_size (or data.tokenizer.vocab_size), e.g. --set "
+                          "model.vocab_size=32000.", culprit="model.vocab_size")
+    import dataclasses
+    return dataclasses.replace(m, vocab_size=vocab).resolved()
+
+
+def _batch_arrays(cfg: Config, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """A host-local random batch shaped like the pipeline's (this process's rows)."""
+    B, T = cfg.train.batch_size // jax.process_count(), cfg.data.seq_len
+    rng = np.random.default_rng(seed + jax.process_index())
+    toks = rng.integers(0, vocab, (B, T + 1)).astype(np.int32)
+    batch = {"inputs": toks[:, :-1], "targets": toks[:, 1:], "weights": np.ones((B, T), np.float32)}
+    if cfg.train.objective == "classification":
+        raise ConfigError("jaxlm bench measures language-model steps (train.objective causal or "
+                          "masked).", culprit="train.objective")
+    return batch
+
+
+def memory_stats(compiled: Any) -> dict[str, int]:
+    """Per-device bytes of a compiled step (arguments, outputs, temporaries, aliasing, code)."""
+    m = compiled.memory_analysis()
+    if m is None:
+        return {}
+    keys = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
+            "alias_size_in_bytes", "generated_code_size_in_bytes")
+    out = {k.replace("_size_in_bytes", ""): int(getattr(m, k, 0) or 0) for k in keys}
+    # donated state is aliased to the output: peak is about arguments + temporaries + new outputs
+    out["total"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
+    return out
+
+
+def sharding_summary(steps: CompiledSteps, limit: int = 0) -> dict[str, str]:
+    """Parameter path -> PartitionSpec, as the logical rules placed them."""
+    flat = jax.tree_util.tree_flatten_with_path(steps.state_sharding["params"])[0]
+    out = {}
+    for path, sh in flat:
+        name = "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
+        out[name] = str(sh.spec)
+    return dict(list(out.items())[:limit]) if limit else out
+
+
+def build_steps(cfg: Config, mesh=None) -> tuple[CompiledSteps, ModelConfig, Any]:
+    """The jitted steps of the config on its mesh, like `jaxlm pretrain` builds them."""
+    mcfg = bench_model_config(cfg)
+    mesh = mesh or make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor,
+                             num_devices=cfg.mesh.num_devices)
+    from jaxlm.train.pretrain import check_batch
+    check_batch(cfg, mesh)
+    tx, lr = build_optimizer(cfg.optim, cfg.train.steps)
+    with use_mesh(mesh, cfg.mesh.rules):
+        steps = compile_steps(lambda: build_model(mcfg, cfg.train.objective, seed=cfg.train.seed),
+                              tx, LOSSES[cfg.train.objective], lr, mesh, seed=cfg.train.seed,
+                              grad_accum=cfg.train.grad_accum, dropout=mcfg.dropout > 0,
+                              rules=cfg.mesh.rules)
+    return steps, mcfg, mesh
+
+
+def lower_and_compile(cfg: Config, steps: CompiledSteps, mesh) -> Any:
+    """Compile the train step from abstract state and batch (nothing is allocated)."""
+    state = abstract_with_shardings(steps.abstract_state, steps.state_sharding)
+    B, T = cfg.train.batch_size, cfg.data.seq_len
+    spec = steps.batch_sharding
+    batch = {k: jax.ShapeDtypeStruct((B, T), dt, sharding=jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec(spec.spec[0], None)))
+        for k, dt in (("inputs", jnp.int32), ("targets", jnp.int32), ("weights", jnp.float32))}
+    with use_mesh(mesh, cfg.mesh.rules):
+        return steps.train.lower(state, batch).compile()
+
+
+def bench(cfg: Config, *, steps: int = 10, warmup: int = 2, compile_only: bool = False,
+          peak_tflops: float | None = None) -> BenchResult:
+    """Compile (and unless compile_only, time) the config's train step; see the module docstring."""
+    jsteps, mcfg, mesh = build_steps(cfg)
+    t0 = time.perf_counter()
+    compiled = lower_and_compile(cfg, jsteps, mesh)
+    compile_s = time.perf_counter() - t0
+    B, T = cfg.train.batch_size, cfg.data.seq_len
+    n_params = count_params(jsteps.abstract_state["params"])
+    res = BenchResult(
+        params=n_params, devices=mesh.size, mesh=dict(mesh.shape),
+        dtype=compute_dtype_name(mcfg), attention=attention_impl(mcfg), remat=mcfg.remat,
+        tokens_per_step=B * T, flops_per_step=flops_per_token(mcfg, T) * B * T,
+        compile_s=compile_s, memory=memory_stats(compiled), shardings=sharding_summary(jsteps))
+    if compile_only:
+        return res
+    with use_mesh(mesh, cfg.mesh.rules):
+        state = jsteps.init()
+        batch = put_batch(_batch_arrays(cfg, mcfg.vocab_size), jsteps.batch_sharding)
+        for _ in range(max(warmup, 1)):
+            state, metrics = compiled(state, batch)
+            res.losses.append(float(metrics["loss"]))
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            state, metrics = compiled(state, batch)
+        res.losses.append(float(metrics["loss"]))  # blocks until the last step is done
+        res.step_s = (time.perf_counter() - t0) / steps
+    res.tokens_per_s = res.tokens_per_step / res.step_s
+    if peak_tflops:
+        res.peak_flops_per_device, res.peak_source = peak_tflops * 1e12, "given"
+    else:
+        res.peak_flops_per_device = measure_peak_flops(res.dtype)
+        res.peak_source = f"measured ({res.dtype} matmul, 1 device)"
+    res.mfu = res.flops_per_step / res.step_s / (res.peak_flops_per_device * mesh.size)
+    return res
+
+
+def format_result(r: BenchResult, show_shardings: int = 8) -> str:
+    """A human-readable report."""
+    gib = 2.0 ** 30
+    mesh = " x ".join(f"{k}={v}" for k, v in r.mesh.items())
+    lines = [f"model: {r.params / 1e6:,.1f}M parameters, compute {r.dtype}, attention "
+             f"{r.attention}, remat {r.remat}",
+             f"mesh: {mesh} ({r.devices} devices); {r.tokens_per_step:,} tokens/step, "
+             f"{r.flops_per_step / 1e9:,.1f} GFLOP/step",
+             f"compile: {r.compile_s:.1f}s"]
+    if r.memory:
+        m = r.memory
+        lines.append(f"memory per device: arguments {m['argument'] / gib:.3f} GiB (parameters + "
+                     f"optimizer state + batch), outputs {m['output'] / gib:.3f} GiB (aliased "
+                     f"{m['alias'] / gib:.3f}), temporaries {m['temp'] / gib:.3f} GiB, peak about "
+                     f"{m['total'] / gib:.3f} GiB")
+    for name, spec in list(r.shardings.items())[:show_shardings]:
+        lines.append(f"  sharding {name}: {spec}")
+    if r.step_s is not None:
+        lines.append(f"step: {r.step_s * 1e3:,.1f} ms, {r.tokens_per_s:,.0f} tokens/s, "
+                     f"{r.flops_per_step / r.step_s / r.devices / 1e12:,.3f} TFLOP/s per device")
+        lines.append(f"MFU: {r.mfu:.1%} of {r.peak_flops_per_device / 1e12:,.3f} TFLOP/s per "
+                     f"device ({r.peak_source})")
+        lines.append(f"losses: first {r.losses[0]:.4f}, last {r.losses[-1]:.4f}")
+    return "\n".join(lines)

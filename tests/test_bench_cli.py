@@ -1,0 +1,45 @@
+"""`jaxlm bench`: memory, speed and MFU of a config's train step, from the command line."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--set", "model.num_layers=2", "--set", "model.d_model=32", "--set", "model.num_heads=2",
+        "--set", "model.max_len=32", "--set", "data.seq_len=32", "--set", "train.batch_size=8"]
+
+
+def jaxlm(*args, devices=1):
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    return subprocess.run([sys.executable, "-m", "jaxlm.cli", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_bench_times_steps_and_reports_memory_and_mfu():
+    out = jaxlm("bench", "--config", "configs/shakespeare_char.yaml", *TINY,
+                "--set", "model.vocab_size=65", "--steps", "3", "--json")
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    assert r["params"] > 0 and r["devices"] == 1 and r["dtype"] == "float32"
+    assert r["attention"] == "xla" and r["tokens_per_step"] == 8 * 32
+    assert r["memory"]["argument"] > 3 * 4 * r["params"]  # float32 params + AdamW mu, nu
+    assert r["step_s"] > 0 and r["tokens_per_s"] == r["tokens_per_step"] / r["step_s"]
+    assert 0 < r["mfu"] < 1 and r["peak_source"].startswith("measured")
+    assert r["losses"][-1] < r["losses"][0] + 1.0
+
+
+def test_bench_compile_only_on_an_fsdp_mesh():
+    out = jaxlm("bench", "--config", "configs/shakespeare_char.yaml", *TINY,
+                "--set", "model.vocab_size=64", "--set", "mesh.fsdp=4", "--compile-only",
+                devices=4)
+    assert out.returncode == 0, out.stderr
+    assert "memory per device: arguments" in out.stdout
+    assert "fsdp=4" in out.stdout and "'fsdp'" in out.stdout  # parameters sharded over fsdp
+    assert "step:" not in out.stdout
+
+
+def test_bench_without_a_vocabulary_size_is_a_clear_error():
+    out = jaxlm("bench", "--config", "configs/shakespeare_char.yaml", *TINY, "--compile-only")
+    assert out.returncode == 2
+    assert "model.vocab_size" in out.stderr and "Traceback" not in out.stderr
