@@ -62,6 +62,10 @@ EXAMPLES: dict[str, list[str]] = {
         "jaxlm plot runs/pretrain_sst_causal runs/pretrain_sst_masked --out curves.png "
         "--labels causal,masked --smooth 3",
     ],
+    "bench": [
+        "jaxlm bench --config configs/shakespeare_char.yaml --steps 20",
+        "jaxlm bench --config configs/llama_1b_tpu.yaml --compile-only",
+    ],
     "info": ["jaxlm info runs/shakespeare_char"],
     "runs": ["jaxlm runs", "jaxlm runs runs/sst2 --json"],
 }
