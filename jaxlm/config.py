@@ -409,9 +409,8 @@ def to_dict(cfg: Any) -> dict:
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write atomically (temporary file + rename): a process killed mid-write leaves no torn file."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    os.replace(tmp, path)
+    from jaxlm.atomic import write_text_atomic
+    write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def validate(cfg: Config) -> None:

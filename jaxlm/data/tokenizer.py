@@ -6,7 +6,6 @@ and generation use exactly the tokenizer the model was trained with.
 from __future__ import annotations
 
 import collections
-import os
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -123,10 +122,8 @@ class TextTokenizer:
 
     def save(self, path: str | Path) -> None:
         """Write atomically (temporary file + rename): a killed process leaves no torn file."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        self.tokenizer.save(str(tmp))
-        os.replace(tmp, path)
+        from jaxlm.atomic import write_atomic
+        write_atomic(path, self.tokenizer.save)
 
     @classmethod
     def load(cls, path: str | Path) -> "TextTokenizer":

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxlm.atomic import write_text_atomic
 from jaxlm.config import Config
 from jaxlm.data.tokenizer import TextTokenizer, load_tokenizer, train_tokenizer
 from jaxlm.errors import ConfigError
@@ -130,9 +131,7 @@ class BestKeeper:
             if jax.process_index() == 0:
                 seal(self.dir / str(step))  # checked when loaded (evaluate, predict, export)
             self.best = {"step": step, "value": value, "metric": self.metric}
-            tmp = self.dir / "best.json.tmp"  # atomic: a killed process leaves no torn file
-            tmp.write_text(json.dumps(self.best))
-            tmp.replace(self.dir / "best.json")
+            write_text_atomic(self.dir / "best.json", json.dumps(self.best))
         return better
 
     def restore(self, target: Any) -> Any:

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from jaxlm.atomic import write_text_atomic
 from jaxlm.config import Config, config_from_dict, save_config, to_dict
 from jaxlm.errors import CheckpointError, ConfigError
 
@@ -64,7 +65,8 @@ def prepare_run_dir(cfg: Config, run_dir: Path, overwrite: bool = False) -> bool
                 if old != new:  # e.g. more steps: config.yaml describes the latest invocation
                     save_config(cfg, cfg_path)
                 return (run_dir / "checkpoints").is_dir()
-    elif run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
+    elif (run_dir.is_dir() and any(p.suffix != ".tmp" for p in run_dir.iterdir())
+          and not overwrite):  # (a .tmp file: a first write cut short)
         raise ConfigError(f"Run directory '{run_dir}' is not empty and is not a jaxlm run (no "
                           "config.yaml). Choose an empty or new --run-dir, or pass --overwrite.",
                           culprit=str(run_dir))
@@ -151,7 +153,7 @@ def load_run_config(run_dir: str | Path) -> Config:
 
 def write_summary(run_dir: Path, summary: dict) -> None:
     """Write summary.json (dataclasses and numpy scalars made JSON-able)."""
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+    write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2, default=_json_default))
 
 
 def _json_default(o: Any) -> Any:
@@ -163,7 +165,7 @@ def _json_default(o: Any) -> Any:
 def write_model_spec(run_dir: Path, model: Any, objective: str, **head: Any) -> None:
     """The resolved model config and head, so inference and export need no other run or config."""
     spec = {"objective": objective, "model": dataclasses.asdict(model), "head": head}
-    (run_dir / "model.json").write_text(json.dumps(spec, indent=2))
+    write_text_atomic(run_dir / "model.json", json.dumps(spec, indent=2))
 
 
 def read_model_spec(run_dir: str | Path) -> dict:
