@@ -57,15 +57,31 @@ def restore_or_init(steps: CompiledSteps, ckpt: Checkpointer, iterator: Any) -> 
     return state, step
 
 
-def _nonfinite_stop(step: int, count: int, last: int, since: int, where: str) -> TrainingStopped:
-    what = (f"at step {last}" if count == 1 else
-            f"at {count} steps after step {since}, the last at step {last}")
-    return TrainingStopped(
-        f"Non-finite loss or gradients (NaN/Inf) {what}. Those updates were not applied, so the "
-        f"parameters hold no NaN/Inf; saved a checkpoint at step {step} in '{where}'. Lower "
-        "optim.lr, raise optim.warmup_steps or optim.grad_clip, or check the data, then rerun the "
-        f"same command to resume from step {step} (or set train.on_nonfinite=skip to skip such "
-        "steps and carry on).", exit_code=NONFINITE_EXIT_CODE, step=step)
+class NonfiniteWatch:
+    """The train state counts steps whose update was dropped for NaN/Inf loss or gradients; the
+    loop reads the counter only when it syncs anyway (log steps, and before a checkpoint in stop
+    mode) and asks this what is new since the last read."""
+
+    def __init__(self, count: int, step: int):
+        self.count, self.checked_at = count, step
+
+    def read(self, step: int, count: int, last: int) -> str | None:
+        """A description of the non-finite steps since the last read, or None."""
+        since, self.checked_at = self.checked_at, step
+        new, self.count = count - self.count, count
+        if new <= 0:
+            return None
+        return (f"at step {last}" if new == 1 else
+                f"at {new} steps after step {since}, the last at step {last}")
+
+    def stop(self, what: str, step: int, where: str) -> TrainingStopped:
+        return TrainingStopped(
+            f"Non-finite loss or gradients (NaN/Inf) {what}. Those updates were not applied, so "
+            f"the parameters hold no NaN/Inf; saved a checkpoint at step {step} in '{where}'. "
+            "Lower optim.lr, raise optim.warmup_steps or optim.grad_clip, or check the data, "
+            f"then rerun the same command to resume from step {step} (or set "
+            "train.on_nonfinite=skip to skip such steps and carry on).",
+            exit_code=NONFINITE_EXIT_CODE, step=step)
 
 
 def run_loop(steps: CompiledSteps, state: Any, start_step: int, iterator: Iterator[dict],
@@ -84,8 +100,7 @@ def run_loop(steps: CompiledSteps, state: Any, start_step: int, iterator: Iterat
     bar = tqdm(total=spec.total_steps, initial=step, disable=not spec.show_progress,
                dynamic_ncols=True, desc="train")
     tokens_per_s_all: list[float] = []
-    nonfinite_seen = int(jax.device_get(state["nonfinite"]["count"]))
-    checked_at = step  # the step at which the non-finite counter was last read
+    watch = NonfiniteWatch(int(jax.device_get(state["nonfinite"]["count"])), step)
 
     def save(at: int) -> None:
         ckpt.save(at, state, {"iterator": iterator.get_state()})
@@ -103,10 +118,11 @@ def run_loop(steps: CompiledSteps, state: Any, start_step: int, iterator: Iterat
                     t_mark, step_mark = time.perf_counter(), step
                 log_now = step % spec.log_every == 0 or step == spec.total_steps
                 save_now = step % spec.checkpoint_every == 0 or step == spec.total_steps
-                nonfinite = None
+                news = None  # non-finite steps since the last read of the counter
                 if log_now:
                     m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                    nonfinite = (int(m.pop("nonfinite_steps")), int(m.pop("nonfinite_last_step")))
+                    news = watch.read(step, int(m["nonfinite_steps"]),
+                                      int(m.pop("nonfinite_last_step")))
                     now = time.perf_counter()
                     if step > step_mark:
                         tps = spec.tokens_per_step * (step - step_mark) / (now - t_mark)
@@ -117,26 +133,20 @@ def run_loop(steps: CompiledSteps, state: Any, start_step: int, iterator: Iterat
                             m["mfu"] = spec.flops_per_step / m["step_time_s"] / spec.peak_flops
                         t_mark, step_mark = now, step
                     m.pop("weight", None)
-                    m["nonfinite_steps"] = float(nonfinite[0])
                     last_train = m
                     logger.log(step, "train", m)
                     bar.set_postfix(loss=f"{m['loss']:.4f}", refresh=False)
-                elif save_now and spec.on_nonfinite == "stop":
-                    got = jax.device_get((metrics["nonfinite_steps"], metrics["nonfinite_last_step"]))
-                    nonfinite = (int(got[0]), int(got[1]))
-                if nonfinite is not None and nonfinite[0] > nonfinite_seen:
-                    count = nonfinite[0] - nonfinite_seen
-                    if spec.on_nonfinite == "stop":
-                        save(step)
-                        ckpt.wait()
-                        raise _nonfinite_stop(step, count, nonfinite[1], checked_at,
-                                              str(ckpt.directory))
-                    bar.write(f"step {step}: skipped {count} update(s) with non-finite loss or "
-                              f"gradients (the last at step {nonfinite[1]}); "
-                              f"{nonfinite[0]} in all")
-                    nonfinite_seen = nonfinite[0]
-                if nonfinite is not None:
-                    checked_at = step
+                elif save_now and spec.on_nonfinite == "stop":  # never checkpoint past a fault
+                    count, last = jax.device_get((metrics["nonfinite_steps"],
+                                                  metrics["nonfinite_last_step"]))
+                    news = watch.read(step, int(count), int(last))
+                if news and spec.on_nonfinite == "stop":
+                    save(step)
+                    ckpt.wait()
+                    raise watch.stop(news, step, str(ckpt.directory))
+                if news:
+                    bar.write(f"step {step}: skipped the update of non-finite loss or gradients "
+                              f"{news}; {watch.count} in all")
                 if spec.evaluate and spec.eval_every and (step % spec.eval_every == 0
                                                           or step == spec.total_steps):
                     last_eval = spec.evaluate(state["params"])
@@ -160,7 +170,7 @@ def run_loop(steps: CompiledSteps, state: Any, start_step: int, iterator: Iterat
             bar.close()
     wall = time.perf_counter() - wall0
     return {"step": step, "train": last_train, "val": last_eval, "wall_s": wall,
-            "compile_s": compile_s, "nonfinite_steps": nonfinite_seen,
+            "compile_s": compile_s, "nonfinite_steps": watch.count,
             "tokens_per_s": float(np.median(tokens_per_s_all)) if tokens_per_s_all else None,
             **spec.extra_summary}, state
 
