@@ -161,7 +161,8 @@ def test_sigkill_mid_save_and_sigterm_then_resume_equals_uninterrupted(tiny_corp
     ref, run = _runs(tmp_path, tiny_corpus, jit_cache)
     # the reference compiles first (filling the cache), then runs beside the interrupted one
     ref.start()
-    assert run.kill_mid_save(), "the kill did not land inside a save"
+    # polled every 1 ms, a save (~50 ms) is nearly always caught; retry the rare miss
+    assert any(run.kill_mid_save() for _ in range(3)), "no kill landed inside a save"
     killed_at = max(run.steps())
     saved = run.signal_training(signal.SIGTERM, rng)
     err = run.err_path.read_text()
