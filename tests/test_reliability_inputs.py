@@ -275,3 +275,19 @@ def test_overwrite_discards_everything_the_old_run_wrote(tmp_path):
     cfg.model.d_model = 64
     prepare_run_dir(cfg, run, overwrite=True)
     assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "notes.txt"]  # not theirs
+
+
+def test_reading_commands_leave_runs_unchanged(w, tmp_path):
+    """Successful evaluate (report elsewhere), predict, generate, export and convert read runs
+    (and HF folders) without writing a byte into them."""
+    before = {d: _tree_hash(w / d) for d in EXISTING}
+    for argv in (["evaluate", "--run", f"{w}/clf", "--out", f"{tmp_path}/eval.json"],
+                 ["predict", "--run", f"{w}/clf", "--input", f"{w}/sst/dev.txt",
+                  "--output", f"{tmp_path}/pred.jsonl"],
+                 ["generate", "--run", f"{w}/lm", "--prompt", "ROMEO:", "--max-new-tokens", "8",
+                  "--output", f"{tmp_path}/gen.jsonl"],
+                 ["export", "--run", f"{w}/lm", "--to-hf", f"{tmp_path}/hf"],
+                 ["convert", "--from-hf", f"{w}/hf_lm", "--out", f"{tmp_path}/conv"]):
+        code, err = _run(argv)
+        assert code == 0, (argv, err)
+    assert {d: _tree_hash(w / d) for d in EXISTING} == before
