@@ -145,3 +145,28 @@ def test_two_hosts_resume_after_a_one_host_sigterm(tiny_corpus, tmp_path):
     outs = _two_hosts(run, tiny_corpus, -1)
     assert [c for c, _ in outs] == [0, 0], outs[0][1][-3000:]
     assert "40" in [p.name for p in (run / "checkpoints").iterdir()]
+
+
+def test_finetune_stops_on_sigterm_and_resumes(data_dir, tmp_path, monkeypatch):
+    sst = tmp_path / "sst"
+    sst.mkdir()
+    for name, n in (("train.txt", 120), ("dev.txt", 40)):
+        lines = (data_dir / "sst2" / name).read_text().splitlines()[:n]
+        (sst / name).write_text("\n".join(lines) + "\n")
+    raw = {"model": {"family": "bert", "num_layers": 1, "d_model": 32, "num_heads": 2,
+                     "max_len": 64},
+           "data": {"train": f"labeled:{sst}", "seq_len": 32,
+                    "tokenizer": {"kind": "wordpiece", "vocab_size": 300}},
+           "mesh": {"num_devices": 1},
+           "train": {"objective": "classification", "steps": 6, "batch_size": 8,
+                     "eval_every": 3, "log_every": 3, "checkpoint_every": 3}}
+    from jaxlm.train.finetune import finetune
+    _signal_at(monkeypatch, 4, signal.SIGTERM)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingStopped) as info:
+        finetune(config_from_dict(raw), str(run), show_progress=False)
+    assert info.value.exit_code == 143 and info.value.step == 4
+    assert check_step_dir(run / "checkpoints" / "4")[0] is True
+    monkeypatch.undo()
+    summary = finetune(config_from_dict(raw), str(run), show_progress=False)
+    assert summary["resumed_from"] == 4 and summary["step"] == 6 and "validation" in summary
