@@ -7,16 +7,14 @@ from flax import nnx
 
 from jaxlm.config import ModelConfig
 from jaxlm.models.layers import ACTIVATIONS, Norm, dense, dropout, dtypes
+from jaxlm.models.mixed import mixed_matmul
 from jaxlm.models.transformer import Embeddings
 from jaxlm.sharding import shard
 
 
 def _vocab_logits(x_BxTxD: jax.Array, embeddings: Embeddings) -> jax.Array:
     """Logits against the (tied) token embedding matrix, accumulated in float32."""
-    table_VxD = embeddings.token.embedding[...]
-    logits = jnp.einsum("btd,vd->btv", x_BxTxD, table_VxD.astype(x_BxTxD.dtype),
-                        preferred_element_type=jnp.float32)
-    return logits
+    return mixed_matmul(x_BxTxD, embeddings.token.embedding[...], True)
 
 
 class LMHead(nnx.Module):

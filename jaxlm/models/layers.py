@@ -13,6 +13,7 @@ from flax import nnx
 
 from jaxlm.config import ModelConfig
 from jaxlm.models.attention import attend, choose_impl
+from jaxlm.models.mixed import mixed_dot_general, promote_inputs_only
 from jaxlm.sharding import shard
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -36,13 +37,14 @@ def dense(cfg: ModelConfig, d_in: int, d_out: int, names: tuple[str | None, str 
     """A Linear layer with logical axis names on its kernel [d_in, d_out] and bias [d_out]."""
     dtype, param_dtype = dtypes(cfg)
     init = nnx.initializers.normal(std if std is not None else cfg.init_std)
+    # jaxlm.models.mixed: compute-dtype inputs in both passes, float32 outputs and weight grads
     return nnx.Linear(
         d_in, d_out, use_bias=cfg.use_bias if use_bias is None else use_bias,
         dtype=dtype, param_dtype=param_dtype,
         kernel_init=init, kernel_metadata={"logical_axes": names},
         bias_metadata={"logical_axes": (names[1],)},
         preferred_element_type=jnp.float32 if dtype != jnp.float32 else None,
-        rngs=rngs)
+        dot_general=mixed_dot_general, promote_dtype=promote_inputs_only, rngs=rngs)
 
 
 class Norm(nnx.Module):
