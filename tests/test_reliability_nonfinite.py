@@ -2,7 +2,6 @@
 training then skips and counts (skip) or saves the last good state and stops naming the step
 (stop)."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
