@@ -135,6 +135,8 @@ def state_shardings(state: Any, mesh: Mesh, rules: dict[str, Any] | None = None)
 
     def one(var: Any) -> Any:
         value = var.get_value() if isinstance(var, nnx.Variable) else var
+        if isinstance(var, nnx.Variable) and not jax.tree.leaves(value):
+            return var  # e.g. optax.MaskedNode for a frozen parameter: nothing to place
         names = None
         if isinstance(var, nnx.Variable):
             names = var.get_metadata().get("logical_axes")

@@ -11,6 +11,7 @@ counter when it reads the metrics anyway (`train.on_nonfinite` says whether it t
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -20,6 +21,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
+from jaxlm.models.mixed import barriers_kept
 from jaxlm.sharding import batch_sharding, replicated, state_shardings
 from jaxlm.tasks import LossFn
 
@@ -138,20 +140,26 @@ def compile_steps(make_model: Callable[[], nnx.Module], tx: optax.GradientTransf
 
     abstract_state = jax.eval_shape(init)
     shardings = state_shardings(abstract_state, mesh, rules)
-    # Variables in the sharding tree are unwrapped to plain NamedShardings for jit.
-    shardings = jax.tree.map(lambda v: v.get_value() if isinstance(v, nnx.Variable) else v,
-                             shardings, is_leaf=lambda v: isinstance(v, nnx.Variable))
+    # Variables in the sharding tree are unwrapped to plain NamedShardings for jit; those holding
+    # no array (optax.MaskedNode for a frozen parameter) stay as they are, to match the state.
+    shardings = jax.tree.map(
+        lambda v: v.get_value() if isinstance(v, nnx.Variable) and jax.tree.leaves(v) else v,
+        shardings, is_leaf=lambda v: isinstance(v, nnx.Variable))
     in_batch = batch_sharding(mesh, 2, rules)
     # Every leaf of a batch has a leading batch axis; rank differs (labels [B] vs tokens [B, T]),
     # so the batch sharding is a prefix spec that jit broadcasts over each leaf.
     batch_prefix = NamedSharding(mesh, jax.sharding.PartitionSpec(in_batch.spec[0]))
     rep = replicated(mesh)
 
-    train = jax.jit(
-        lambda s, b: train_step(s, b, graphdef=graphdef, tx=tx, loss_fn=loss_fn,
-                                lr_schedule=lr_schedule, grad_accum=grad_accum, dropout=dropout),
-        in_shardings=(shardings, batch_prefix), out_shardings=(shardings, rep),
-        donate_argnums=(0,), compiler_options=train_compiler_options(mesh))
+    options = train_compiler_options(mesh)
+
+    def traced_train(s: State, b: dict) -> tuple[State, dict]:
+        with barriers_kept() if options else contextlib.nullcontext():
+            return train_step(s, b, graphdef=graphdef, tx=tx, loss_fn=loss_fn,
+                              lr_schedule=lr_schedule, grad_accum=grad_accum, dropout=dropout)
+
+    train = jax.jit(traced_train, in_shardings=(shardings, batch_prefix),
+                    out_shardings=(shardings, rep), donate_argnums=(0,), compiler_options=options)
     evaluate = jax.jit(lambda p, b: eval_step(p, b, graphdef=graphdef, loss_fn=loss_fn),
                        in_shardings=(shardings["params"], batch_prefix), out_shardings=rep)
     init_sharded = jax.jit(init, out_shardings=shardings)
