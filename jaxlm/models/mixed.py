@@ -36,15 +36,24 @@ def _fwd(x, w, w_is_OxI):
     return y, (x, w_low, jnp.zeros((), w.dtype))
 
 
+def weight_grad(x_NxI: jax.Array, g_NxO: jax.Array) -> jax.Array:
+    """x^T g [I, O] in float32, summed over all leading axes. On CPU, bf16 inputs are widened
+    first: XLA:CPU gives this transposed-operand matmul to Eigen, which has no bf16 x bf16 ->
+    float32 kernel (it fails at run time); the other two matmuls of a layer stay in bf16."""
+    if jax.default_backend() == "cpu" and x_NxI.dtype != jnp.float32:
+        x_NxI, g_NxO = x_NxI.astype(jnp.float32), g_NxO.astype(jnp.float32)
+    return jnp.einsum("...i,...o->io", x_NxI, g_NxO, preferred_element_type=jnp.float32)
+
+
 def _bwd(w_is_OxI, res, g):
     x, w_low, w_dtype = res
     g_low = g.astype(x.dtype)
     if w_is_OxI:
         dx = jnp.einsum("...o,oi->...i", g_low, w_low, preferred_element_type=jnp.float32)
-        dw = jnp.einsum("...o,...i->oi", g_low, x, preferred_element_type=jnp.float32)
+        dw = weight_grad(g_low, x)  # [O, I]
     else:
         dx = jnp.einsum("...o,io->...i", g_low, w_low, preferred_element_type=jnp.float32)
-        dw = jnp.einsum("...i,...o->io", x, g_low, preferred_element_type=jnp.float32)
+        dw = weight_grad(x, g_low)
     return dx.astype(x.dtype), dw.astype(w_dtype.dtype)
 
 

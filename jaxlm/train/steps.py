@@ -11,7 +11,6 @@ counter when it reads the metrics anyway (`train.on_nonfinite` says whether it t
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -21,7 +20,6 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from jaxlm.models.mixed import barriers_kept
 from jaxlm.sharding import batch_sharding, replicated, state_shardings
 from jaxlm.tasks import LossFn
 
@@ -151,15 +149,11 @@ def compile_steps(make_model: Callable[[], nnx.Module], tx: optax.GradientTransf
     batch_prefix = NamedSharding(mesh, jax.sharding.PartitionSpec(in_batch.spec[0]))
     rep = replicated(mesh)
 
-    options = train_compiler_options(mesh)
-
-    def traced_train(s: State, b: dict) -> tuple[State, dict]:
-        with barriers_kept() if options else contextlib.nullcontext():
-            return train_step(s, b, graphdef=graphdef, tx=tx, loss_fn=loss_fn,
-                              lr_schedule=lr_schedule, grad_accum=grad_accum, dropout=dropout)
-
-    train = jax.jit(traced_train, in_shardings=(shardings, batch_prefix),
-                    out_shardings=(shardings, rep), donate_argnums=(0,), compiler_options=options)
+    train = jax.jit(
+        lambda s, b: train_step(s, b, graphdef=graphdef, tx=tx, loss_fn=loss_fn,
+                                lr_schedule=lr_schedule, grad_accum=grad_accum, dropout=dropout),
+        in_shardings=(shardings, batch_prefix), out_shardings=(shardings, rep),
+        donate_argnums=(0,), compiler_options=train_compiler_options(mesh))
     evaluate = jax.jit(lambda p, b: eval_step(p, b, graphdef=graphdef, loss_fn=loss_fn),
                        in_shardings=(shardings["params"], batch_prefix), out_shardings=rep)
     init_sharded = jax.jit(init, out_shardings=shardings)
