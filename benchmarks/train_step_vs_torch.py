@@ -124,7 +124,8 @@ def torch_worker(conn, vocab: int, optimizer_impl: str) -> None:
         cfg = GPT2Config(vocab_size=vocab, n_positions=MODEL["seq_len"], n_embd=MODEL["d_model"],
                          n_layer=MODEL["num_layers"], n_head=MODEL["num_heads"],
                          resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                         activation_function="gelu_new", tie_word_embeddings=True)
+                         activation_function="gelu_new", tie_word_embeddings=True,
+                         bos_token_id=0, eos_token_id=0)
         model = GPT2LMHeadModel(cfg).train()
         params = [p for p in model.parameters() if p.requires_grad]
         decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "wte" not in n
@@ -149,7 +150,7 @@ def torch_worker(conn, vocab: int, optimizer_impl: str) -> None:
 
         t0 = time.perf_counter()
         loss = step()
-        info[dtype] = {"compile_s": time.perf_counter() - t0, "first_loss": float(loss),
+        info[dtype] = {"compile_s": time.perf_counter() - t0, "first_loss": loss.item(),
                        "params": sum(p.numel() for p in params),
                        "attn": model.config._attn_implementation}
         runs[dtype] = step
@@ -162,7 +163,7 @@ def torch_worker(conn, vocab: int, optimizer_impl: str) -> None:
         t0 = time.perf_counter()
         for _ in range(n):
             loss = runs[dtype]()
-        conn.send((time.perf_counter() - t0, float(loss)))
+        conn.send((time.perf_counter() - t0, loss.item()))
 
 
 # --------------------------------------------------------------------------------------- parent

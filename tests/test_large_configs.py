@@ -67,3 +67,20 @@ def test_llama_1b_gpu_config_compiles_with_fsdp():
     cfg, steps, mem = _compile("llama_1b_gpu.yaml", 1, 8)
     assert cfg.model.remat == "dots_saveable" and cfg.model.dtype == "bfloat16"
     assert mem["argument"] > 0 and mem["temp"] > 0
+
+
+def test_remat_policies_and_grad_accumulation_cut_activation_memory():
+    from jaxlm.config import config_from_dict
+
+    def temp(remat, accum):
+        cfg = config_from_dict({
+            "model": dict(family="llama", num_layers=4, d_model=128, num_heads=4, max_len=256,
+                          vocab_size=512, remat=remat),
+            "data": dict(seq_len=256), "train": dict(batch_size=16, grad_accum=accum),
+            "mesh": dict(num_devices=1)})
+        steps, _, mesh = build_steps(cfg, make_mesh(1, 1, 1, jax.devices()[:1]))
+        return memory_stats(lower_and_compile(cfg, steps, mesh))["temp"]
+
+    none, dots, full = temp("none", 1), temp("dots_saveable", 1), temp("full", 1)
+    assert full < dots <= none and full < 0.6 * none, (none, dots, full)
+    assert temp("none", 4) < 0.5 * none  # a quarter of the rows per micro-batch
