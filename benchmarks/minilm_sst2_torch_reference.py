@@ -192,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     splits = {name: Encoded(tokenizer, *read_split(data_dir, file), cfg.data.seq_len)
               for name, file in (("train", "train"), ("validation", "dev"), ("test", "test"))}
     print(f"transformers {transformers.__version__}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads (OMP_WAIT_POLICY {os.environ['OMP_WAIT_POLICY']}); model {model_dir}; SST-2 "
+          f"{torch.get_num_threads()} threads (OMP_WAIT_POLICY {os.environ['OMP_WAIT_POLICY']}); "
+          f"model {model_dir}; SST-2 "
           + " / ".join(f"{k} {len(v)}" for k, v in splits.items())
           + f"; {cfg.train.steps} steps x batch {cfg.train.batch_size}, seq_len "
           f"{cfg.data.seq_len}, lr {cfg.optim.lr} (warmup {cfg.optim.warmup_steps}, linear), "
