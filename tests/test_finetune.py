@@ -125,11 +125,14 @@ def test_scratch_run_learns_and_predict_batches_match_single_examples(sst_small,
     root, _ = sst_small
     cfg = ft_config(root, model=MODEL, optim={"lr": 3e-3},
                     data={"tokenizer": {"kind": "wordpiece", "vocab_size": 400}},
-                    train={"steps": 30, "eval_every": 15, "checkpoint_every": 30})
+                    train={"steps": 80, "batch_size": 32, "log_every": 5, "eval_every": 40,
+                           "checkpoint_every": 80})
     run_dir = tmp_path / "ft"
     summary = finetune(cfg, str(run_dir), show_progress=False)
-    assert summary["train"]["loss"] < 0.7 and summary["test"]["n"] == 100
-    assert (run_dir / "eval_test.json").is_file() and summary["best"]["step"] in (15, 30)
+    # ~8.5 epochs over 300 sentences: a model that learns memorises them (ln 2 = 0.69 at chance;
+    # measured 0.04). 30 steps of batch 8 sat at chance and passed or failed by rounding.
+    assert summary["train"]["loss"] < 0.2 and summary["test"]["n"] == 100
+    assert (run_dir / "eval_test.json").is_file() and summary["best"]["step"] in (40, 80)
     run = load_run(run_dir)
     texts = [l.split(" ", 1)[1] for l in (root / "test.txt").read_text().splitlines()[:10]]
     batched = predict_proba(run, texts, batch_size=8)
