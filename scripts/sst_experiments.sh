@@ -25,7 +25,7 @@ finetune_jobs () {  # task seed
   echo "$ft --config configs/${task}_scratch.yaml --run-dir $out/scratch_bert_s$seed"
   echo "$ft --config configs/${task}_pretrained.yaml --run-dir $out/masked_s$seed"
   echo "$ft --config configs/${task}_scratch.yaml --set model.family=gpt2 --run-dir $out/scratch_gpt2_s$seed"
-  echo "$ft --config configs/${task}_pretrained.yaml --init-from runs/pretrain_sst_causal/checkpoints/600 --run-dir $out/causal_s$seed"
+  echo "$ft --config configs/${task}_pretrained.yaml --init-from runs/pretrain_sst_causal --run-dir $out/causal_s$seed"
 }
 : > "$jobs"
 for seed in $SEEDS; do finetune_jobs sst2 "$seed" >> "$jobs"; done

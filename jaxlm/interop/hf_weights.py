@@ -362,9 +362,10 @@ def export_tensors(flat: dict[ParamPath, np.ndarray], cfg: ModelConfig,
     flat = dict(flat)
     if not cfg.use_bias and cfg.family in ("bert", "gpt2"):  # HF always has biases: write zeros
         for p in (p for l in links for p in l.jax):
-            kernel = flat.get(p[:-1] + ("kernel",))
-            if p[-1] == "bias" and p not in flat and kernel is not None:
-                flat[p] = np.zeros(kernel.shape[-1:], kernel.dtype)
+            # a linear layer's bias is as wide as its kernel's output; a LayerNorm's as its scale
+            like = flat.get(p[:-1] + ("kernel",), flat.get(p[:-1] + ("scale",)))
+            if p[-1] == "bias" and p not in flat and like is not None:
+                flat[p] = np.zeros(like.shape[-1:], like.dtype)
     missing = [".".join(map(str, p)) for l in links for p in l.jax if p not in flat]
     used = {p for l in links for p in l.jax}
     extra = [".".join(map(str, p)) for p in flat if p not in used]

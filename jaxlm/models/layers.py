@@ -48,7 +48,8 @@ def dense(cfg: ModelConfig, d_in: int, d_out: int, names: tuple[str | None, str 
 
 
 class Norm(nnx.Module):
-    """LayerNorm or RMSNorm computed in float32, returned in the compute dtype."""
+    """LayerNorm or RMSNorm computed in float32, returned in the compute dtype. LayerNorm has a bias
+    only when the model does (`use_bias`), as in nanoGPT's bias=False."""
 
     def __init__(self, cfg: ModelConfig, dim: int, rngs: nnx.Rngs):
         _, param_dtype = dtypes(cfg)
@@ -60,7 +61,7 @@ class Norm(nnx.Module):
         else:
             self.norm = nnx.LayerNorm(
                 dim, epsilon=cfg.norm_eps, dtype=jnp.float32, param_dtype=param_dtype,
-                use_bias=True, use_fast_variance=False,
+                use_bias=cfg.use_bias, use_fast_variance=False,
                 bias_metadata={"logical_axes": ("norm",)}, rngs=rngs, **meta)
 
     def __call__(self, x: jax.Array) -> jax.Array:
