@@ -55,7 +55,7 @@ PYEOF
 
 figure "$OUT/training_curves.png" "Tiny Shakespeare, character level (nanoGPT CPU config)" \
   "runs/shakespeare_char=shakespeare_char"
-figure "$OUT/pretrain_sst.png" "Pretraining on the SST/TREC/Shakespeare corpus" \
+figure "$OUT/pretrain_sst.png" "Pretraining on the SST/TREC sentence corpus" \
   "runs/pretrain_sst_causal=causal (GPT-2)" "runs/pretrain_sst_masked=masked (BERT)"
 figure "$OUT/sst2_finetune.png" "SST-2 fine-tuning (seed 0)" \
   "runs/sst2/scratch_bert_s0=BERT from scratch" "runs/sst2/masked_s0=from masked LM" \
