@@ -1,4 +1,6 @@
 """Checkpoints: exact resume, and restoring onto a different mesh."""
+import json
+
 import jax
 import numpy as np
 
@@ -75,3 +77,15 @@ def test_checkpoint_saved_on_8_devices_restores_on_1_and_back(tiny_corpus, tmp_p
     for restored in (one, eight):
         diffs = jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(), ref, restored))
         assert max(diffs) == 0.0
+
+
+def test_a_resumed_or_rerun_run_keeps_its_wall_time_and_throughput(tmp_path):
+    """Re-running a finished run only re-reports: its summary must not drop to 0 s and no tokens/s."""
+    from jaxlm.train.run_dir import write_summary
+    write_summary(tmp_path, {"step": 10, "wall_s": 30.0, "tokens_per_s": 500.0, "resumed_from": 0})
+    write_summary(tmp_path, {"step": 20, "wall_s": 12.0, "tokens_per_s": 480.0, "resumed_from": 10})
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["wall_s"] == 42.0 and s["tokens_per_s"] == 480.0
+    write_summary(tmp_path, {"step": 20, "wall_s": 0.5, "tokens_per_s": None, "resumed_from": 20})
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["wall_s"] == 42.5 and s["tokens_per_s"] == 480.0
