@@ -116,3 +116,24 @@ def test_dropout_is_deterministic_per_key_and_off_without_key():
     np.testing.assert_array_equal(model(x, dropout_rng=k), model(x, dropout_rng=k))
     assert np.abs(np.asarray(model(x, dropout_rng=k) - model(x))).max() > 1e-3
     np.testing.assert_array_equal(model(x), model(x))
+
+
+@pytest.mark.parametrize("shape", [(4, 16, 32), (8, 32)])  # [B, T, I] activations; pooled [B, I]
+def test_bf16_mixed_matmul_gradients_match_float32(shape):
+    """All three matmuls run on bf16 inputs (weight gradients too, on CPU as well), accumulate in
+    float32 and return float32 weight gradients close to the float32 computation."""
+    from jaxlm.models.mixed import mixed_matmul
+    kx, kw, kg = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, shape)
+    w = jax.random.normal(kw, (shape[-1], 24)) * 0.1
+    g = jax.random.normal(kg, (*shape[:-1], 24))
+
+    def grads(dtype):
+        f = lambda x, w: (mixed_matmul(x.astype(dtype), w) * g).sum()
+        return jax.grad(f, argnums=(0, 1))(x, w)
+
+    (dx16, dw16), (dx32, dw32) = grads(jnp.bfloat16), grads(jnp.float32)
+    assert dw16.dtype == jnp.float32
+    for a, b in ((dx16, dx32), (dw16, dw32)):
+        a, b = np.asarray(a, np.float32), np.asarray(b)
+        assert np.abs(a - b).max() <= 2e-2 * np.abs(b).max(), np.abs(a - b).max()

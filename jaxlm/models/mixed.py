@@ -37,10 +37,15 @@ def _fwd(x, w, w_is_OxI):
 
 
 def weight_grad(x_NxI: jax.Array, g_NxO: jax.Array) -> jax.Array:
-    """x^T g [I, O] in float32, summed over all leading axes. On CPU, bf16 inputs are widened
-    first: XLA:CPU gives this transposed-operand matmul to Eigen, which has no bf16 x bf16 ->
-    float32 kernel (it fails at run time); the other two matmuls of a layer stay in bf16."""
-    if jax.default_backend() == "cpu" and x_NxI.dtype != jnp.float32:
+    """x^T g [I, O] in float32, summed over all leading axes.
+
+    With two or more leading axes ([B, T, I] activations) XLA:CPU lowers this contraction to a
+    row-major transposed copy plus a plain matmul in its fast library, at bf16 too. With one
+    (e.g. pooled [B, D] classifier inputs) it would give the transposed-operand matmul to Eigen,
+    which has no bf16 x bf16 -> float32 kernel (it fails at run time): such small inputs are
+    widened to float32 first on CPU.
+    """
+    if x_NxI.ndim < 3 and x_NxI.dtype != jnp.float32 and jax.default_backend() == "cpu":
         x_NxI, g_NxO = x_NxI.astype(jnp.float32), g_NxO.astype(jnp.float32)
     return jnp.einsum("...i,...o->io", x_NxI, g_NxO, preferred_element_type=jnp.float32)
 
