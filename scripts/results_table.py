@@ -14,7 +14,8 @@ from collections import defaultdict
 from pathlib import Path
 
 LABELS = {"scratch_bert": "BERT-style, from scratch", "masked": "BERT-style, masked-LM pretrained",
-          "scratch_gpt2": "GPT-2-style, from scratch", "causal": "GPT-2-style, causal-LM pretrained"}
+          "scratch_gpt2": "GPT-2-style, from scratch", "causal": "GPT-2-style, causal-LM pretrained",
+          "causal_es": "GPT-2-style, causal-LM pretrained, best-validation checkpoint"}
 
 
 def fmt(values: list[float]) -> str:
