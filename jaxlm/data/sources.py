@@ -17,6 +17,7 @@ TensorFlow), from `data_dir` = the option, else $TFDS_DATA_DIR, else TFDS's defa
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 import os
 import re
@@ -143,7 +144,7 @@ def _apply_query(opts: SourceOptions, query: str, spec: str) -> None:
 # Sources
 
 
-class Source:
+class Source(abc.ABC):
     """One split of a dataset: random access to examples {"text": str, "label": int (or -1)}."""
 
     spec: Spec
@@ -151,11 +152,13 @@ class Source:
     label_names: list[str] | None  # None: an unlabeled (language-modelling) source
     report: DataReport
 
+    @abc.abstractmethod
     def __len__(self) -> int:
-        raise NotImplementedError
+        """The number of examples."""
 
+    @abc.abstractmethod
     def __getitem__(self, i: int) -> dict[str, Any]:
-        raise NotImplementedError
+        """Example i: {"text": str, "label": int (-1 when unlabeled)}."""
 
     def texts(self) -> Iterator[str]:
         """Every example's text, in order."""
