@@ -3,28 +3,27 @@
 Early stopping for pretraining: a causal LM pretrained for many passes over a small corpus
 overfits (validation loss rises after a while), and fine-tuning starts better from its
 best-validation checkpoint than from its last. Steps come from RUN_DIR/metrics.jsonl ("val" rows);
-only checkpoints still on disk are candidates (keep `train.keep_checkpoints` high enough).
+only intact checkpoints still on disk are candidates (keep `train.keep_checkpoints` high enough).
 
 Usage: python scripts/best_checkpoint.py RUN_DIR
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
+from jaxlm.run_info import metric_records
+from jaxlm.train.checkpoint import check_step_dir
+
 
 def best_checkpoint(run_dir: Path) -> Path:
-    kept = {int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()}
-    val = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        if row.get("split") == "val" and row["step"] in kept:
-            val[row["step"]] = row["loss"]
+    folder = run_dir / "checkpoints"
+    val = {r["step"]: r["loss"] for r in metric_records(run_dir)
+           if r["split"] == "val" and check_step_dir(folder / str(r["step"]))[0] is not False}
     if not val:
-        sys.exit(f"{run_dir}: no kept checkpoint has a validation loss in metrics.jsonl")
+        sys.exit(f"{run_dir}: no intact checkpoint has a validation loss in metrics.jsonl")
     step = min(val, key=lambda s: (val[s], s))
-    return run_dir / "checkpoints" / str(step)
+    return folder / str(step)
 
 
 if __name__ == "__main__":

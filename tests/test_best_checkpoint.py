@@ -18,3 +18,7 @@ def test_best_kept_checkpoint_by_validation_loss(tmp_path):
             {"step": 2000, "split": "val", "loss": 5.20}, {"step": 3000, "split": "val", "loss": 5.36}]
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     assert mod.best_checkpoint(tmp_path) == tmp_path / "checkpoints" / "1000"
+    # a damaged best checkpoint (its manifest names a file that is gone) is passed over
+    (tmp_path / "checkpoints" / "1000" / "jaxlm_manifest.json").write_text(
+        json.dumps({"version": 1, "files": {"state/data": [10, 0]}}))
+    assert mod.best_checkpoint(tmp_path) == tmp_path / "checkpoints" / "2000"
