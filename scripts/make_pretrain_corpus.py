@@ -11,6 +11,7 @@ No sentence of any test split (SST-2, SST-5, TREC) is included: any train/dev li
 occurs in a test file is dropped, and the script prints how many were.
 
 Usage: python scripts/make_pretrain_corpus.py [--data ../shared/data] [--out runs/corpus/pretrain.txt]
+       [--shakespeare]
 """
 from __future__ import annotations
 
@@ -35,22 +36,19 @@ def main() -> None:
     test = set()
     for f in ("sst2/test.txt", "sst5/test.txt", "trec/test.txt"):
         test.update(texts(data / f, "iso-8859-1" if f.startswith("trec") else "utf-8"))
-    blocks, dropped = [], 0
+    lines, dropped = [], 0
     for files, enc in ((("sst5/train.txt", "sst5/dev.txt"), "utf-8"), (("trec/train.txt",), "iso-8859-1")):
-        kept = []
         for f in files:
             for t in texts(data / f, enc):
                 if t in test:
                     dropped += 1
                 else:
-                    kept.append(t)
-        blocks.append("\n".join(kept))
+                    lines.append(t)
     if args.shakespeare:
-        lines = (data / "tinyshakespeare/input.txt").read_text().splitlines()
-        blocks.append("\n".join(line for line in lines if line.strip()))
+        shakespeare = (data / "tinyshakespeare/input.txt").read_text().splitlines()
+        lines += [line for line in shakespeare if line.strip()]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    lines = "\n".join(blocks).splitlines()
     random.Random(0).shuffle(lines)  # the last val_fraction of lines (validation) mixes all sources
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}: {out.stat().st_size / 1e6:.2f} MB, {len(lines):,} "
