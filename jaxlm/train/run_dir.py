@@ -155,17 +155,18 @@ def write_summary(run_dir: Path, summary: dict) -> None:
     """Write summary.json (dataclasses and numpy scalars made JSON-able). A resumed run (or a
     finished one run again, which only re-reports) adds the wall time of the summary it replaces
     and keeps its throughput when this invocation trained no step, so neither is lost."""
-    previous = run_dir / "summary.json"
-    if summary.get("resumed_from") and previous.is_file():
+    path = run_dir / "summary.json"
+    if summary.get("resumed_from") and path.is_file():
         try:
-            old = json.loads(previous.read_text())
+            old = json.loads(path.read_text())
         except (OSError, ValueError):
             old = {}
+        summary = dict(summary)  # the caller's dict stays as it was
         if isinstance(old.get("wall_s"), (int, float)) and summary.get("wall_s") is not None:
-            summary = {**summary, "wall_s": summary["wall_s"] + old["wall_s"]}
-        if summary.get("tokens_per_s") is None and old.get("tokens_per_s") is not None:
-            summary = {**summary, "tokens_per_s": old["tokens_per_s"]}
-    write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2, default=_json_default))
+            summary["wall_s"] += old["wall_s"]
+        if summary.get("tokens_per_s") is None:
+            summary["tokens_per_s"] = old.get("tokens_per_s")
+    write_text_atomic(path, json.dumps(summary, indent=2, default=_json_default))
 
 
 def _json_default(o: Any) -> Any:
