@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_step_vs_torch import MODEL, make_batch  # noqa: E402
+from train_step_vs_torch import MODEL, jaxlm_config, make_batch, torch_adamw, torch_gpt2  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,13 +52,7 @@ def jax_parts(dtype: str, vocab: int, reps: int) -> dict[str, float]:
     toks = make_batch(vocab)
     batch = {"inputs": toks[:, :-1], "targets": toks[:, 1:],
              "weights": np.ones(toks[:, 1:].shape, np.float32)}
-    cfg = config_from_dict({
-        "model": dict(family="gpt2", num_layers=MODEL["num_layers"], num_heads=MODEL["num_heads"],
-                      d_model=MODEL["d_model"], max_len=MODEL["seq_len"], vocab_size=vocab,
-                      dtype=dtype),
-        "optim": dict(name="adamw", lr=1e-3, b2=0.99, weight_decay=0.1, grad_clip=1.0,
-                      warmup_steps=0, schedule="constant"),
-        "train": dict(batch_size=MODEL["batch"], steps=1000)})
+    cfg = config_from_dict(jaxlm_config(vocab, dtype))
     mesh = make_mesh(num_devices=1)
     tx, lr = build_optimizer(cfg.optim, cfg.train.steps)
     loss_fn = LOSSES["causal"]
@@ -93,19 +87,14 @@ def torch_parts(dtype: str, vocab: int, reps: int) -> dict[str, float]:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
     import torch.nn.functional as F
-    from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
     toks = torch.from_numpy(make_batch(vocab)).long()
     x, y = toks[:, :-1].contiguous(), toks[:, 1:].contiguous()
-    cfg = GPT2Config(vocab_size=vocab, n_positions=MODEL["seq_len"], n_embd=MODEL["d_model"],
-                     n_layer=MODEL["num_layers"], n_head=MODEL["num_heads"], resid_pdrop=0.0,
-                     embd_pdrop=0.0, attn_pdrop=0.0, activation_function="gelu_new",
-                     tie_word_embeddings=True, bos_token_id=0, eos_token_id=0)
-    model = GPT2LMHeadModel(cfg).train()
+    model = torch_gpt2(vocab)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1, fused=True)
+    opt = torch_adamw(model)
     bf16 = dtype == "bfloat16"
 
     def loss():

@@ -36,6 +36,44 @@ MODEL = dict(num_layers=6, num_heads=6, d_model=384, seq_len=256, batch=8)
 PRECISIONS = ("float32", "bfloat16")
 
 
+def jaxlm_config(vocab: int, dtype: str) -> dict:
+    """The jaxlm config of the benchmarked model and optimizer (`config_from_dict` input)."""
+    return {"model": dict(family="gpt2", num_layers=MODEL["num_layers"],
+                          num_heads=MODEL["num_heads"], d_model=MODEL["d_model"],
+                          max_len=MODEL["seq_len"], vocab_size=vocab, dtype=dtype),
+            "data": dict(seq_len=MODEL["seq_len"]),
+            "optim": dict(name="adamw", lr=1e-3, b1=0.9, b2=0.99, weight_decay=0.1,
+                          grad_clip=1.0, warmup_steps=0, schedule="constant"),
+            "train": dict(batch_size=MODEL["batch"], steps=1000)}
+
+
+def torch_gpt2(vocab: int):
+    """`transformers`' GPT-2 of the same shape, in training mode, without dropout."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(vocab_size=vocab, n_positions=MODEL["seq_len"], n_embd=MODEL["d_model"],
+                     n_layer=MODEL["num_layers"], n_head=MODEL["num_heads"],
+                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                     activation_function="gelu_new", tie_word_embeddings=True,
+                     bos_token_id=0, eos_token_id=0)
+    return GPT2LMHeadModel(cfg).train()
+
+
+def torch_adamw(model, impl: str = "fused"):
+    """AdamW as jaxlm's: weight decay on matrices, not on embeddings, biases or norms."""
+    import torch
+
+    def decays(name: str, p) -> bool:
+        return p.dim() >= 2 and "wte" not in name and "wpe" not in name
+
+    named = list(model.named_parameters())
+    kw = {"fused": True} if impl == "fused" else {"foreach": True}
+    return torch.optim.AdamW([{"params": [p for n, p in named if decays(n, p)], "weight_decay": 0.1},
+                              {"params": [p for n, p in named if not decays(n, p)],
+                               "weight_decay": 0.0}],
+                             lr=1e-3, betas=(0.9, 0.99), eps=1e-8, **kw)
+
+
 def make_batch(vocab: int, seed: int = 0):
     import numpy as np
 
@@ -67,14 +105,7 @@ def jax_worker(conn, vocab: int) -> None:
     mesh = make_mesh(num_devices=1)
     runs, info = {}, {}
     for dtype in PRECISIONS:
-        cfg = config_from_dict({
-            "model": dict(family="gpt2", num_layers=MODEL["num_layers"],
-                          num_heads=MODEL["num_heads"], d_model=MODEL["d_model"],
-                          max_len=MODEL["seq_len"], vocab_size=vocab, dtype=dtype),
-            "data": dict(seq_len=MODEL["seq_len"]),
-            "optim": dict(name="adamw", lr=1e-3, b1=0.9, b2=0.99, weight_decay=0.1,
-                          grad_clip=1.0, warmup_steps=0, schedule="constant"),
-            "train": dict(batch_size=MODEL["batch"], steps=1000)})
+        cfg = config_from_dict(jaxlm_config(vocab, dtype))
         mcfg = cfg.model.resolved()
         tx, lr = build_optimizer(cfg.optim, cfg.train.steps)
         with use_mesh(mesh):
@@ -113,29 +144,15 @@ def jax_worker(conn, vocab: int) -> None:
 def torch_worker(conn, vocab: int, optimizer_impl: str) -> None:
     import torch
     import torch.nn.functional as F
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
     toks = torch.from_numpy(make_batch(vocab)).long()
     x, y = toks[:, :-1].contiguous(), toks[:, 1:].contiguous()
     runs, info = {}, {}
     for dtype in PRECISIONS:
-        cfg = GPT2Config(vocab_size=vocab, n_positions=MODEL["seq_len"], n_embd=MODEL["d_model"],
-                         n_layer=MODEL["num_layers"], n_head=MODEL["num_heads"],
-                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                         activation_function="gelu_new", tie_word_embeddings=True,
-                         bos_token_id=0, eos_token_id=0)
-        model = GPT2LMHeadModel(cfg).train()
+        model = torch_gpt2(vocab)
         params = [p for p in model.parameters() if p.requires_grad]
-        decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "wte" not in n
-                 and "wpe" not in n]
-        no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "wte" not in n
-                                                                   and "wpe" not in n)]
-        kw = {"fused": True} if optimizer_impl == "fused" else {"foreach": True}
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
-                                 {"params": no_decay, "weight_decay": 0.0}],
-                                lr=1e-3, betas=(0.9, 0.99), eps=1e-8, **kw)
+        opt = torch_adamw(model, optimizer_impl)
         use_bf16 = dtype == "bfloat16"
 
         def step(model=model, opt=opt, params=params, use_bf16=use_bf16):
