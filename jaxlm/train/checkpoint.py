@@ -15,7 +15,6 @@ Read-only users (evaluate, export, ...) skip such steps without moving anything.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import zlib
@@ -26,6 +25,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxlm.atomic import write_text_atomic
 from jaxlm.errors import CheckpointError
 
 MANIFEST = "jaxlm_manifest.json"
@@ -59,9 +59,7 @@ def seal(step_dir: str | Path) -> None:
     step_dir = Path(step_dir)
     files = {p.relative_to(step_dir).as_posix(): [p.stat().st_size, _crc32(p)]
              for p in _sealed_files(step_dir)}
-    tmp = step_dir / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps({"version": 1, "files": files}, indent=0))
-    os.replace(tmp, step_dir / MANIFEST)
+    write_text_atomic(step_dir / MANIFEST, json.dumps({"version": 1, "files": files}, indent=0))
 
 
 def check_step_dir(step_dir: str | Path) -> tuple[bool | None, str]:
