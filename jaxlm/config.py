@@ -47,7 +47,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.mlp": ("gelu", "swiglu"),
     "model.activation": ("gelu", "gelu_tanh", "silu", "relu"),
     "model.remat": ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable"),
-    "model.attention_impl": ("auto", "xla", "cudnn", "splash"),
+    "model.attention_impl": ("auto", "xla", "blockwise", "cudnn", "splash"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "model.param_dtype": ("float32", "bfloat16"),
     "optim.name": ("adamw", "adafactor", "lion", "sgd"),

@@ -19,7 +19,8 @@ def test_choice_per_backend():
     assert A.choose_impl("auto", jnp.bfloat16, "gpu") == "cudnn"
     assert A.choose_impl("auto", jnp.float32, "gpu") == "xla"  # cuDNN flash needs half precision
     assert A.choose_impl("auto", jnp.bfloat16, "tpu") == "splash"
-    assert A.choose_impl("auto", jnp.float32, "cpu") == "xla"
+    assert A.choose_impl("auto", jnp.float32, "cpu") == "blockwise"
+    assert A.choose_impl("auto", jnp.bfloat16, "cpu") == "blockwise"
     assert A.choose_impl("xla", jnp.bfloat16, "gpu") == "xla"
 
 
@@ -40,7 +41,7 @@ def test_kernel_asked_for_on_cpu_falls_back_to_xla_with_a_warning(impl):
 
 def test_auto_dtype_is_float32_on_cpu_and_mixed_precision_keeps_float32_params():
     cfg = ModelConfig(vocab_size=16, num_layers=1, d_model=16, num_heads=2, max_len=8, dtype="auto")
-    assert compute_dtype_name(cfg) == "float32" and attention_impl(cfg.resolved()) == "xla"
+    assert compute_dtype_name(cfg) == "float32" and attention_impl(cfg.resolved()) == "blockwise"
     bf = ModelConfig(**{**cfg.__dict__, "dtype": "bfloat16"})
     assert dtypes(bf) == (jnp.bfloat16, jnp.float32)
     model = build_model(bf)

@@ -2,8 +2,10 @@
 
 `model.attention_impl`:
 - `auto`: cuDNN flash attention on GPU (half precision), the Pallas splash kernel on TPU,
-  XLA elsewhere (CPU, or when a kernel cannot take the shapes/dtypes at hand);
+  `blockwise` on CPU, XLA elsewhere (or when a kernel cannot take the shapes/dtypes at hand);
 - `xla`: `jax.nn.dot_product_attention`'s XLA implementation (einsums + float32 softmax);
+- `blockwise`: `jaxlm.models.blockwise_attention` (causal query blocks, flash-style backward;
+  pure jnp, any backend); decoding with a cache (an explicit mask) uses XLA;
 - `cudnn`: `jax.nn.dot_product_attention(implementation="cudnn")`;
 - `splash`: `jax.experimental.pallas.ops.tpu.splash_attention` (block-sparse causal / segment
   masks), run per device under `shard_map` with the batch and head shardings of the logical rules.
@@ -19,6 +21,8 @@ import warnings
 import jax
 import jax.numpy as jnp
 
+from jaxlm.models.blockwise_attention import blockwise_attention
+
 _warned: set[str] = set()
 
 
@@ -29,7 +33,8 @@ def _warn_once(msg: str) -> None:
 
 
 def choose_impl(requested: str, dtype: jnp.dtype, backend: str | None = None) -> str:
-    """The implementation to try for `requested` on this backend: xla, cudnn or splash."""
+    """The implementation to try for `requested` on this backend: xla, blockwise, cudnn or
+    splash."""
     backend = backend or jax.default_backend()
     half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
     if requested == "auto":
@@ -37,7 +42,7 @@ def choose_impl(requested: str, dtype: jnp.dtype, backend: str | None = None) ->
             return "cudnn"
         if backend == "tpu":
             return "splash"
-        return "xla"
+        return "blockwise" if backend == "cpu" else "xla"
     if requested == "cudnn" and backend != "gpu":
         _warn_once(f"model.attention_impl=cudnn needs a GPU, but the backend is {backend}; "
                    "using the XLA attention instead.")
@@ -61,6 +66,10 @@ def attend(q_BxTxHxK: jax.Array, k_BxSxGxK: jax.Array, v_BxSxGxK: jax.Array, *,
                                     segment_ids_BxT=segment_ids_BxT, interpret=interpret)
         _warn_once(f"Splash attention cannot run here ({reason}); using the XLA attention.")
         impl = "xla"
+    if impl == "blockwise" and mask_Bx1xTxS is None and (
+            not causal or q_BxTxHxK.shape[1] == k_BxSxGxK.shape[1]):
+        return blockwise_attention(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, causal=causal,
+                                   segment_ids_BxT=segment_ids_BxT)
     if mask_Bx1xTxS is None and segment_ids_BxT is not None:
         mask_Bx1xTxS = segment_mask(segment_ids_BxT, causal)
     is_causal = causal and mask_Bx1xTxS is None

@@ -137,7 +137,7 @@ materialize_grad.defvjp(_materialize_fwd, _materialize_bwd)
 
 
 def attention_impl(cfg: ModelConfig) -> str:
-    """The attention kernel to use: xla, cudnn or splash (see `jaxlm.models.attention`)."""
+    """The attention kernel to use: xla, blockwise, cudnn or splash (`jaxlm.models.attention`)."""
     return choose_impl(cfg.attention_impl, dtypes(cfg)[0])
 
 
@@ -161,7 +161,8 @@ class Attention(nnx.Module):
         """Returns the output and this call's (key, value) for callers that cache them.
 
         `mask_Bx1xTxS`: a boolean mask; None for plain causal (model.causal) or full attention;
-        or segment ids [B, T] (0 = padding) for kernels that build their own mask (splash).
+        or segment ids [B, T] (0 = padding) for kernels that build their own mask (splash,
+        blockwise).
 
         `kv_BxSxGxK`, when given, replaces the keys/values computed from x. With `cache_index` it is
         a fixed-size decoding cache instead: this call's keys/values are written at slots

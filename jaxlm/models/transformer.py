@@ -105,8 +105,8 @@ class Transformer(nnx.Module):
             positions_BxT = jnp.broadcast_to(jnp.arange(T), (B, T))
         if segment_ids_BxT is None:
             mask = None  # causal (or full) attention without a mask tensor: kernels' fast path
-        elif attention_impl(self.cfg) == "splash":
-            mask = segment_ids_BxT  # the kernel builds its block mask from the ids
+        elif attention_impl(self.cfg) in ("splash", "blockwise"):
+            mask = segment_ids_BxT  # the kernel builds its (block) mask from the ids
         else:
             mask = attention_mask(segment_ids_BxT, self.cfg.causal)
         rope = (rope_tables(positions_BxT, self.cfg.head_dim, self.cfg.rope_theta,
