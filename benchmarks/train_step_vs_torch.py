@@ -13,6 +13,11 @@ nanoGPT. One step is forward + backward + clip + AdamW update.
 - PyTorch: `transformers.GPT2LMHeadModel` (SDPA attention) with `torch.optim.AdamW` (fused),
   eager, float32 or under `torch.autocast("cpu", torch.bfloat16)`.
 
+Host memory: importing jaxlm on CPU switches glibc malloc to one arena that keeps freed memory
+(`jaxlm.host_memory`: XLA:CPU's per-step buffer is then reused instead of page-faulted in again
+every step). PyTorch runs with glibc's defaults, its faster setting here (`--torch-malloc jaxlm`
+gives it the same settings, to check).
+
 Each framework runs in its own worker process (so neither's thread pools spin while the other
 works); the parent alternates them (A B B A ...) for --rounds rounds of --steps steps and prints
 medians, the jaxlm/torch ratio, and MFU against the matmul peak measured (in every round, jax) for
@@ -91,6 +96,7 @@ def jax_worker(conn, vocab: int) -> None:
     import jax
     import numpy as np
 
+    import jaxlm
     from jaxlm.config import config_from_dict
     from jaxlm.models import build_model
     from jaxlm.sharding import make_mesh, use_mesh
@@ -120,7 +126,8 @@ def jax_worker(conn, vocab: int) -> None:
                            "params": count_params(state["params"]),
                            "flops_per_token": flops_per_token(mcfg, MODEL["seq_len"])}
         runs[dtype] = [steps.train, state, b]
-    conn.send({"devices": jax.device_count(), "info": info})
+    conn.send({"devices": jax.device_count(), "info": info,
+               "malloc": "reuse" if jaxlm.reuse_freed_host_memory() else "system"})
     while True:
         msg = conn.recv()
         if msg is None:
@@ -141,7 +148,12 @@ def jax_worker(conn, vocab: int) -> None:
 # ---------------------------------------------------------------------------------------- torch
 
 
-def torch_worker(conn, vocab: int, optimizer_impl: str) -> None:
+def torch_worker(conn, vocab: int, optimizer_impl: str, malloc: str) -> None:
+    if malloc == "jaxlm":  # before torch starts its threads
+        os.environ["JAX_PLATFORMS"] = "cpu"
+        sys.path.insert(0, str(REPO))
+        from jaxlm.host_memory import reuse_freed_host_memory
+        malloc = "reuse" if reuse_freed_host_memory() else "system"
     import torch
     import torch.nn.functional as F
     torch.set_num_threads(os.cpu_count() or 1)
@@ -171,7 +183,7 @@ def torch_worker(conn, vocab: int, optimizer_impl: str) -> None:
                        "params": sum(p.numel() for p in params),
                        "attn": model.config._attn_implementation}
         runs[dtype] = step
-    conn.send({"threads": torch.get_num_threads(), "info": info})
+    conn.send({"threads": torch.get_num_threads(), "info": info, "malloc": malloc})
     while True:
         msg = conn.recv()
         if msg is None:
@@ -192,12 +204,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=3, help="train steps per measurement")
     ap.add_argument("--vocab", type=int, default=8000)
     ap.add_argument("--torch-optimizer", choices=("fused", "foreach"), default="fused")
+    ap.add_argument("--torch-malloc", choices=("system", "jaxlm"), default="system",
+                    help="glibc malloc settings of the PyTorch worker: its defaults, or jaxlm's")
     args = ap.parse_args(argv)
 
     ctx = mp.get_context("spawn")
     workers = {}
     for name, target, extra in (("jaxlm", jax_worker, ()),
-                                ("torch", torch_worker, (args.torch_optimizer,))):
+                                ("torch", torch_worker, (args.torch_optimizer, args.torch_malloc))):
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=target, args=(child, args.vocab, *extra), daemon=True)
         proc.start()
@@ -211,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{ti['float32']['params'] / 1e6:.2f}M in torch")
     print(f"cores: {os.cpu_count()}; jax devices {hello['jaxlm']['devices']}; torch threads "
           f"{hello['torch']['threads']} (attention: {ti['float32']['attn']}, AdamW "
-          f"{args.torch_optimizer}); load average at start {os.getloadavg()[0]:.2f}")
+          f"{args.torch_optimizer}); host malloc: jaxlm {hello['jaxlm']['malloc']}, torch "
+          f"{hello['torch']['malloc']}; load average at start {os.getloadavg()[0]:.2f}")
     for dtype in PRECISIONS:
         print(f"  {dtype}: first loss jaxlm {ji[dtype]['first_loss']:.4f} torch "
               f"{ti[dtype]['first_loss']:.4f} (ln V = {__import__('math').log(args.vocab):.4f}); "

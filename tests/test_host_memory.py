@@ -1,0 +1,64 @@
+"""Host memory reuse on CPU (`jaxlm.host_memory`): importing jaxlm stops XLA:CPU from
+page-faulting its per-step buffer in again on every step; it can be turned off; it only applies
+where JAX runs on the CPU."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from jaxlm.host_memory import will_run_on_cpu
+
+# A jitted step whose temporary buffer (~200 MB) is far above glibc's largest mmap threshold.
+PROBE = textwrap.dedent("""
+    import os, resource, sys
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    import jax, jax.numpy as jnp
+    import jaxlm
+    from jaxlm.host_memory import reuse_freed_host_memory
+
+    @jax.jit
+    def step(x):
+        y = jnp.tanh(x @ x.T)            # [4096, 4096] float32 intermediate: 64 MB
+        z = jnp.exp(y) * 2.0 + y         # more large temporaries
+        return (z @ x).sum() + (jnp.sin(y) @ x).sum()
+
+    x = jnp.ones((4096, 64), jnp.float32) / 64
+    step(x).block_until_ready()
+    step(x).block_until_ready()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        step(x).block_until_ready()
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5
+    temp = step.lower(x).compile().memory_analysis().temp_size_in_bytes
+    print(reuse_freed_host_memory(), int(faults), temp)
+""")
+
+
+def _probe(**env) -> tuple[bool, int, int]:
+    full_env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAXLM_HOST_MALLOC")}
+    out = subprocess.run([sys.executable, "-c", PROBE], env={**full_env, **env},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    applied, faults, temp = out.stdout.split()[-3:]
+    return applied == "True", int(faults), int(temp)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
+def test_step_buffer_is_reused_instead_of_page_faulted_in_every_step():
+    applied, faults, temp = _probe()
+    assert applied and temp > 100e6
+    off_applied, off_faults, _ = _probe(JAXLM_HOST_MALLOC="system")
+    assert not off_applied
+    pages = temp / 4096
+    assert off_faults > 0.5 * pages  # glibc's default: the buffer is mapped afresh every step
+    assert faults < 0.05 * pages, (faults, off_faults, pages)
+
+
+def test_applies_only_where_jax_runs_on_cpu():
+    assert will_run_on_cpu({"JAX_PLATFORMS": "cpu"}, ["/dev/nvidia0"])
+    assert not will_run_on_cpu({"JAX_PLATFORMS": "cuda"}, [])
+    assert not will_run_on_cpu({"JAX_PLATFORMS": "tpu,cpu"}, [])
+    assert will_run_on_cpu({}, [])
+    assert not will_run_on_cpu({}, ["/dev/accel0"])
