@@ -22,7 +22,7 @@ def test_bench_times_steps_and_reports_memory_and_mfu():
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout)
     assert r["params"] > 0 and r["devices"] == 1 and r["dtype"] == "float32"
-    assert r["attention"] == "xla" and r["tokens_per_step"] == 8 * 32
+    assert r["attention"] == "blockwise" and r["tokens_per_step"] == 8 * 32
     assert r["memory"]["argument"] > 3 * 4 * r["params"]  # float32 params + AdamW mu, nu
     assert r["step_s"] > 0 and r["tokens_per_s"] == r["tokens_per_step"] / r["step_s"]
     assert 0 < r["mfu"] < 1 and r["peak_source"].startswith("measured")
