@@ -76,3 +76,26 @@ def test_mesh_that_does_not_divide_devices_is_a_clear_error():
         make_mesh(-1, 3, 1, devices=jax.devices()[:8])
     with pytest.raises(ConfigError, match="does not match the 8 available devices"):
         make_mesh(2, 2, 1, devices=jax.devices()[:8])
+
+
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_bfloat16_parameters_train_and_keep_their_dtypes(grad_accum):
+    """param_dtype bfloat16: parameters and AdamW moments stay bfloat16 step after step (a float32
+    loss weight must not promote the gradients), and the loss goes down."""
+    cfg = ModelConfig(vocab_size=64, num_layers=2, d_model=32, num_heads=4, max_len=32,
+                      dtype="bfloat16", param_dtype="bfloat16")
+    tx, lr = build_optimizer(OptimConfig(lr=1e-2, warmup_steps=1), 10)
+    mesh = make_mesh(1, devices=jax.devices()[:1])
+    with use_mesh(mesh):
+        steps = compile_steps(lambda: build_model(cfg), tx, token_loss, lr, mesh,
+                              grad_accum=grad_accum)
+        state = steps.init()
+        batch = put_batch(_batch(), steps.batch_sharding)
+        losses = []
+        for _ in range(8):
+            state, m = steps.train(state, batch)
+            losses.append(float(m["loss"]))
+    dtypes = {str(x.dtype) for x in jax.tree.leaves((state["params"], state["opt_state"]))
+              if getattr(x, "ndim", 0) >= 1}
+    assert dtypes == {"bfloat16"}, dtypes
+    assert int(m["nonfinite_steps"]) == 0 and losses[-1] < losses[0] - 0.5, losses

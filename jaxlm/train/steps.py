@@ -55,15 +55,17 @@ def train_step(state: State, batch: dict, *, graphdef: nnx.GraphDef, tx: optax.G
             g_acc, l_acc, a_acc = carry
             mb, i = xs
             (l, a), g = grad_fn(params, mb, jax.random.fold_in(step_key, i))
-            return (jax.tree.map(jnp.add, g_acc, g), l_acc + l,
+            return (jax.tree.map(lambda acc, gi: acc + gi.astype(acc.dtype), g_acc, g), l_acc + l,
                     jax.tree.map(jnp.add, a_acc, a)), None
 
-        zeros = jax.tree.map(jnp.zeros_like, params)
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)  # f32 sums
         aux0 = {"weight": jnp.zeros(()), "correct": jnp.zeros(())}
         (grads, total, aux), _ = jax.lax.scan(body, (zeros, jnp.zeros(()), aux0),
                                               (micro, jnp.arange(grad_accum)))
     weight = jnp.maximum(aux["weight"], 1.0)
-    grads = jax.tree.map(lambda g: g / weight, grads)
+    # in each parameter's dtype: the float32 weight (and float32 micro-batch sums) would otherwise
+    # promote bfloat16 gradients, and with them the optimizer moments, after one step
+    grads = jax.tree.map(lambda g, p: (g / weight).astype(p.dtype), grads, params)
     grad_norm = optax.tree.norm(grads)
 
     def update(ops):
