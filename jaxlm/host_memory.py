@@ -5,15 +5,16 @@ benchmarks/train_step_vs_torch.py's 13.8M GPT) with posix_memalign from a worker
 serves a request that large in a thread's arena only with a fresh mmap, and unmaps it when it is
 freed, so on every step the kernel faults in and zeroes every page again: 148k page faults and
 ~0.22 s of system time per step, a third of the step's CPU time. With one arena (the main,
-brk-grown heap), no mmap and no trimming, the buffer is reused from step to step (bf16 step
-470 -> 345 ms, 0 page faults).
+brk-grown heap), no mmap and no trimming, the buffer is reused from step to step: 0 page faults,
+bf16 step 470-473 -> 344-383 ms (benchmarks/profile_train_step.py, with and without
+JAXLM_HOST_MALLOC=system).
 
 It has to run before the XLA backend starts its threads (glibc binds a thread to an arena at its
 first allocation and fixes the arena limit then), so importing `jaxlm` applies it when the process
-will run on the CPU backend. Its costs: the process keeps its peak heap (as any caching allocator
-does; 3.9 GB for the benchmark, which compiles two models), and threads share one malloc lock, which
-makes XLA compilation slower (the benchmark's bf16 step: 3.1-4.1 s against 2.6-2.9 s). A job of
-more than a handful of steps gains; `JAXLM_HOST_MALLOC=system` turns it off.
+will run on the CPU backend. Its costs: the process keeps its peak heap, as any caching allocator
+does (peak resident memory 2.4-3.0 GB against 1.4 GB in that script), and threads share one malloc
+lock, which makes XLA compilation ~10% slower (3.6-3.7 s against 3.2-3.4 s). A job of more than a
+handful of steps gains; `JAXLM_HOST_MALLOC=system` turns it off.
 """
 from __future__ import annotations
 
