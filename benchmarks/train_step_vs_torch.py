@@ -19,12 +19,14 @@ every step). PyTorch runs with glibc's defaults, its faster setting here (`--tor
 gives it the same settings, to check).
 
 Each framework runs in its own worker process (so neither's thread pools spin while the other
-works); the parent alternates them (A B B A ...) for --rounds rounds of --steps steps and prints
+works); after --warmup-rounds unmeasured rounds (both frameworks: allocators and caches settle;
+jaxlm's heap grows over its first steps), the parent alternates them (A B B A ...) for --rounds
+rounds of --steps steps and prints
 medians, the jaxlm/torch ratio, and MFU against the matmul peak measured (in every round, jax) for
 the dtype used. Both frameworks use every core (torch.set_num_threads(cores); XLA's CPU client
 uses one intra-op thread per core).
 
-    .venv/bin/python benchmarks/train_step_vs_torch.py [--rounds 7] [--steps 3]
+    .venv/bin/python benchmarks/train_step_vs_torch.py [--rounds 7] [--steps 3] [--warmup-rounds 1]
 """
 from __future__ import annotations
 
@@ -201,6 +203,8 @@ def torch_worker(conn, vocab: int, optimizer_impl: str, malloc: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=7, help="alternating measurement rounds")
+    ap.add_argument("--warmup-rounds", type=int, default=1,
+                    help="rounds run first, the same way, and not counted")
     ap.add_argument("--steps", type=int, default=3, help="train steps per measurement")
     ap.add_argument("--vocab", type=int, default=8000)
     ap.add_argument("--torch-optimizer", choices=("fused", "foreach"), default="fused")
@@ -240,6 +244,11 @@ def main(argv: list[str] | None = None) -> int:
 
     times = {(fw, d): [] for fw in workers for d in PRECISIONS}
     peaks = {d: [] for d in PRECISIONS}
+    for _ in range(args.warmup_rounds):
+        for dtype in PRECISIONS:
+            for fw in workers:
+                ask(fw, ("run", dtype, args.steps))
+    print(f"{args.warmup_rounds} warm-up round(s) done, not counted", flush=True)
     for r in range(args.rounds):
         order = ("jaxlm", "torch") if r % 2 == 0 else ("torch", "jaxlm")
         for dtype in PRECISIONS:
@@ -266,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         label = "float32" if dtype == "float32" else "bf16"
         print(f"{label:<10} {tj:12,.0f} {tt:12,.0f} {tj / tt:7.2f} {tj * fpt / peak:10.1%} "
               f"{tt * fpt / peak:10.1%} {peak / 1e9:13.0f}")
-    print(f"(medians of {args.rounds} alternating rounds x {args.steps} steps; MFU = "
+    print(f"(medians of {args.rounds} alternating rounds x {args.steps} steps after "
+          f"{args.warmup_rounds} warm-up round(s); MFU = "
           f"{ji['float32']['flops_per_token'] / 1e6:.1f} MFLOP/token x tokens/s / the measured "
           f"matmul peak of the dtype: float32 for float32, bf16 inputs with float32 accumulation "
           f"for bf16)")
