@@ -77,30 +77,13 @@ def main() -> None:
     args = ap.parse_args()
     os.environ["JAX_PLATFORMS"] = "cpu"
     import jax
-    import numpy as np
 
-    import jaxlm
-    from jaxlm.config import config_from_dict
-    from jaxlm.models import build_model
-    from jaxlm.sharding import make_mesh, use_mesh
-    from jaxlm.tasks import LOSSES
-    from jaxlm.train.optim import build_optimizer
-    from jaxlm.train.steps import compile_steps, put_batch
-    from train_step_vs_torch import jaxlm_config, make_batch
+    from jaxlm.host_memory import applied
+    from jaxlm.sharding import use_mesh
+    from train_step_vs_torch import jaxlm_steps
 
-    toks = make_batch(args.vocab)
-    batch = {"inputs": toks[:, :-1], "targets": toks[:, 1:],
-             "weights": np.ones(toks[:, 1:].shape, np.float32)}
-    raw = jaxlm_config(args.vocab, args.dtype)
-    raw["model"]["attention_impl"] = args.attention
-    cfg = config_from_dict(raw)
-    mesh = make_mesh(num_devices=1)
-    tx, lr = build_optimizer(cfg.optim, cfg.train.steps)
+    steps, state, b, _, mesh = jaxlm_steps(args.vocab, args.dtype, args.attention)
     with use_mesh(mesh):
-        steps = compile_steps(lambda: build_model(cfg.model.resolved(), "causal", seed=0), tx,
-                              LOSSES["causal"], lr, mesh)
-        state = steps.init()
-        b = put_batch(batch, steps.batch_sharding)
         t0 = time.perf_counter()
         compiled = steps.train.lower(state, b).compile()
         compile_s = time.perf_counter() - t0
@@ -121,7 +104,7 @@ def main() -> None:
               f"{args.steps}); page faults per step {statistics.median(faults):,.0f} "
               f"({statistics.median(faults) * 4096 / 1e6:.0f} MB); kernel time per step "
               f"{statistics.median(sys_s) * 1e3:.1f} ms; temporary buffer {temp / 1e6:.0f} MB; "
-              f"host malloc: {'reuse' if jaxlm.reuse_freed_host_memory() else 'system'}; "
+              f"host malloc: {'reuse' if applied() else 'system'}; "
               f"compile {compile_s:.1f} s; peak resident memory "
               f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB")
         with tempfile.TemporaryDirectory() as trace_dir:

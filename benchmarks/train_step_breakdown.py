@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_step_vs_torch import MODEL, jaxlm_config, make_batch, torch_adamw, torch_gpt2  # noqa: E402
+from train_step_vs_torch import (MODEL, jaxlm_steps, make_batch, torch_adamw,  # noqa: E402
+                                 torch_gpt2)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,28 +40,16 @@ def jax_parts(dtype: str, vocab: int, reps: int) -> dict[str, float]:
     os.environ.pop("XLA_FLAGS", None)
     sys.path.insert(0, str(REPO))
     import jax
-    import numpy as np
     from flax import nnx
 
-    from jaxlm.config import config_from_dict
     from jaxlm.models import build_model
-    from jaxlm.sharding import make_mesh, use_mesh
+    from jaxlm.sharding import use_mesh
     from jaxlm.tasks import LOSSES
-    from jaxlm.train.optim import build_optimizer
-    from jaxlm.train.steps import compile_steps, put_batch, train_compiler_options
+    from jaxlm.train.steps import train_compiler_options
 
-    toks = make_batch(vocab)
-    batch = {"inputs": toks[:, :-1], "targets": toks[:, 1:],
-             "weights": np.ones(toks[:, 1:].shape, np.float32)}
-    cfg = config_from_dict(jaxlm_config(vocab, dtype))
-    mesh = make_mesh(num_devices=1)
-    tx, lr = build_optimizer(cfg.optim, cfg.train.steps)
+    steps, state, b, cfg, mesh = jaxlm_steps(vocab, dtype)
     loss_fn = LOSSES["causal"]
     with use_mesh(mesh):
-        steps = compile_steps(lambda: build_model(cfg.model.resolved(), "causal", seed=0), tx,
-                              loss_fn, lr, mesh)
-        state = steps.init()
-        b = put_batch(batch, steps.batch_sharding)
         graphdef, _ = nnx.split(nnx.eval_shape(lambda: build_model(cfg.model.resolved(), "causal")),
                                 nnx.Param)
         opts = train_compiler_options(mesh)

@@ -43,11 +43,12 @@ MODEL = dict(num_layers=6, num_heads=6, d_model=384, seq_len=256, batch=8)
 PRECISIONS = ("float32", "bfloat16")
 
 
-def jaxlm_config(vocab: int, dtype: str) -> dict:
+def jaxlm_config(vocab: int, dtype: str, attention_impl: str = "auto") -> dict:
     """The jaxlm config of the benchmarked model and optimizer (`config_from_dict` input)."""
     return {"model": dict(family="gpt2", num_layers=MODEL["num_layers"],
                           num_heads=MODEL["num_heads"], d_model=MODEL["d_model"],
-                          max_len=MODEL["seq_len"], vocab_size=vocab, dtype=dtype),
+                          max_len=MODEL["seq_len"], vocab_size=vocab, dtype=dtype,
+                          attention_impl=attention_impl),
             "data": dict(seq_len=MODEL["seq_len"]),
             "optim": dict(name="adamw", lr=1e-3, b1=0.9, b2=0.99, weight_decay=0.1,
                           grad_clip=1.0, warmup_steps=0, schedule="constant"),
@@ -88,6 +89,33 @@ def make_batch(vocab: int, seed: int = 0):
     return toks.astype(np.int32)
 
 
+def jaxlm_steps(vocab: int, dtype: str, attention_impl: str = "auto"):
+    """The benchmarked model's jitted jaxlm steps on one CPU device, initialised, and the
+    benchmark batch placed for them: (steps, state, batch, config, mesh). Importing jaxlm here
+    (before JAX starts its backend) also applies `jaxlm.host_memory`."""
+    import numpy as np
+
+    from jaxlm.config import config_from_dict
+    from jaxlm.models import build_model
+    from jaxlm.sharding import make_mesh, use_mesh
+    from jaxlm.tasks import LOSSES
+    from jaxlm.train.optim import build_optimizer
+    from jaxlm.train.steps import compile_steps, put_batch
+
+    toks = make_batch(vocab)
+    host_batch = {"inputs": toks[:, :-1], "targets": toks[:, 1:],
+                  "weights": np.ones(toks[:, 1:].shape, np.float32)}
+    cfg = config_from_dict(jaxlm_config(vocab, dtype, attention_impl))
+    mesh = make_mesh(num_devices=1)
+    tx, lr = build_optimizer(cfg.optim, cfg.train.steps)
+    with use_mesh(mesh):
+        steps = compile_steps(lambda: build_model(cfg.model.resolved(), "causal", seed=0), tx,
+                              LOSSES["causal"], lr, mesh)
+        state = steps.init()
+        batch = put_batch(host_batch, steps.batch_sharding)
+    return steps, state, batch, cfg, mesh
+
+
 # ------------------------------------------------------------------------------------------ jax
 
 
@@ -96,40 +124,22 @@ def jax_worker(conn, vocab: int) -> None:
     os.environ.pop("XLA_FLAGS", None)  # one CPU device using every core
     sys.path.insert(0, str(REPO))
     import jax
-    import numpy as np
 
-    import jaxlm
-    from jaxlm.config import config_from_dict
-    from jaxlm.models import build_model
-    from jaxlm.sharding import make_mesh, use_mesh
-    from jaxlm.tasks import LOSSES
+    from jaxlm.host_memory import applied
     from jaxlm.train.flops import count_params, flops_per_token, measure_peak_flops
-    from jaxlm.train.optim import build_optimizer
-    from jaxlm.train.steps import compile_steps, put_batch
 
-    toks = make_batch(vocab)
-    batch = {"inputs": toks[:, :-1], "targets": toks[:, 1:],
-             "weights": np.ones(toks[:, 1:].shape, np.float32)}
-    mesh = make_mesh(num_devices=1)
     runs, info = {}, {}
     for dtype in PRECISIONS:
-        cfg = config_from_dict(jaxlm_config(vocab, dtype))
-        mcfg = cfg.model.resolved()
-        tx, lr = build_optimizer(cfg.optim, cfg.train.steps)
-        with use_mesh(mesh):
-            steps = compile_steps(lambda: build_model(mcfg, "causal", seed=0), tx,
-                                  LOSSES["causal"], lr, mesh)
-            state = steps.init()
-            b = put_batch(batch, steps.batch_sharding)
-            t0 = time.perf_counter()
-            state, m = steps.train(state, b)
-            first_loss = float(m["loss"])
-            info[dtype] = {"compile_s": time.perf_counter() - t0, "first_loss": first_loss,
-                           "params": count_params(state["params"]),
-                           "flops_per_token": flops_per_token(mcfg, MODEL["seq_len"])}
+        steps, state, b, cfg, _ = jaxlm_steps(vocab, dtype)
+        t0 = time.perf_counter()
+        state, m = steps.train(state, b)
+        first_loss = float(m["loss"])
+        info[dtype] = {"compile_s": time.perf_counter() - t0, "first_loss": first_loss,
+                       "params": count_params(state["params"]),
+                       "flops_per_token": flops_per_token(cfg.model.resolved(), MODEL["seq_len"])}
         runs[dtype] = [steps.train, state, b]
     conn.send({"devices": jax.device_count(), "info": info,
-               "malloc": "reuse" if jaxlm.reuse_freed_host_memory() else "system"})
+               "malloc": "reuse" if applied() else "system"})
     while True:
         msg = conn.recv()
         if msg is None:

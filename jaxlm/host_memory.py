@@ -40,6 +40,11 @@ def will_run_on_cpu(environ: dict | None = None, device_files: list[str] | None 
     return not device_files
 
 
+def applied() -> bool:
+    """Whether `reuse_freed_host_memory` has switched malloc in this process."""
+    return _applied
+
+
 def reuse_freed_host_memory() -> bool:
     """Switch glibc malloc to one arena without mmap or trimming; True when it was applied (or
     had been). Does nothing off Linux/glibc, off the CPU backend, or with JAXLM_HOST_MALLOC=system."""
