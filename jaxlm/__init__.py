@@ -16,5 +16,5 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 from jaxlm.host_memory import reuse_freed_host_memory
 
 # Before any JAX backend starts: on CPU, XLA's per-step buffers are then reused instead of being
-# page-faulted in again every step (~1.35x on a train step; jaxlm.host_memory says why).
+# page-faulted in again every step (1.2-1.4x on a train step; jaxlm.host_memory says why).
 reuse_freed_host_memory()
