@@ -10,7 +10,7 @@ import pytest
 
 from jaxlm.host_memory import will_run_on_cpu
 
-# A jitted step whose temporary buffer (~200 MB) is far above glibc's largest mmap threshold.
+# A jitted step whose temporary buffer (134 MB) is far above glibc's largest mmap threshold (32 MB).
 PROBE = textwrap.dedent("""
     import os, resource, sys
     os.environ["JAX_PLATFORMS"] = "cpu"
