@@ -77,8 +77,8 @@ def main() -> int:
                      num_devices=cfg.mesh.num_devices)
     tx, lr = build_optimizer(cfg.optim, cfg.train.steps)
     with use_mesh(mesh, cfg.mesh.rules):
-        steps = compile_steps(lambda: build_model(mcfg, cfg.train.objective, seed=0), tx,
-                              LOSSES[cfg.train.objective], lr, mesh,
+        steps = compile_steps(lambda: build_model(mcfg, cfg.train.task, seed=0), tx,
+                              LOSSES[cfg.train.task], lr, mesh,
                               grad_accum=cfg.train.grad_accum, dropout=mcfg.dropout > 0,
                               rules=cfg.mesh.rules)
         it = iter(data.train)
@@ -94,7 +94,7 @@ def main() -> int:
         step_tps = args.steps * tpb / (time.perf_counter() - t)
 
     ratio = pipe_tps / step_tps
-    print(f"config {args.config}: sampling={cfg.data.sampling}, objective={cfg.train.objective}, "
+    print(f"config {args.config}: sampling={cfg.data.sampling}, task={cfg.train.task}, "
           f"batch {cfg.train.batch_size} x seq {cfg.data.seq_len}, {jax.device_count()} "
           f"{jax.devices()[0].platform} device(s), {os.cpu_count()} CPUs")
     print(f"one-off data setup (read, train tokenizer, tokenize): {setup_s:.2f} s")

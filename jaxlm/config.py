@@ -19,6 +19,18 @@ import yaml
 
 from jaxlm.errors import ConfigError
 
+# Old spellings still read, each with a one-line notice on stderr (once per process): old -> new.
+DEPRECATED_KEYS: dict[str, str] = {"train.objective": "train.task"}
+_noticed: set[str] = set()
+
+
+def deprecation_notice(old: str, new: str) -> None:
+    """Print `jaxlm: 'old' is deprecated; use 'new'.` on stderr, once per process per spelling."""
+    if old not in _noticed:
+        _noticed.add(old)
+        import sys
+        sys.stderr.write(f"jaxlm: '{old}' is deprecated; use '{new}'.\n")
+
 # Model families: the knobs that differ between GPT-2, Llama and BERT. A field left at None in the
 # model section takes the value of its family here.
 FAMILY_PRESETS: dict[str, dict[str, Any]] = {
@@ -52,7 +64,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.param_dtype": ("float32", "bfloat16"),
     "optim.name": ("adamw", "adafactor", "lion", "sgd"),
     "optim.schedule": ("cosine", "linear", "constant"),
-    "train.objective": ("causal", "masked", "classification"),
+    "train.task": ("causal", "masked", "classification"),
     "train.on_nonfinite": ("stop", "skip"),
     "finetune.pooling": ("first", "mean", "last"),
     "distributed.initialize": ("auto", "always", "never"),
@@ -173,7 +185,7 @@ class DataConfig:
     seq_len: int = 64
     sampling: str = "random_windows"
     packing: str = "concat"  # sampling=packed: concat-then-split or first-fit bins (grain)
-    mask_prob: float = 0.15  # objective=masked: fraction of tokens scored (80/10/10 replaced)
+    mask_prob: float = 0.15  # task=masked: fraction of tokens scored (80/10/10 replaced)
     whole_word_mask: bool = False
     length_buckets: list[int] = field(default_factory=list)  # classification (empty: powers of 2)
     prefetch: int = 4  # batches prepared ahead in a background thread
@@ -184,7 +196,7 @@ class DataConfig:
 class TrainConfig:
     """The loop: how long, how big, how often to evaluate, log and checkpoint."""
 
-    objective: str = "causal"
+    task: str = "causal"  # what is trained: causal LM, masked LM, or sequence classification
     steps: int = 1000
     batch_size: int = 12  # global, across all devices and hosts
     grad_accum: int = 1
@@ -200,6 +212,17 @@ class TrainConfig:
     # exits (code 3) naming the step, "skip" carries on and counts them (metric nonfinite_steps).
     on_nonfinite: str = "stop"
     preemption_check_every: int = 10  # multi-host: steps between agreeing on SIGTERM/SIGINT
+
+    @property
+    def objective(self) -> str:
+        """Deprecated name of `task`."""
+        deprecation_notice("train.objective", "train.task")
+        return self.task
+
+    @objective.setter
+    def objective(self, value: str) -> None:
+        deprecation_notice("train.objective", "train.task")
+        self.task = value
 
 
 @dataclass
@@ -316,6 +339,15 @@ def _build(cls: type, raw: dict, prefix: str = "") -> Any:
     kwargs = {}
     for key, value in raw.items():
         path = f"{prefix}.{key}" if prefix else str(key)
+        if path in DEPRECATED_KEYS:
+            new_path = DEPRECATED_KEYS[path]
+            deprecation_notice(path, new_path)
+            key = new_path.rsplit(".", 1)[-1]
+            if key in raw and raw[key] != value:
+                raise ConfigError(f"Config keys '{path}' (deprecated) and '{new_path}' disagree "
+                                  f"({value!r} vs {raw[key]!r}). Keep only '{new_path}'.",
+                                  culprit=new_path)
+            path = new_path
         if key not in names:
             valid = [f"{prefix}.{n}" if prefix else n for n in names]
             close = difflib.get_close_matches(path, valid, n=1, cutoff=0.6)
@@ -391,6 +423,20 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     """Load a YAML config file (or the defaults when path is None) and apply overrides."""
     raw = load_yaml(path) if path else {}
     return config_from_dict(raw, overrides)
+
+
+def migrate_raw(raw: dict) -> dict:
+    """A copy of a raw config dict (e.g. an old run's config.yaml) with deprecated keys renamed
+    (DEPRECATED_KEYS), silently: for comparing saved configs with new ones."""
+    raw = _deepcopy(raw)
+    for old, new in DEPRECATED_KEYS.items():
+        *parents, leaf = old.split(".")
+        node = raw
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node:
+            node.setdefault(new.rsplit(".", 1)[-1], node.pop(leaf))
+    return raw
 
 
 def _deepcopy(raw: Any) -> Any:

@@ -56,7 +56,7 @@ class Generator:
         if not hasattr(model, "lm_head"):
             raise ConfigError(f"Generation needs a causal language model (CausalLM), got "
                               f"{type(model).__name__}. Pass a model trained with "
-                              "train.objective=causal, or an imported GPT-2/Llama checkpoint.",
+                              "train.task=causal, or an imported GPT-2/Llama checkpoint.",
                               culprit=type(model).__name__)
         graphdef, params = nnx.split(model, nnx.Param)
         self.mesh, self.rules = mesh, rules

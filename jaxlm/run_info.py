@@ -105,7 +105,8 @@ def describe_run(run_dir: str | Path, *, count_params: bool = True) -> dict[str,
     summary = _read_json(d / "summary.json") or {}
     imported = _read_json(d / "hf_import.json")
     train_cfg = cfg.get("train", {}) or {}
-    objective = spec.get("objective") or train_cfg.get("objective", "causal")
+    objective = (spec.get("objective") or train_cfg.get("task") or train_cfg.get("objective")
+                 or "causal")
     kind = ("converted" if imported is not None else
             "finetune" if objective == "classification" else "pretrain")
     records = metric_records(d)

@@ -135,7 +135,7 @@ def _scenes_config(tmp_path, data_dir):
                  "sampling": "packed", "packing": "first_fit"},
         "optim": {"lr": 3e-3, "warmup_steps": 2},
         "mesh": {"num_devices": 1},
-        "train": {"objective": "masked", "steps": 8, "batch_size": 4, "eval_every": 4,
+        "train": {"task": "masked", "steps": 8, "batch_size": 4, "eval_every": 4,
                   "log_every": 2, "checkpoint_every": 3, "eval_batches": 2},
     })
 

@@ -41,7 +41,7 @@ def pretrained(sst_small, tmp_path_factory):
         "data": {"train": f"text:{corpus}", "seq_len": 32,
                  "tokenizer": {"kind": "wordpiece", "vocab_size": 400}},
         "optim": {"lr": 3e-3},
-        "train": {"objective": "masked", "steps": 6, "batch_size": 8, "eval_every": 6,
+        "train": {"task": "masked", "steps": 6, "batch_size": 8, "eval_every": 6,
                   "eval_batches": 1, "checkpoint_every": 6, "log_every": 3}})
     pretrain(cfg, str(run), show_progress=False)
     return run
@@ -51,7 +51,7 @@ def ft_config(data_root: Path, **sections):
     raw = {"mesh": {"num_devices": 1},
            "data": {"train": f"labeled:{data_root}", "seq_len": 32},
            "optim": {"lr": 1e-3, "warmup_steps": 0, "schedule": "constant"},
-           "train": {"objective": "classification", "steps": 4, "batch_size": 8, "eval_every": 2,
+           "train": {"task": "classification", "steps": 4, "batch_size": 8, "eval_every": 2,
                      "log_every": 2, "checkpoint_every": 4},
            "finetune": {"pooling": "mean"}}
     for k, v in sections.items():

@@ -59,7 +59,7 @@ def test_convert_then_export_gpt2(tiny, tmp_path, capsys):
     assert {"config.yaml", "tokenizer.json", "checkpoints", "hf_import.json"} <= {
         p.name for p in run.iterdir()}
     cfg_yaml = yaml.safe_load((run / "config.yaml").read_text())
-    assert cfg_yaml["model"]["family"] == "gpt2" and cfg_yaml["train"]["objective"] == "causal"
+    assert cfg_yaml["model"]["family"] == "gpt2" and cfg_yaml["train"]["task"] == "causal"
     # the run directory holds exactly the imported parameters
     a, b = to_flat(import_hf(src)[1]), to_flat(load_params(run)[1])
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
@@ -84,7 +84,7 @@ def test_convert_bert_for_classification_then_export(tiny, tmp_path, capsys):
     meta = json.loads((run / "hf_import.json").read_text())
     assert meta["fresh"] == ["head.classifier.bias", "head.classifier.kernel"] and meta["pooler"]
     cfg_yaml = yaml.safe_load((run / "config.yaml").read_text())
-    assert cfg_yaml["train"]["objective"] == "classification"
+    assert cfg_yaml["train"]["task"] == "classification"
     ids, mask = padded_batch(tok, add_special_tokens=True)
     logits, info = jax_outputs(run, ids, mask)
     assert info["num_labels"] == 3 and info["pooling"] == "first" and logits.shape == (4, 3)
@@ -146,7 +146,7 @@ def test_export_of_a_finetuning_run(tiny, data_dir, tmp_path):
     run, out = tmp_path / "run", tmp_path / "hf"
     cfg = {"name": "tiny_ft", "data": {"train": f"labeled:{data_dir}/sst2", "seq_len": 32},
            "optim": {"lr": 1e-3, "schedule": "constant"},
-           "train": {"objective": "classification", "steps": 4, "batch_size": 8,
+           "train": {"task": "classification", "steps": 4, "batch_size": 8,
                      "eval_every": 2, "eval_batches": 2, "log_every": 2, "checkpoint_every": 4},
            "finetune": {"init_from": f"hf:{src}", "pooling": "first", "pooler": True}}
     (tmp_path / "ft.yaml").write_text(yaml.safe_dump(cfg))

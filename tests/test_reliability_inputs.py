@@ -21,7 +21,7 @@ TINY = {"model": {"family": "gpt2", "num_layers": 1, "d_model": 32, "num_heads":
 CLF = {"model": {"family": "bert", "num_layers": 1, "d_model": 32, "num_heads": 2, "max_len": 64},
        "data": {"seq_len": 32, "tokenizer": {"kind": "wordpiece", "vocab_size": 300}},
        "mesh": {"num_devices": 1},
-       "train": {"objective": "classification", "steps": 4, "batch_size": 8, "eval_every": 4,
+       "train": {"task": "classification", "steps": 4, "batch_size": 8, "eval_every": 4,
                  "log_every": 2, "checkpoint_every": 4}}
 EXISTING = ("lm", "clf", "lm_badcfg", "hf_lm", "notrun")  # folders no bad input may change
 
@@ -120,7 +120,7 @@ def _tree_hash(root: Path) -> str:
 P = ["pretrain", "--config", "{W}/tiny.yaml", "--quiet"]
 F = ["finetune", "--config", "{W}/clf.yaml", "--quiet"]
 CASES = [  # (id, argv, substrings the message must hold)
-    # pretrain: config files, run directories, data, tokenizer, model/objective
+    # pretrain: config files, run directories, data, tokenizer, model/task
     ("config file missing", ["pretrain", "--config", "{W}/nope.yaml"], ["nope.yaml", "does not exist"]),
     ("config not YAML", ["pretrain", "--config", "{W}/badyaml.yaml"], ["badyaml.yaml", "not valid YAML"]),
     ("config not a mapping", ["pretrain", "--config", "{W}/list.yaml"], ["list.yaml", "mapping"]),
@@ -144,9 +144,9 @@ CASES = [  # (id, argv, substrings the message must hold)
      ["badtok.json", "could not be read"]),
     ("vocab smaller than tokenizer", P + ["--run-dir", "{W}/new", "--set", "model.vocab_size=5"],
      ["model.vocab_size=5"]),
-    ("masked objective on causal model", P + ["--run-dir", "{W}/new", "--set",
-                                              "train.objective=masked"],
-     ["train.objective", "bidirectional"]),
+    ("masked task on causal model", P + ["--run-dir", "{W}/new", "--set",
+                                              "train.task=masked"],
+     ["train.task", "bidirectional"]),
     # finetune
     ("finetune on unlabeled data", F + ["--run-dir", "{W}/new", "--set",
                                         "data.train=text:{W}/corpus.txt"], ["has no labels"]),

@@ -158,7 +158,7 @@ def test_finetune_stops_on_sigterm_and_resumes(data_dir, tmp_path, monkeypatch):
            "data": {"train": f"labeled:{sst}", "seq_len": 32,
                     "tokenizer": {"kind": "wordpiece", "vocab_size": 300}},
            "mesh": {"num_devices": 1},
-           "train": {"objective": "classification", "steps": 6, "batch_size": 8,
+           "train": {"task": "classification", "steps": 6, "batch_size": 8,
                      "eval_every": 3, "log_every": 3, "checkpoint_every": 3}}
     from jaxlm.train.finetune import finetune
     _signal_at(monkeypatch, 4, signal.SIGTERM)

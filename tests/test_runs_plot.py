@@ -33,7 +33,7 @@ def runs_root(tmp_path_factory, data_dir):
     assert main(pre.split()) == 0
     ft = (f"finetune --config {_cfg(root, 'ft')} --run-dir {root / 'sst2' / 'ft'} {common} "
           f"--init-from {root / 'pre'} --set data.train=labeled:{sst} --set data.seq_len=32 "
-          "--set train.objective=classification --set train.steps=4 --set train.log_every=1 "
+          "--set train.task=classification --set train.steps=4 --set train.log_every=1 "
           "--set train.eval_every=2 --set train.checkpoint_every=4 --set finetune.pooling=mean")
     assert main(ft.split()) == 0
     return root

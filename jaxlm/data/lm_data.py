@@ -109,8 +109,8 @@ class LMBatches:
 
 
 def mask_spec_for(cfg: Any, tok: TextTokenizer) -> MaskSpec | None:
-    """The masked-LM masking spec for objective=masked (None otherwise)."""
-    if cfg.train.objective != "masked":
+    """The masked-LM masking spec for task=masked (None otherwise)."""
+    if cfg.train.task != "masked":
         return None
     if cfg.data.whole_word_mask and cfg.data.sampling != "packed":
         raise ConfigError("data.whole_word_mask needs word boundaries, which random windows cut "
@@ -127,11 +127,11 @@ def lm_batches(cfg: Any, tok: TextTokenizer, train: Source, val: Source, *,
     eval_B = t.eval_batch_size or B
     mask = mask_spec_for(cfg, tok)
     if d.sampling == "packed":
-        enc = DocEncoder(tok, t.objective, mask, seed=t.seed)
+        enc = DocEncoder(tok, t.task, mask, seed=t.seed)
         ds = packed_train_dataset(train, enc, seq_len=T, global_batch=B, seed=t.seed,
                                   packing=d.packing, process_index=process_index,
                                   process_count=process_count, prefetch=d.prefetch)
-        val_enc = DocEncoder(tok, t.objective, mask, seed=t.seed + 7919)
+        val_enc = DocEncoder(tok, t.task, mask, seed=t.seed + 7919)
         vb = packed_eval_batches(val, val_enc, seq_len=T, global_batch=eval_B,
                                  max_batches=t.eval_batches, process_index=process_index,
                                  process_count=process_count)

@@ -37,14 +37,14 @@ class DocEncoder:
     """Turns one document into per-token features {inputs, targets, weights} (unpacked)."""
 
     tok: TextTokenizer
-    objective: str = "causal"  # "causal": next token; "masked": BERT corruption
+    task: str = "causal"  # "causal": next token; "masked": BERT corruption
     mask: MaskSpec | None = None
     seed: int = 0
 
     def __call__(self, index: int, text: str) -> dict[str, np.ndarray] | None:
         enc = self.tok.tokenizer.encode(text, add_special_tokens=False)
         ids = list(enc.ids)
-        if self.objective == "causal":
+        if self.task == "causal":
             if self.tok.sep_id is not None:
                 ids.append(self.tok.sep_id)  # end of document: the model learns where text stops
             if len(ids) < 2:

@@ -31,7 +31,7 @@ def load_run(path: str | Path, *, step: int | None = None
     task = info.get("task")
     if task != "causal":
         raise ConfigError(f"'{path}' holds a '{task}' model; generation needs a causal language "
-                          "model (a run trained with train.objective=causal, or a GPT-2/Llama "
+                          "model (a run trained with train.task=causal, or a GPT-2/Llama "
                           "checkpoint).", culprit=str(path))
     with jax.default_device(jax.devices()[0]):
         model = build_model(mcfg, "causal")

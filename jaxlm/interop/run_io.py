@@ -125,7 +125,7 @@ def _spec_from_config(run_dir: Path, flat: dict, tok: TextTokenizer) -> dict:
                               "is not a jaxlm model checkpoint.", culprit=str(run_dir))
     pad = cfg.model.pad_token_id if cfg.model.vocab_size else (tok.pad_id or 0)
     mcfg = dataclasses.replace(cfg.model, vocab_size=int(emb.shape[0]), pad_token_id=pad)
-    objective = objective_of(flat) or cfg.train.objective
+    objective = objective_of(flat) or cfg.train.task
     raw = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
     head = model_kwargs(mcfg, flat, objective, _find_key(raw, "pooling"))
     return {"objective": objective, "model": dataclasses.asdict(mcfg), "head": head}
@@ -201,10 +201,10 @@ def write_run(run_dir: str | Path, cfg: ModelConfig, params: nnx.State, tok: Tex
     if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
         raise ConfigError(f"Output run directory '{run_dir}' is not empty. Choose a new --out or "
                           "pass --overwrite to replace it.", culprit=str(run_dir))
-    objective = task if task in CHOICES["train.objective"] else (
+    objective = task if task in CHOICES["train.task"] else (
         "masked" if cfg.family == "bert" else "causal")
     run_cfg = Config(name=run_dir.name, model=cfg.resolved())
-    run_cfg.train.objective = objective
+    run_cfg.train.task = objective
     run_cfg.data.seq_len = min(run_cfg.data.seq_len, cfg.max_len)
     if task == "classification" and hasattr(run_cfg, "finetune"):  # the head's settings
         run_cfg.finetune.pooling = info.get("pooling") or run_cfg.finetune.pooling

@@ -52,15 +52,27 @@ class Classifier(nnx.Module):
         return self.head(x, segment_ids_BxT, rngs[1])
 
 
-def build_model(cfg: ModelConfig, objective: str = "causal", *, seed: int = 0,
-                num_labels: int = 0, pooling: str = "first", pooler: bool = False) -> nnx.Module:
-    """Build an unsharded model (eager sharding off); shard its state with `jaxlm.sharding`."""
+def build_model(cfg: ModelConfig, task: str = "causal", *, seed: int = 0,
+                num_labels: int = 0, pooling: str = "first", pooler: bool = False,
+                **deprecated: str) -> nnx.Module:
+    """Build an unsharded model (eager sharding off) for `task` (causal, masked or
+    classification); shard its state with `jaxlm.sharding`. `cfg` is validated first
+    (`ModelConfig.validate`: a ConfigError names a bad field)."""
+    if "objective" in deprecated:  # the old keyword
+        from jaxlm.config import deprecation_notice
+        deprecation_notice("build_model(objective=...)", "build_model(task=...)")
+        task = deprecated.pop("objective")
+    if deprecated:
+        raise TypeError(f"build_model() got unexpected keyword arguments {sorted(deprecated)}")
     rngs = nnx.Rngs(seed)
     with nnx.use_eager_sharding(False):
-        if objective == "causal":
+        if task == "causal":
             return CausalLM(cfg, rngs)
-        if objective == "masked":
+        if task == "masked":
             return MaskedLM(cfg, rngs)
-        if objective == "classification":
+        if task == "classification":
             return Classifier(cfg, num_labels, rngs, pooling=pooling, pooler=pooler)
-    raise ValueError(f"unknown objective {objective!r}")
+    from jaxlm.config import CHOICES
+    from jaxlm.errors import ConfigError
+    raise ConfigError(f"Unknown task {task!r}: build_model builds one of "
+                      f"{', '.join(CHOICES['train.task'])}.", culprit="train.task")

@@ -69,9 +69,9 @@ def _batch_arrays(cfg: Config, vocab: int, seed: int = 0) -> dict[str, np.ndarra
     rng = np.random.default_rng(seed + jax.process_index())
     toks = rng.integers(0, vocab, (B, T + 1)).astype(np.int32)
     batch = {"inputs": toks[:, :-1], "targets": toks[:, 1:], "weights": np.ones((B, T), np.float32)}
-    if cfg.train.objective == "classification":
-        raise ConfigError("jaxlm bench measures language-model steps (train.objective causal or "
-                          "masked).", culprit="train.objective")
+    if cfg.train.task == "classification":
+        raise ConfigError("jaxlm bench measures language-model steps (train.task causal or "
+                          "masked).", culprit="train.task")
     return batch
 
 
@@ -107,8 +107,8 @@ def build_steps(cfg: Config, mesh=None) -> tuple[CompiledSteps, ModelConfig, Any
     check_batch(cfg, mesh)
     tx, lr = build_optimizer(cfg.optim, cfg.train.steps)
     with use_mesh(mesh, cfg.mesh.rules):
-        steps = compile_steps(lambda: build_model(mcfg, cfg.train.objective, seed=cfg.train.seed),
-                              tx, LOSSES[cfg.train.objective], lr, mesh, seed=cfg.train.seed,
+        steps = compile_steps(lambda: build_model(mcfg, cfg.train.task, seed=cfg.train.seed),
+                              tx, LOSSES[cfg.train.task], lr, mesh, seed=cfg.train.seed,
                               grad_accum=cfg.train.grad_accum, dropout=mcfg.dropout > 0,
                               rules=cfg.mesh.rules)
     return steps, mcfg, mesh

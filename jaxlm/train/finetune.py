@@ -152,8 +152,8 @@ def finetune(cfg: Config, run_dir: str | None = None, *, overwrite: bool = False
     from jaxlm.data.classification import classification_dataset, classification_eval_batches
     from jaxlm.train.checkpoint import abstract_with_shardings
 
-    if cfg.train.objective != "classification":
-        cfg.train.objective = "classification"
+    if cfg.train.task != "classification":
+        cfg.train.task = "classification"
     out_dir = resolve_run_dir(cfg, run_dir)
     mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, num_devices=cfg.mesh.num_devices)
     check_batch(cfg, mesh)

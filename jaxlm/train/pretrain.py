@@ -76,18 +76,18 @@ def pretrain(cfg: Config, run_dir: str | None = None, *, overwrite: bool = False
     prepare_run_dir(cfg, out_dir, overwrite)
     tok = setup_tokenizer(cfg, out_dir, train_src)
     mcfg = model_config_for(cfg, tok)
-    if cfg.train.objective == "masked" and mcfg.causal:
-        raise ConfigError("train.objective: masked needs a bidirectional model, and this one is "
+    if cfg.train.task == "masked" and mcfg.causal:
+        raise ConfigError("train.task: masked needs a bidirectional model, and this one is "
                           "causal. Use model.family: bert, or set model.causal: false.",
-                          culprit="train.objective")
-    write_model_spec(out_dir, mcfg, cfg.train.objective)
+                          culprit="train.task")
+    write_model_spec(out_dir, mcfg, cfg.train.task)
     data = lm_batches(cfg, tok, train_src, val_src, process_index=jax.process_index(),
                       process_count=jax.process_count())
     tx, lr = build_optimizer(cfg.optim, cfg.train.steps)
     T, B = cfg.data.seq_len, cfg.train.batch_size
     with use_mesh(mesh, cfg.mesh.rules):
-        steps = compile_steps(lambda: build_model(mcfg, cfg.train.objective, seed=cfg.train.seed),
-                              tx, LOSSES[cfg.train.objective], lr, mesh, seed=cfg.train.seed,
+        steps = compile_steps(lambda: build_model(mcfg, cfg.train.task, seed=cfg.train.seed),
+                              tx, LOSSES[cfg.train.task], lr, mesh, seed=cfg.train.seed,
                               grad_accum=cfg.train.grad_accum, dropout=mcfg.dropout > 0,
                               rules=cfg.mesh.rules)
         iterator = iter(data.train)

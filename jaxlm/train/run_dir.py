@@ -11,12 +11,12 @@ from typing import Any
 import yaml
 
 from jaxlm.atomic import write_text_atomic
-from jaxlm.config import Config, config_from_dict, save_config, to_dict
+from jaxlm.config import Config, config_from_dict, migrate_raw, save_config, to_dict
 from jaxlm.errors import CheckpointError, ConfigError
 
 # Sections that must match for a run directory to be resumed with a config (mesh, step count,
 # logging and evaluation cadence may change between sessions).
-IDENTITY_KEYS = ("model", "data", "optim", "train.objective", "train.batch_size", "train.seed",
+IDENTITY_KEYS = ("model", "data", "optim", "train.task", "train.batch_size", "train.seed",
                  "train.grad_accum")
 
 
@@ -45,7 +45,7 @@ def prepare_run_dir(cfg: Config, run_dir: Path, overwrite: bool = False) -> bool
         if overwrite:
             _clear_run(run_dir)
         else:
-            old = _read_yaml(cfg_path)
+            old = migrate_raw(_read_yaml(cfg_path))  # train.objective -> train.task
             new = to_dict(cfg)
             diffs = [k for k in IDENTITY_KEYS if _pick(old, k) != _pick(new, k)]
             if diffs and not _has_checkpoint(run_dir):
