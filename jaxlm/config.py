@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -28,7 +30,6 @@ def deprecation_notice(old: str, new: str) -> None:
     """Print `jaxlm: 'old' is deprecated; use 'new'.` on stderr, once per process per spelling."""
     if old not in _noticed:
         _noticed.add(old)
-        import sys
         sys.stderr.write(f"jaxlm: '{old}' is deprecated; use '{new}'.\n")
 
 # Model families: the knobs that differ between GPT-2, Llama and BERT. A field left at None in the
@@ -76,9 +77,53 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+def choices(path: str) -> tuple[str, ...]:
+    """The values config key `path` accepts. `model.attention_impl`: the built-in attention
+    implementations plus those registered with `jaxlm.models.attention.register_attention`."""
+    if path == "model.attention_impl":
+        attention = sys.modules.get("jaxlm.models.attention")  # registering imports it
+        if attention is not None:
+            return attention.attention_names()
+    return CHOICES[path]
+
+
+class _Section:
+    """What every config section shares: `validate()`, the same checks for a config built in
+    Python as for one read from YAML (types, choices, then the section's own rules)."""
+
+    _section = ""  # the section's key path in a Config ("model", "data.tokenizer", ...)
+
+    def validate(self) -> None:
+        """Raise a ConfigError naming the first bad key (its type, its choices, or a rule
+        between keys); return None when the section is valid."""
+        _check_fields(self, self._section)
+        self._check_rules()
+
+    def _check_rules(self) -> None:
+        """Checks between the section's keys (subclasses)."""
+
+
+def _bad(key: str, msg: str) -> None:
+    raise ConfigError(f"Config key '{key}': {msg}", culprit=key)
+
+
+def _require_positive(section: Any, prefix: str, keys: tuple[str, ...], *,
+                      zero_ok: bool = False) -> None:
+    for key in keys:
+        value = getattr(section, key)
+        if value < 0 or (value == 0 and not zero_ok):
+            _bad(f"{prefix}.{key}", f"must be {'>= 0' if zero_ok else 'positive'}, got {value}.")
+
+
 @dataclass
-class ModelConfig:
-    """Transformer shape and family; None fields come from `FAMILY_PRESETS[family]`."""
+class ModelConfig(_Section):
+    """Transformer shape and family; None fields come from `FAMILY_PRESETS[family]`.
+
+    Built in Python or read from YAML, it is validated the same way (`validate()`, which
+    `resolved()` and `jaxlm.build_model` call): a bad value raises a ConfigError naming the key.
+    """
+
+    _section = "model"
 
     family: str = "gpt2"
     vocab_size: int = 0  # 0: taken from the tokenizer
@@ -115,7 +160,37 @@ class ModelConfig:
     pad_token_id: int = 0
 
     def resolved(self) -> "ModelConfig":
-        """A copy with family defaults and derived sizes filled in."""
+        """A validated copy with family defaults and derived sizes filled in."""
+        self.validate()
+        return self._resolve()
+
+    def _check_rules(self) -> None:
+        _require_positive(self, "model", ("num_layers", "d_model", "num_heads", "max_len"))
+        _require_positive(self, "model", ("vocab_size", "num_kv_heads", "head_dim", "d_ff"),
+                          zero_ok=True)
+        m = self._resolve()
+        if m.num_heads % m.num_kv_heads:
+            _bad("model.num_kv_heads", f"{m.num_kv_heads} must divide model.num_heads="
+                 f"{m.num_heads}.")
+        if self.head_dim == 0 and m.d_model % m.num_heads:
+            _bad("model.num_heads", f"{m.num_heads} must divide model.d_model={m.d_model} "
+                 "(or set model.head_dim explicitly).")
+        if m.position == "rope" and m.head_dim % 2:
+            _bad("model.head_dim", f"RoPE needs an even head_dim, got {m.head_dim}.")
+        if m.rope_scaling:
+            kind = m.rope_scaling.get("rope_type")
+            if kind not in ROPE_SCALING_KEYS:
+                _bad("model.rope_scaling", "rope_type must be one of "
+                     f"{', '.join(ROPE_SCALING_KEYS)}, got {kind!r}.")
+            missing = [k for k in ROPE_SCALING_KEYS[kind] if k not in m.rope_scaling]
+            if missing:
+                _bad("model.rope_scaling", f"'{kind}' scaling needs {', '.join(missing)}.")
+        if not 0.0 <= m.dropout < 1.0:
+            _bad("model.dropout", f"must be in [0, 1), got {m.dropout}.")
+        if m.norm_eps is not None and m.norm_eps <= 0:
+            _bad("model.norm_eps", f"must be positive, got {m.norm_eps}.")
+
+    def _resolve(self) -> "ModelConfig":
         preset = FAMILY_PRESETS[self.family]
         updates = {k: v for k, v in preset.items() if getattr(self, k) is None}
         out = dataclasses.replace(self, **updates)
@@ -129,8 +204,10 @@ class ModelConfig:
 
 
 @dataclass
-class MeshConfig:
+class MeshConfig(_Section):
     """Device mesh sizes (-1: the rest of the devices) and logical-axis rule overrides."""
+
+    _section = "mesh"
 
     data: int = -1
     fsdp: int = 1
@@ -138,10 +215,20 @@ class MeshConfig:
     num_devices: int = 0  # 0: all devices; N: the first N (tests, sharing a host)
     rules: dict[str, Any] = field(default_factory=dict)
 
+    def _check_rules(self) -> None:
+        for key in ("data", "fsdp", "tensor"):
+            v = getattr(self, key)
+            if v == 0 or v < -1:
+                _bad(f"mesh.{key}", f"must be a positive size or -1 (the rest of the devices), "
+                     f"got {v}.")
+        _require_positive(self, "mesh", ("num_devices",), zero_ok=True)
+
 
 @dataclass
-class OptimConfig:
+class OptimConfig(_Section):
     """Optimizer and learning-rate schedule (optax)."""
+
+    _section = "optim"
 
     name: str = "adamw"
     lr: float = 1e-3
@@ -157,10 +244,19 @@ class OptimConfig:
     momentum: float = 0.9
     grad_clip: float = 1.0  # 0: no clipping
 
+    def _check_rules(self) -> None:
+        _require_positive(self, "optim", ("lr", "min_lr", "warmup_steps", "decay_steps", "eps",
+                                          "weight_decay", "grad_clip"), zero_ok=True)
+        for key in ("b1", "b2"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                _bad(f"optim.{key}", f"must be in [0, 1), got {getattr(self, key)}.")
+
 
 @dataclass
-class TokenizerConfig:
+class TokenizerConfig(_Section):
     """Which tokenizer to train (char, bpe, ...) or load (`path` to a tokenizer.json)."""
+
+    _section = "data.tokenizer"
 
     kind: str = "char"
     vocab_size: int = 0
@@ -168,8 +264,10 @@ class TokenizerConfig:
 
 
 @dataclass
-class DataConfig:
+class DataConfig(_Section):
     """Where the text comes from and how it becomes fixed-length rows."""
+
+    _section = "data"
 
     train: str = ""  # a dataset spec: tfds:NAME[/CONFIG][:SPLIT], text:, labeled:, tsv:, csv:, jsonl:
     validation: str = ""  # empty: the spec's validation split, else the last `val_fraction`
@@ -191,10 +289,21 @@ class DataConfig:
     prefetch: int = 4  # batches prepared ahead in a background thread
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
 
+    def _check_rules(self) -> None:
+        self.tokenizer.validate()
+        _require_positive(self, "data", ("seq_len",))
+        _require_positive(self, "data", ("prefetch",), zero_ok=True)
+        if not 0.0 < self.val_fraction < 1.0 and not self.validation:
+            _bad("data.val_fraction", f"must be in (0, 1), got {self.val_fraction}.")
+        if not 0.0 <= self.mask_prob <= 1.0:
+            _bad("data.mask_prob", f"must be in [0, 1], got {self.mask_prob}.")
+
 
 @dataclass
-class TrainConfig:
+class TrainConfig(_Section):
     """The loop: how long, how big, how often to evaluate, log and checkpoint."""
+
+    _section = "train"
 
     task: str = "causal"  # what is trained: causal LM, masked LM, or sequence classification
     steps: int = 1000
@@ -213,6 +322,15 @@ class TrainConfig:
     on_nonfinite: str = "stop"
     preemption_check_every: int = 10  # multi-host: steps between agreeing on SIGTERM/SIGINT
 
+    def _check_rules(self) -> None:
+        _require_positive(self, "train", ("steps", "batch_size", "grad_accum", "log_every",
+                                          "checkpoint_every", "keep_checkpoints",
+                                          "preemption_check_every"))
+        _require_positive(self, "train", ("eval_batches", "eval_batch_size"), zero_ok=True)
+        if self.batch_size % self.grad_accum:
+            _bad("train.grad_accum", f"{self.grad_accum} must divide train.batch_size="
+                 f"{self.batch_size} (each micro-batch is batch_size / grad_accum rows).")
+
     @property
     def objective(self) -> str:
         """Deprecated name of `task`."""
@@ -226,8 +344,10 @@ class TrainConfig:
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(_Section):
     """Sequence classification on top of a (pretrained) backbone."""
+
+    _section = "finetune"
 
     init_from: str = ""  # pretraining run dir, its checkpoints/STEP dir, or hf:DIR; empty: scratch
     pooling: str = "first"  # first token, mean of tokens, or last non-pad token
@@ -239,9 +359,11 @@ class FinetuneConfig:
 
 
 @dataclass
-class DistributedConfig:
+class DistributedConfig(_Section):
     """Multi-host start-up (see `jaxlm.distributed`): empty values come from JAXLM_COORDINATOR,
     JAXLM_NUM_PROCESSES, JAXLM_PROCESS_ID, else from the cluster (TPU pod, SLURM, Open MPI)."""
+
+    _section = "distributed"
 
     initialize: str = "auto"  # auto: when settings or a cluster are found; always; never
     coordinator: str = ""  # host:port of process 0
@@ -250,8 +372,9 @@ class DistributedConfig:
 
 
 @dataclass
-class Config:
-    """One experiment."""
+class Config(_Section):
+    """One experiment. `validate()` checks a config built in Python exactly as `load_config`
+    checks a YAML file."""
 
     name: str = "run"
     run_dir: str = ""  # empty: runs/<name>
@@ -263,6 +386,16 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+
+    def _check_rules(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, _Section):
+                value.validate()
+        m = self.model._resolve()
+        if self.data.seq_len > m.max_len and m.position == "learned":
+            _bad("data.seq_len", f"{self.data.seq_len} exceeds model.max_len={m.max_len}, the "
+                 "number of learned positions. Raise model.max_len or lower data.seq_len.")
 
     def resolved_data_root(self) -> str:
         """Where `{data_root}` points: data_root, else $JAXLM_DATA, else ../shared/data."""
@@ -279,6 +412,9 @@ class Config:
 
 def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
+
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def _check_value(path: str, value: Any, hint: Any) -> Any:
@@ -322,6 +458,8 @@ def _check_value(path: str, value: Any, hint: Any) -> Any:
     elif hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):  # YAML 1.1 reads 3e-4 as
+            return float(value)  # a string; users write it so
     elif hint is str:
         if isinstance(value, str):
             return value
@@ -358,13 +496,36 @@ def _build(cls: type, raw: dict, prefix: str = "") -> Any:
     obj = cls(**kwargs)
     for name in names:
         path = f"{prefix}.{name}" if prefix else name
-        value = getattr(obj, name)
-        if path in CHOICES and value is not None and value not in CHOICES[path]:
-            close = difflib.get_close_matches(str(value), CHOICES[path], n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"Config key '{path}' is {value!r}, which is not one of "
-                              f"{', '.join(CHOICES[path])}.{hint}", culprit=path)
+        _check_choice(path, getattr(obj, name))
     return obj
+
+
+def _check_choice(path: str, value: Any) -> None:
+    if path not in CHOICES or value is None:
+        return
+    allowed = choices(path)
+    if value not in allowed:
+        close = difflib.get_close_matches(str(value), allowed, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        extra = (" Register your own with jaxlm.models.attention.register_attention(name, fn)."
+                 if path == "model.attention_impl" else "")
+        raise ConfigError(f"Config key '{path}' is {value!r}, which is not one of "
+                          f"{', '.join(allowed)}.{hint}{extra}", culprit=path)
+
+
+def _check_fields(section: Any, prefix: str) -> None:
+    """Type and choice checks of a section's own keys (sub-sections validate themselves)."""
+    hints = _field_types(type(section))
+    for f in dataclasses.fields(section):
+        path = f"{prefix}.{f.name}" if prefix else f.name
+        value, hint = getattr(section, f.name), hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, hint):
+                raise ConfigError(f"Config key '{path}' must be a {hint.__name__}, got "
+                                  f"{value!r}.", culprit=path)
+            continue
+        _check_value(path, value, hint)
+        _check_choice(path, value)
 
 
 def _set_nested(raw: dict, dotted: str, value: Any) -> None:
@@ -460,45 +621,5 @@ def save_config(cfg: Config, path: str | Path) -> None:
 
 
 def validate(cfg: Config) -> None:
-    """Cross-field checks that single-field types cannot express."""
-    m = cfg.model.resolved()
-
-    def bad(key: str, msg: str) -> None:
-        raise ConfigError(f"Config key '{key}': {msg}", culprit=key)
-
-    for key in ("num_layers", "d_model", "num_heads"):
-        if getattr(m, key) <= 0:
-            bad(f"model.{key}", f"must be positive, got {getattr(m, key)}.")
-    if m.num_heads % m.num_kv_heads:
-        bad("model.num_kv_heads", f"{m.num_kv_heads} must divide model.num_heads={m.num_heads}.")
-    if cfg.model.head_dim == 0 and m.d_model % m.num_heads:
-        bad("model.num_heads", f"{m.num_heads} must divide model.d_model={m.d_model} "
-            "(or set model.head_dim explicitly).")
-    if m.position == "rope" and m.head_dim % 2:
-        bad("model.head_dim", f"RoPE needs an even head_dim, got {m.head_dim}.")
-    if m.rope_scaling:
-        kind = m.rope_scaling.get("rope_type")
-        if kind not in ROPE_SCALING_KEYS:
-            bad("model.rope_scaling", f"rope_type must be one of {', '.join(ROPE_SCALING_KEYS)}, "
-                f"got {kind!r}.")
-        missing = [k for k in ROPE_SCALING_KEYS[kind] if k not in m.rope_scaling]
-        if missing:
-            bad("model.rope_scaling", f"'{kind}' scaling needs {', '.join(missing)}.")
-    if not 0.0 <= m.dropout < 1.0:
-        bad("model.dropout", f"must be in [0, 1), got {m.dropout}.")
-    if cfg.data.seq_len > m.max_len and m.position == "learned":
-        bad("data.seq_len", f"{cfg.data.seq_len} exceeds model.max_len={m.max_len}, the number of "
-            "learned positions. Raise model.max_len or lower data.seq_len.")
-    for key in ("steps", "batch_size", "grad_accum", "log_every", "checkpoint_every",
-                "keep_checkpoints", "preemption_check_every"):
-        if getattr(cfg.train, key) <= 0:
-            bad(f"train.{key}", f"must be positive, got {getattr(cfg.train, key)}.")
-    if cfg.train.batch_size % cfg.train.grad_accum:
-        bad("train.grad_accum", f"{cfg.train.grad_accum} must divide train.batch_size="
-            f"{cfg.train.batch_size} (each micro-batch is batch_size / grad_accum rows).")
-    if not 0.0 < cfg.data.val_fraction < 1.0 and not cfg.data.validation:
-        bad("data.val_fraction", f"must be in (0, 1), got {cfg.data.val_fraction}.")
-    for key in ("data", "fsdp", "tensor"):
-        v = getattr(cfg.mesh, key)
-        if v == 0 or v < -1:
-            bad(f"mesh.{key}", f"must be a positive size or -1 (the rest of the devices), got {v}.")
+    """Check a whole config (types, choices, rules between keys): `cfg.validate()`."""
+    cfg.validate()

@@ -1,6 +1,7 @@
-"""Scaled dot-product attention with the best kernel per backend, and a clean fallback.
+"""Scaled dot-product attention: a registry of attention functions, with the best built-in kernel
+per backend and a clean fallback.
 
-`model.attention_impl`:
+`model.attention_impl` names an entry of the registry. Built-ins:
 - `auto`: cuDNN flash attention on GPU (half precision), the Pallas splash kernel on TPU,
   `blockwise` on CPU, XLA elsewhere (or when a kernel cannot take the shapes/dtypes at hand);
 - `xla`: `jax.nn.dot_product_attention`'s XLA implementation (einsums + float32 softmax);
@@ -12,11 +13,16 @@
 
 A kernel asked for where it cannot run (another backend, unsupported shapes) falls back to XLA with
 one warning naming the reason.
+
+Your own attention plugs in with `register_attention(name, fn)` and `model.attention_impl: name`;
+`fn` follows `AttentionFn` (below). It is called inside the model's jitted code, once per layer.
 """
 from __future__ import annotations
 
+import difflib
 import functools
 import warnings
+from typing import Callable, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -32,9 +38,78 @@ def _warn_once(msg: str) -> None:
         warnings.warn(msg, stacklevel=3)
 
 
+class AttentionFn(Protocol):
+    """The signature of an attention function (stable: jaxlm only ever adds keywords that have
+    defaults, so accept `**kwargs` to stay forward compatible).
+
+    `fn(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, *, causal, segment_ids_BxT, mask_Bx1xTxS) -> out_BxTxHxK`
+
+    - `q_BxTxHxK`: queries, B rows, T query positions, H query heads of width K, in the model's
+      compute dtype, not yet scaled: the function computes softmax(q k^T / sqrt(K)) v.
+    - `k_BxSxGxK`, `v_BxSxGxK`: keys and values at S positions with G key/value heads; H is a
+      multiple of G (grouped-query attention: query head h reads key/value head h // (H // G)).
+    - `causal`: a query at position t sees only keys at positions <= t (T == S then).
+    - `segment_ids_BxT`: None, or int ids of packed documents (T == S): a query sees only keys of
+      its own segment, and id 0 (padding) is seen by no query. Combine it with `causal`.
+    - `mask_Bx1xTxS`: None, or a boolean mask (True: may attend) that is the whole mask: causality
+      and segments are already folded in (decoding with a key/value cache, where T != S). At most
+      one of `segment_ids_BxT` and `mask_Bx1xTxS` is given. A function without a mask path can
+      hand such calls to `xla_attention`.
+
+    Returns `out_BxTxHxK` in the dtype of `q_BxTxHxK`. Rows of queries that see no key (padding)
+    may hold anything finite; the loss ignores them.
+    """
+
+    def __call__(self, q_BxTxHxK: jax.Array, k_BxSxGxK: jax.Array, v_BxSxGxK: jax.Array, *,
+                 causal: bool, segment_ids_BxT: jax.Array | None,
+                 mask_Bx1xTxS: jax.Array | None) -> jax.Array: ...
+
+
+BUILTIN_ATTENTION = ("auto", "xla", "blockwise", "cudnn", "splash")
+_REGISTRY: dict[str, AttentionFn] = {}
+
+
+def register_attention(name: str, fn: AttentionFn | None = None, *, overwrite: bool = False
+                       ) -> AttentionFn | Callable[[AttentionFn], AttentionFn]:
+    """Register `fn` (see `AttentionFn`) under `name`, so that `model.attention_impl: name` uses
+    it; returns `fn`. Without `fn`, a decorator: `@register_attention("mine")`. Built-in names
+    cannot be replaced, and another name only with `overwrite=True`."""
+    if fn is None:
+        return lambda f: register_attention(name, f, overwrite=overwrite)
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"an attention name is a non-empty string, got {name!r}")
+    if not callable(fn):
+        raise TypeError(f"register_attention({name!r}, fn): fn must be callable, got {fn!r}")
+    if name in _REGISTRY and (name in BUILTIN_ATTENTION or not overwrite):
+        what = "a built-in" if name in BUILTIN_ATTENTION else "already registered"
+        raise ValueError(f"attention {name!r} is {what}; choose another name"
+                         + ("" if name in BUILTIN_ATTENTION else " or pass overwrite=True") + ".")
+    _REGISTRY[name] = fn
+    return fn
+
+
+def attention_names() -> tuple[str, ...]:
+    """The names `model.attention_impl` accepts: the built-ins, then the registered ones."""
+    return tuple(_REGISTRY)
+
+
+def get_attention(name: str) -> AttentionFn:
+    """The attention function registered as `name`; a ConfigError lists the choices."""
+    if name not in _REGISTRY:
+        from jaxlm.errors import ConfigError
+        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"Config key 'model.attention_impl' is {name!r}, which is not one of "
+                          f"{', '.join(_REGISTRY)}.{hint} Register your own with "
+                          "jaxlm.models.attention.register_attention(name, fn).",
+                          culprit="model.attention_impl")
+    return _REGISTRY[name]
+
+
 def choose_impl(requested: str, dtype: jnp.dtype, backend: str | None = None) -> str:
-    """The implementation to try for `requested` on this backend: xla, blockwise, cudnn or
-    splash."""
+    """The registered attention to run for `requested` on this backend: `auto` and built-in
+    kernels that cannot run on this backend resolve to another built-in; other names are
+    returned as they are."""
     backend = backend or jax.default_backend()
     half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
     if requested == "auto":
@@ -57,32 +132,66 @@ def choose_impl(requested: str, dtype: jnp.dtype, backend: str | None = None) ->
 def attend(q_BxTxHxK: jax.Array, k_BxSxGxK: jax.Array, v_BxSxGxK: jax.Array, *,
            mask_Bx1xTxS: jax.Array | None, causal: bool, segment_ids_BxT: jax.Array | None,
            impl: str, interpret: bool = False) -> jax.Array:
-    """Attention output [B, T, H, K]. With `mask_Bx1xTxS` None, the mask is `causal` (or none)
-    plus, when given, `segment_ids_BxT` (a query sees keys of its own segment; 0 = padding)."""
-    if impl == "splash":
-        reason = splash_unsupported(q_BxTxHxK, k_BxSxGxK, mask_Bx1xTxS)
-        if reason is None:
-            return splash_attention(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, causal=causal,
-                                    segment_ids_BxT=segment_ids_BxT, interpret=interpret)
-        _warn_once(f"Splash attention cannot run here ({reason}); using the XLA attention.")
-        impl = "xla"
-    if impl == "blockwise" and mask_Bx1xTxS is None and (
-            not causal or q_BxTxHxK.shape[1] == k_BxSxGxK.shape[1]):
-        return blockwise_attention(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, causal=causal,
-                                   segment_ids_BxT=segment_ids_BxT)
+    """Attention output [B, T, H, K] from the registered attention `impl` (`auto` and kernels
+    that cannot run on this backend resolved by `choose_impl`). See `AttentionFn` for the
+    arguments; `interpret` runs the splash kernel in Pallas interpret mode (tests on CPU)."""
+    if impl == "splash" and interpret:
+        return _splash(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, causal=causal,
+                       segment_ids_BxT=segment_ids_BxT, mask_Bx1xTxS=mask_Bx1xTxS, interpret=True)
+    return get_attention(choose_impl(impl, q_BxTxHxK.dtype))(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, causal=causal,
+                               segment_ids_BxT=segment_ids_BxT, mask_Bx1xTxS=mask_Bx1xTxS)
+
+
+def _auto(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, **kw) -> jax.Array:
+    return get_attention(choose_impl("auto", q_BxTxHxK.dtype))(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK,
+                                                               **kw)
+
+
+def xla_attention(q_BxTxHxK: jax.Array, k_BxSxGxK: jax.Array, v_BxSxGxK: jax.Array, *,
+                  causal: bool, segment_ids_BxT: jax.Array | None = None,
+                  mask_Bx1xTxS: jax.Array | None = None, implementation: str = "xla"
+                  ) -> jax.Array:
+    """The reference attention (`jax.nn.dot_product_attention`), an `AttentionFn` that takes
+    every mask form: the fallback for kernels and for custom functions."""
     if mask_Bx1xTxS is None and segment_ids_BxT is not None:
         mask_Bx1xTxS = segment_mask(segment_ids_BxT, causal)
-    is_causal = causal and mask_Bx1xTxS is None
-    if impl == "cudnn":
-        try:
-            return jax.nn.dot_product_attention(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK,
-                                                mask=mask_Bx1xTxS, is_causal=is_causal,
-                                                implementation="cudnn")
-        except Exception as e:  # noqa: BLE001 - any refusal by cuDNN means: use XLA
-            _warn_once(f"cuDNN attention cannot run here ({str(e).splitlines()[0][:200]}); "
-                       "using the XLA attention.")
     return jax.nn.dot_product_attention(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, mask=mask_Bx1xTxS,
-                                        is_causal=is_causal, implementation="xla")
+                                        is_causal=causal and mask_Bx1xTxS is None,
+                                        implementation=implementation)
+
+
+def _blockwise(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, *, causal, segment_ids_BxT=None,
+               mask_Bx1xTxS=None, **_) -> jax.Array:
+    if mask_Bx1xTxS is None and (not causal or q_BxTxHxK.shape[1] == k_BxSxGxK.shape[1]):
+        return blockwise_attention(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, causal=causal,
+                                   segment_ids_BxT=segment_ids_BxT)
+    return xla_attention(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, causal=causal,
+                         segment_ids_BxT=segment_ids_BxT, mask_Bx1xTxS=mask_Bx1xTxS)
+
+
+def _cudnn(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, **kw) -> jax.Array:
+    kw.pop("interpret", None)
+    try:
+        return xla_attention(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, implementation="cudnn", **kw)
+    except Exception as e:  # noqa: BLE001 - any refusal by cuDNN means: use XLA
+        _warn_once(f"cuDNN attention cannot run here ({str(e).splitlines()[0][:200]}); "
+                   "using the XLA attention.")
+    return xla_attention(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, **kw)
+
+
+def _splash(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, *, causal, segment_ids_BxT=None,
+            mask_Bx1xTxS=None, interpret: bool = False, **_) -> jax.Array:
+    reason = splash_unsupported(q_BxTxHxK, k_BxSxGxK, mask_Bx1xTxS)
+    if reason is None:
+        return splash_attention(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, causal=causal,
+                                segment_ids_BxT=segment_ids_BxT, interpret=interpret)
+    _warn_once(f"Splash attention cannot run here ({reason}); using the XLA attention.")
+    return xla_attention(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, causal=causal,
+                         segment_ids_BxT=segment_ids_BxT, mask_Bx1xTxS=mask_Bx1xTxS)
+
+
+for _name, _fn in zip(BUILTIN_ATTENTION, (_auto, xla_attention, _blockwise, _cudnn, _splash)):
+    register_attention(_name, _fn)
 
 
 def segment_mask(segment_ids_BxT: jax.Array, causal: bool) -> jax.Array:

@@ -137,7 +137,8 @@ materialize_grad.defvjp(_materialize_fwd, _materialize_bwd)
 
 
 def attention_impl(cfg: ModelConfig) -> str:
-    """The attention kernel to use: xla, blockwise, cudnn or splash (`jaxlm.models.attention`)."""
+    """The registered attention to run (`jaxlm.models.attention`): `auto` resolved per backend and
+    dtype (xla, blockwise, cudnn or splash), other names as they are."""
     return choose_impl(cfg.attention_impl, dtypes(cfg)[0])
 
 
@@ -160,9 +161,9 @@ class Attention(nnx.Module):
                  ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         """Returns the output and this call's (key, value) for callers that cache them.
 
-        `mask_Bx1xTxS`: a boolean mask; None for plain causal (model.causal) or full attention;
-        or segment ids [B, T] (0 = padding) for kernels that build their own mask (splash,
-        blockwise).
+        `mask_Bx1xTxS`: a boolean mask (decoding); None for plain causal (model.causal) or full
+        attention; or segment ids [B, T] (0 = padding), from which the attention function
+        (`model.attention_impl`, see `jaxlm.models.attention.AttentionFn`) builds its mask.
 
         `kv_BxSxGxK`, when given, replaces the keys/values computed from x. With `cache_index` it is
         a fixed-size decoding cache instead: this call's keys/values are written at slots
@@ -188,7 +189,7 @@ class Attention(nnx.Module):
         dtype = dtypes(cfg)[0]
         q, k, v = q.astype(dtype), k.astype(dtype), v.astype(dtype)
         segment_ids_BxT = None
-        if mask_Bx1xTxS is not None and mask_Bx1xTxS.ndim == 2:  # segment ids, for splash
+        if mask_Bx1xTxS is not None and mask_Bx1xTxS.ndim == 2:  # segment ids
             segment_ids_BxT, mask_Bx1xTxS = mask_Bx1xTxS, None
         out = attend(q, k, v, mask_Bx1xTxS=mask_Bx1xTxS, causal=bool(cfg.causal),
                      segment_ids_BxT=segment_ids_BxT, impl=attention_impl(cfg))

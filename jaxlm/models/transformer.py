@@ -11,8 +11,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxlm.config import ModelConfig
-from jaxlm.models.layers import (MLP, Attention, Norm, attention_impl, attention_mask, dropout,
-                                 dtypes, materialize_grad, rope_tables)
+from jaxlm.errors import ConfigError
+from jaxlm.models.layers import (MLP, Attention, Norm, attention_mask, dropout, dtypes,
+                                 materialize_grad, rope_tables)
 from jaxlm.sharding import shard
 
 REMAT_POLICIES = {
@@ -84,8 +85,8 @@ class Transformer(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         cfg = cfg.resolved()
         if cfg.vocab_size <= 0:
-            raise ValueError("ModelConfig.vocab_size must be set (from the tokenizer) before "
-                             "building a model.")
+            raise ConfigError("Config key 'model.vocab_size' must be set (from the tokenizer) "
+                              "before building a model.", culprit="model.vocab_size")
         self.cfg = cfg
         self.embeddings = Embeddings(cfg, rngs)
         self.layers = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
@@ -103,12 +104,9 @@ class Transformer(nnx.Module):
         B, T = tokens_BxT.shape
         if positions_BxT is None:
             positions_BxT = jnp.broadcast_to(jnp.arange(T), (B, T))
-        if segment_ids_BxT is None:
-            mask = None  # causal (or full) attention without a mask tensor: kernels' fast path
-        elif attention_impl(self.cfg) in ("splash", "blockwise"):
-            mask = segment_ids_BxT  # the kernel builds its (block) mask from the ids
-        else:
-            mask = attention_mask(segment_ids_BxT, self.cfg.causal)
+        # None: causal (or full) attention without a mask tensor, every kernel's fast path; else
+        # the segment ids, from which each attention function builds its own (block) mask
+        mask = segment_ids_BxT
         rope = (rope_tables(positions_BxT, self.cfg.head_dim, self.cfg.rope_theta,
                             self.cfg.rope_scaling)
                 if self.cfg.position == "rope" else None)
