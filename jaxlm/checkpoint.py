@@ -11,6 +11,8 @@ numbers. So every step folder is *sealed* just before orbax renames it into plac
 that fails (missing, truncated or altered files), and any leftover tmp folder, is reported, moved
 aside into `DIR.corrupt/` (never deleted) and skipped in favour of the previous good step.
 Read-only users (evaluate, export, ...) skip such steps without moving anything.
+
+Checkpoints live outside the training package because inference reads them too (`read_params`).
 """
 from __future__ import annotations
 
@@ -109,6 +111,31 @@ def require_intact(folder: str | Path, step: int) -> None:
             f"The checkpoint at step {step} in '{folder}' is damaged ({why}), so it was not "
             "loaded. Choose another step (or 'latest', which skips damaged ones), or restore the "
             "folder from a backup.", culprit=str(Path(folder) / str(step)))
+
+
+def read_params(item_dir: str | Path, key: str | None = "params"
+                ) -> dict[tuple[str | int, ...], np.ndarray]:
+    """{param path: numpy array} of one orbax item folder (`STEP/state`, or `best/STEP/params`
+    with key=None): orbax's own metadata gives the tree, and only the `key` subtree is restored,
+    onto the host, so the optimizer state and the mesh the run was saved on do not matter."""
+    path = Path(item_dir).absolute()
+    try:
+        meta = ocp.PyTreeCheckpointHandler().metadata(path)  # the item's tree, no step files
+        tree = meta if key is None else {key: meta[key]}
+        target = jax.tree.map(lambda m: np.zeros((), np.float32), tree)
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+        out = ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(
+            item=target, restore_args=restore_args, partial_restore=key is not None))
+    except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
+        raise CheckpointError(f"The checkpoint '{path}' could not be read as jaxlm parameters "
+                              f"({type(e).__name__}: {str(e)[:300]}).", culprit=str(path)) from None
+    flat = {}
+    for keys, arr in jax.tree_util.tree_flatten_with_path(out if key is None else out[key])[0]:
+        names = [str(getattr(k, "key", getattr(k, "name", k))) for k in keys]
+        if names and names[-1] == "value":  # nnx Variables are stored as {"value": array}
+            names = names[:-1]
+        flat[tuple(int(n) if n.isdigit() else n for n in names)] = np.asarray(arr)
+    return flat
 
 
 def set_aside(path: Path) -> Path:
@@ -292,25 +319,6 @@ class Checkpointer:
                    if not self.read_only else "Restore them from a backup."),
                 culprit=str(self.directory))
         return None
-
-    def restore_params(self, step: int | None, target: Any) -> Any:
-        """Only the parameters (orbax partial restore): inference needs no optimizer state."""
-        if step is None:
-            step = latest_intact(self.directory, self.all_steps())
-        if step is None:
-            raise CheckpointError(f"No checkpoint found in '{self.directory}'.",
-                                  culprit=str(self.directory))
-        require_intact(self.directory, step)
-        item = {"params": target}
-        restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding), item)
-        try:
-            out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-                item=item, restore_args=restore_args, partial_restore=True)))
-        except (ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(
-                f"The parameters at step {step} in '{self.directory}' do not match the model of "
-                f"this run ({type(e).__name__}: {str(e)[:400]}).", culprit=str(self.directory)) from None
-        return out["state"]["params"]
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

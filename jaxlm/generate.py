@@ -1,8 +1,9 @@
 """Text generation from causal language models: `generate`, `generate_ids` and `Generator`.
 
-    from jaxlm.generate import generate, load_run
-    model, tok, cfg = load_run("runs/shakespeare_char")
-    print(generate(model, tok, "ROMEO:", max_new_tokens=200, temperature=0.8, top_k=40))
+    from jaxlm.generate import generate
+    from jaxlm.loading import load_model
+    lm = load_model("runs/shakespeare_char")     # a run directory, a Hugging Face folder, hf:gpt2
+    print(generate(lm.model, lm.tokenizer, "ROMEO:", max_new_tokens=200, temperature=0.8, top_k=40))
 
 Decoding uses a fixed-size key/value cache (`jaxlm.generation.decode`): a jitted prefill, then a
 jitted while loop, compiled once per shape. Streaming (`on_text` / `on_tokens`) runs the same
@@ -23,12 +24,11 @@ from flax import nnx
 
 from jaxlm.data.tokenizer import TextTokenizer
 from jaxlm.errors import ConfigError
-from jaxlm.generation.checkpoint import load_run
 from jaxlm.generation.decode import decoder_for
 from jaxlm.generation.sampling import Sampling
 from jaxlm.sharding import state_shardings, use_mesh
 
-__all__ = ["Generator", "generate", "generate_ids", "load_run", "Sampling"]
+__all__ = ["Generator", "generate", "generate_ids", "Sampling"]
 
 TokenCallback = Callable[[int, list[int]], None]  # (row, new token ids)
 TextCallback = Callable[[int, str], None]  # (row, new text)
@@ -229,7 +229,7 @@ class Generator:
     def _need_tokenizer(self) -> TextTokenizer:
         if self.tokenizer is None:
             raise ConfigError("Text generation needs the model's tokenizer: pass `tokenizer=` "
-                              "(e.g. from load_run), or use generate_ids with token ids.",
+                              "(e.g. from load_model), or use generate_ids with token ids.",
                               culprit="tokenizer")
         return self.tokenizer
 

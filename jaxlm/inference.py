@@ -1,68 +1,19 @@
-"""Loading a finished run for inference: model, parameters and tokenizer, and batched prediction.
+"""Batched prediction with a loaded classifier run.
 
 Used by `jaxlm evaluate` and `jaxlm predict`, and by researchers who want a trained model back in
-Python: `run = load_run("runs/sst2"); probs = predict_proba(run, ["a fine film"])`.
+Python: `run = Run("runs/sst2").load(); probs = predict_proba(run, ["a fine film"])` (`jaxlm.run`).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import numpy as np
 from flax import nnx
 
-from jaxlm.config import Config, ModelConfig
-from jaxlm.data.tokenizer import TextTokenizer
 from jaxlm.errors import CheckpointError
-from jaxlm.models import build_model
-from jaxlm.train.run_dir import load_run_config, read_model_spec
-
-
-@dataclass
-class LoadedRun:
-    """A trained model ready for inference on one device."""
-
-    run_dir: Path
-    cfg: Config
-    model_cfg: ModelConfig
-    objective: str
-    head: dict
-    tokenizer: TextTokenizer
-    model: nnx.Module
-    checkpoint: str  # which checkpoint was loaded, for reports
-
-    @property
-    def class_names(self) -> list[str]:
-        """The classifier's label names, in logit order."""
-        return list(self.head.get("class_names", []))
-
-
-def load_run(run_dir: str | Path, checkpoint: str = "best") -> LoadedRun:
-    """Load a run's model. checkpoint: "best" (the best validation checkpoint of a fine-tuning
-    run, else the latest), "latest", or a step number."""
-    from jaxlm.interop import apply_params, load_params
-
-    run_dir = Path(run_dir)
-    cfg = load_run_config(run_dir)
-    spec = read_model_spec(run_dir)
-    if checkpoint == "best" and not any(p.name.isdigit() for p in (run_dir / "best").glob("*")):
-        checkpoint = "latest"
-    mcfg, params, tok, info = load_params(run_dir, checkpoint=checkpoint)
-    head = spec.get("head", {})
-    objective = spec["objective"]
-    with nnx.use_eager_sharding(False):
-        model = build_model(mcfg, objective, num_labels=head.get("num_labels", 0),
-                            pooling=head.get("pooling", "first"), pooler=head.get("pooler", False))
-    fresh, _ = apply_params(model, params)
-    if fresh:
-        raise CheckpointError(f"The checkpoint of '{run_dir}' lacks parameters the model needs: "
-                              f"{', '.join(fresh[:8])}. The run directory is incomplete or was "
-                              "modified.", culprit=str(run_dir))
-    return LoadedRun(run_dir, cfg, mcfg, objective, head, tok, model,
-                     str(info.get("checkpoint", checkpoint)))
+from jaxlm.run import LoadedRun
 
 
 def _pad_batch(ids: list[list[int]], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:

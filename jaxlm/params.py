@@ -1,5 +1,8 @@
-"""Plain {path: array} parameter dicts <-> nnx.State with jaxlm's metadata, and copying imported
-parameters into a freshly built model (reporting exactly which ones stay at their init)."""
+"""Plain {path: array} parameter dicts <-> nnx.State with jaxlm's metadata, and copying loaded
+parameters into a freshly built model (reporting exactly which ones stay at their init).
+
+Shared by run directories (`jaxlm.run`) and Hugging Face conversion (`jaxlm.interop`), so neither
+imports the other for it."""
 from __future__ import annotations
 
 from typing import Any
@@ -21,13 +24,13 @@ def path_str(path: ParamPath) -> str:
     return ".".join(map(str, path))
 
 
-def abstract_params(cfg: ModelConfig, objectives: dict[str, dict]) -> dict[ParamPath, nnx.Variable]:
-    """Abstract Params (shapes + logical-axis metadata) of the models named in `objectives`
-    ({objective: build_model kwargs}), merged: the backbone is shared, heads differ by root."""
+def abstract_params(cfg: ModelConfig, tasks: dict[str, dict]) -> dict[ParamPath, nnx.Variable]:
+    """Abstract Params (shapes + logical-axis metadata) of the models named in `tasks`
+    ({task: build_model kwargs}), merged: the backbone is shared, heads differ by root."""
     out: dict[ParamPath, nnx.Variable] = {}
-    for objective, kw in objectives.items():
+    for task, kw in tasks.items():
         with nnx.use_eager_sharding(False):
-            model = nnx.eval_shape(lambda: build_model(cfg, objective, **kw))
+            model = nnx.eval_shape(lambda: build_model(cfg, task, **kw))
         out.update(dict(nnx.to_flat_state(nnx.state(model, nnx.Param))))
     return out
 
@@ -76,24 +79,52 @@ def apply_params(model: nnx.Module, params: nnx.State) -> tuple[list[str], list[
     return fresh, unused
 
 
-def objective_of(flat_paths: Any) -> str | None:
-    """The objective whose head a parameter set holds (None: backbone only, or a tied LM head,
-    which has no parameters of its own)."""
+def task_of(flat_paths: Any) -> str | None:
+    """The task whose head a parameter set holds (None: backbone only, or a tied LM head, which
+    has no parameters of its own)."""
     roots = {p[0] for p in flat_paths}
-    for root, objective in (("head", "classification"), ("mlm_head", "masked"),
-                            ("lm_head", "causal")):
+    for root, task in (("head", "classification"), ("mlm_head", "masked"), ("lm_head", "causal")):
         if root in roots:
-            return objective
+            return task
     return None
 
 
-def model_kwargs(cfg: ModelConfig, flat: dict[ParamPath, Any], objective: str,
+def model_kwargs(cfg: ModelConfig, flat: dict[ParamPath, Any], task: str,
                  pooling: str | None = None) -> dict[str, Any]:
     """build_model keyword arguments that reproduce the heads present in `flat`."""
-    if objective != "classification":
+    if task != "classification":
         return {}
     kernel = flat.get(("head", "classifier", "kernel"))
     num_labels = int(np.shape(kernel)[-1]) if kernel is not None else 2
     pooler = ("head", "pooler", "kernel") in flat
     return {"num_labels": num_labels, "pooler": pooler,
             "pooling": pooling or ("first" if cfg.family == "bert" else "last")}
+
+
+def model_from_params(cfg: ModelConfig, task: str, head: dict, flat: dict[ParamPath, Any], *,
+                      where: str = "The checkpoint") -> nnx.Module:
+    """The model for `task` (with `head`'s num_labels / pooling / pooler) holding exactly the
+    parameters in `flat`, on the default device; any unexpected, missing or misshapen parameter is
+    a CheckpointError that starts with `where`. The model is assembled from an abstract one, so
+    no random initialisation is computed and thrown away."""
+    kw = ({k: head[k] for k in ("num_labels", "pooling", "pooler") if k in head}
+          if task == "classification" else {})
+    abstract = abstract_params(cfg, {task: kw})
+    unknown = [path_str(p) for p in flat if p not in abstract]
+    missing = [path_str(p) for p in abstract if p not in flat]
+    bad = [f"{path_str(p)} {list(a.shape)} vs {list(abstract[p].get_value().shape)}"
+           for p, a in flat.items() if p in abstract
+           and tuple(a.shape) != tuple(abstract[p].get_value().shape)]
+    if unknown or missing or bad:
+        parts = [f"{what} {', '.join(names[:6])}{' ...' if len(names) > 6 else ''}"
+                 for what, names in (("unexpected parameters", unknown),
+                                     ("missing parameters", missing), ("shape mismatches", bad))
+                 if names]
+        raise CheckpointError(
+            f"{where} does not match the model its run describes (model.json / config.yaml): "
+            f"{'; '.join(parts)}. The run directory was modified or mixes two runs.",
+            culprit=where)
+    with nnx.use_eager_sharding(False):
+        graphdef = nnx.graphdef(nnx.eval_shape(lambda: build_model(cfg, task, **kw)))
+    with jax.default_device(jax.devices()[0]):
+        return nnx.merge(graphdef, to_state(flat, abstract))

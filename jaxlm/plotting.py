@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Sequence
 
 from jaxlm.errors import DataError
-from jaxlm.run_info import describe_run, metric_records, series
+from jaxlm.run import Run
+from jaxlm.run_info import series
 
 
 def _smooth(ys: list[float], window: int) -> list[float]:
@@ -54,14 +55,14 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *,
                         culprit="--labels")
     data = []
     for run in runs:
-        info = describe_run(run, count_params=False)
-        records = metric_records(run)
+        info = Run(run).describe(count_params=False)
+        records = Run(run).metric_records()
         if not records:
             raise DataError(f"'{run}' has no metrics yet (metrics.jsonl is missing or empty). "
                             "Plot it after its first logged step (train.log_every).",
                             culprit=str(run))
         data.append((info, records))
-    show_acc = any(info["objective"] == "classification" for info, _ in data)
+    show_acc = any(info["task"] == "classification" for info, _ in data)
     panels = ["loss", "lr", "throughput"] + (["accuracy"] if show_acc else [])
     ncols = 2 if len(panels) == 4 else 3
     nrows = (len(panels) + ncols - 1) // ncols
@@ -84,7 +85,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *,
             ax["throughput"].plot(xs, _smooth(ys, smooth), color=c, lw=1.4, label=label)
         if show_acc:
             xs, ys = series(records, "val", "accuracy")
-            if xs and info["objective"] == "classification":
+            if xs and info["task"] == "classification":
                 ax["accuracy"].plot(xs, ys, color=c, lw=1.4, marker="o", ms=3, label=f"{label} val")
                 best = info["best"]
                 if best and best["metric"] == "accuracy":

@@ -12,13 +12,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from jaxlm.run_info import metric_records
-from jaxlm.train.checkpoint import check_step_dir
+from jaxlm.checkpoint import check_step_dir
+from jaxlm.run import Run
 
 
 def best_checkpoint(run_dir: Path) -> Path:
     folder = run_dir / "checkpoints"
-    val = {r["step"]: r["loss"] for r in metric_records(run_dir)
+    val = {r["step"]: r["loss"] for r in Run(run_dir).metric_records()
            if r["split"] == "val" and check_step_dir(folder / str(r["step"]))[0] is not False}
     if not val:
         sys.exit(f"{run_dir}: no intact checkpoint has a validation loss in metrics.jsonl")

@@ -24,14 +24,14 @@ figure () {
 import sys
 import time
 from pathlib import Path
-from jaxlm.run_info import describe_run, is_run_dir
+from jaxlm.run import Run
 dirs, labels = [], []
 for item in sys.argv[2:]:
     run, label = item.split("=", 1)
     p = Path(run)
-    if not (is_run_dir(p) and (p / "metrics.jsonl").is_file()):
+    if not (Run.is_run_dir(p) and (p / "metrics.jsonl").is_file()):
         continue
-    info = describe_run(p, count_params=False)
+    info = Run(p).describe(count_params=False)
     idle_s = time.time() - (info["updated"] or 0)
     if sys.argv[1] != "--all" and info["status"] != "finished" and idle_s < 600:
         print(f"skipping {run}: still running (pass --all to draw it anyway)", file=sys.stderr)

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 
 from jaxlm.config import config_from_dict
-from jaxlm.train.checkpoint import Checkpointer, abstract_with_shardings
+from jaxlm.checkpoint import Checkpointer, abstract_with_shardings
 from jaxlm.train.pretrain import pretrain
 
 
@@ -81,11 +81,12 @@ def test_checkpoint_saved_on_8_devices_restores_on_1_and_back(tiny_corpus, tmp_p
 
 def test_a_resumed_or_rerun_run_keeps_its_wall_time_and_throughput(tmp_path):
     """Re-running a finished run only re-reports: its summary must not drop to 0 s and no tokens/s."""
-    from jaxlm.train.run_dir import write_summary
-    write_summary(tmp_path, {"step": 10, "wall_s": 30.0, "tokens_per_s": 500.0, "resumed_from": 0})
-    write_summary(tmp_path, {"step": 20, "wall_s": 12.0, "tokens_per_s": 480.0, "resumed_from": 10})
+    from jaxlm.run import Run
+    write_summary = Run(tmp_path).write_summary
+    write_summary({"step": 10, "wall_s": 30.0, "tokens_per_s": 500.0, "resumed_from": 0})
+    write_summary({"step": 20, "wall_s": 12.0, "tokens_per_s": 480.0, "resumed_from": 10})
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["wall_s"] == 42.0 and s["tokens_per_s"] == 480.0
-    write_summary(tmp_path, {"step": 20, "wall_s": 0.5, "tokens_per_s": None, "resumed_from": 20})
+    write_summary({"step": 20, "wall_s": 0.5, "tokens_per_s": None, "resumed_from": 20})
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["wall_s"] == 42.5 and s["tokens_per_s"] == 480.0

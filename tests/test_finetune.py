@@ -9,8 +9,9 @@ from flax import nnx
 
 from jaxlm.config import config_from_dict
 from jaxlm.errors import CheckpointError, ConfigError
-from jaxlm.inference import load_run, predict_proba
+from jaxlm.inference import predict_proba
 from jaxlm.models import build_model
+from jaxlm.run import load_run
 from jaxlm.train.finetune import finetune
 from jaxlm.train.init_from import check_backbone_shapes, load_pretrained
 from jaxlm.train.pretrain import pretrain

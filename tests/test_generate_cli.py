@@ -8,7 +8,8 @@ from flax import nnx
 
 from jaxlm.cli import main
 from jaxlm.config import config_from_dict
-from jaxlm.generate import Generator, generate, load_run
+from jaxlm.generate import Generator, generate
+from jaxlm.loading import load_model
 from jaxlm.generation.scoring import bleu_rouge, perplexity
 from jaxlm.train.pretrain import encode_stream, pretrain
 
@@ -45,6 +46,11 @@ def test_cli_generates_past_the_context_deterministically(trained, capsys):
     assert out.startswith("ROMEO:") and len(out.rstrip("\n")) == len("ROMEO:") + 50
     assert run_cli(capsys, *args)[1] == out
     assert run_cli(capsys, *args[:-1], "4")[1] != out
+
+
+def load_run(path):
+    lm = load_model(path)
+    return lm.model, lm.tokenizer, lm.model_cfg
 
 
 def test_load_run_restores_the_trained_parameters(trained):

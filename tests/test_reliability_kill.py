@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 import yaml
 
-from jaxlm.train.checkpoint import TMP_MARKER, check_step_dir
+from jaxlm.checkpoint import TMP_MARKER, check_step_dir
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 200

@@ -9,8 +9,8 @@ import jaxlm.train.loop as loop_mod
 from jaxlm.cli import main
 from jaxlm.config import ModelConfig, OptimConfig, config_from_dict
 from jaxlm.errors import TrainingStopped
-from jaxlm.interop.run_io import read_run_params
 from jaxlm.models import build_model
+from jaxlm.run import Run
 from jaxlm.sharding import make_mesh, use_mesh
 from jaxlm.tasks import token_loss
 from jaxlm.train.optim import build_optimizer
@@ -96,11 +96,11 @@ def test_skip_mode_drops_the_update_counts_it_and_trains_on(tiny_corpus, tmp_pat
     assert summary["step"] == 8 and summary["nonfinite_steps"] == 1
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["nonfinite_steps"] for r in rows if r["split"] == "train"] == [0, 0, 1, 1, 1, 1, 1, 1]
-    p2, _ = read_run_params(run, 2)
-    p3, _ = read_run_params(run, 3)
-    p4, _ = read_run_params(run, 4)
+    p2, _ = Run(run).read_params(2)
+    p3, _ = Run(run).read_params(3)
+    p4, _ = Run(run).read_params(4)
     assert _same(p2, p3) and not _same(p3, p4)  # step 3 skipped, step 4 trained
-    assert all(np.isfinite(v).all() for v in read_run_params(run, "latest")[0].values())
+    assert all(np.isfinite(v).all() for v in Run(run).read_params("latest")[0].values())
 
 
 def test_stop_mode_saves_the_last_good_state_and_exits_naming_the_step(
@@ -117,8 +117,8 @@ def test_stop_mode_saves_the_last_good_state_and_exits_naming_the_step(
     assert "Non-finite loss or gradients (NaN/Inf) at step 4" in err
     assert "saved a checkpoint at step 4" in err and "resume with: jaxlm pretrain" in err
     assert "Traceback" not in err
-    p3, _ = read_run_params(run, 3)
-    p4, _ = read_run_params(run, 4)
+    p3, _ = Run(run).read_params(3)
+    p4, _ = Run(run).read_params(4)
     assert _same(p3, p4)  # the checkpoint at step 4 holds the last good parameters
     assert sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit()) == [
         1, 2, 3, 4]

@@ -14,7 +14,7 @@ import pytest
 import jaxlm.train.loop as loop_mod
 from jaxlm.config import config_from_dict
 from jaxlm.errors import TrainingStopped
-from jaxlm.train.checkpoint import check_step_dir
+from jaxlm.checkpoint import check_step_dir
 from jaxlm.train.preemption import PreemptionGuard
 from jaxlm.train.pretrain import pretrain
 

@@ -9,7 +9,8 @@ import yaml
 
 from jaxlm.cli import main
 from jaxlm.errors import CheckpointError, DataError
-from jaxlm.run_info import describe_run, find_runs, metric_records, runs_table, series
+from jaxlm.run import Run
+from jaxlm.run_info import find_runs, runs_table, series
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +48,8 @@ def _cfg(root: Path, name: str) -> Path:
 
 def test_info_describes_a_finetune_run(runs_root, capsys):
     ft = runs_root / "sst2" / "ft"
-    info = describe_run(ft)
-    assert info["kind"] == "finetune" and info["objective"] == "classification"
+    info = Run(ft).describe()
+    assert info["kind"] == "finetune" and info["task"] == "classification"
     assert info["status"] == "finished" and info["steps_done"] == 4 == info["steps_total"]
     assert info["checkpoints"] == [4]
     assert info["head"]["class_names"] == ["0", "1"]
@@ -56,7 +57,7 @@ def test_info_describes_a_finetune_run(runs_root, capsys):
     summary = json.loads((ft / "summary.json").read_text())
     assert info["params"] == summary["params"] > 0
     # the kept best checkpoint is the better of the two validations (steps 2 and 4)
-    vals = dict(zip(*series(metric_records(ft), "val", "accuracy")))
+    vals = dict(zip(*series(Run(ft).metric_records(), "val", "accuracy")))
     assert set(vals) == {2, 4}
     assert info["best"]["kept"] and info["best"]["metric"] == "accuracy"
     assert info["best"]["value"] == max(vals.values())
@@ -79,20 +80,20 @@ def test_info_describes_a_finetune_run(runs_root, capsys):
 
 def test_info_of_a_pretrain_run_counts_params_like_the_summary(runs_root):
     pre = runs_root / "pre"
-    info = describe_run(pre)
+    info = Run(pre).describe()
     assert info["kind"] == "pretrain" and info["status"] == "finished"
     assert info["checkpoints"] == [3, 6]
     assert info["model"]["family"] == "gpt2" and info["model"]["d_model"] == 32
     # without summary.json the count comes from model.json by abstract evaluation: the same number
     (pre / "summary.json").rename(pre / "summary.bak")
     try:
-        counted = describe_run(pre)
+        counted = Run(pre).describe()
     finally:
         (pre / "summary.bak").rename(pre / "summary.json")
     assert counted["params"] == info["params"] > 0
     assert counted["status"] == "partial"
     best = info["best"]
-    steps, losses = series(metric_records(pre), "val", "loss")
+    steps, losses = series(Run(pre).metric_records(), "val", "loss")
     assert steps == [3, 6] and best["value"] == min(losses) and not best["kept"]
 
 
@@ -105,7 +106,7 @@ def test_runs_lists_nested_runs_only(runs_root, capsys):
     assert rows["pre"]["val"].startswith("loss ")
     assert main(["runs", str(runs_root)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split()[:3] == ["run", "kind", "objective"]
+    assert lines[0].split()[:3] == ["run", "kind", "task"]
     assert [ln.split()[0] for ln in lines[1:]] == ["pre", "sst2/ft"]
 
 
@@ -148,11 +149,11 @@ def test_resumed_and_half_written_metrics(tmp_path):
         rec(20, "train", loss=2.4, lr=1e-3),  # the resumed run repeats step 20: the last one wins
         rec(30, "train", loss=float("nan"), lr=1e-3),  # not finite: not plotted
         '{"step": 40, "split": "tra'])  # a run still writing
-    records = metric_records(run)
+    records = Run(run).metric_records()
     assert [(r["step"], r["split"]) for r in records] == [(10, "train"), (20, "train"),
                                                            (20, "val"), (30, "train")]
     assert series(records, "train", "loss") == ([10, 20], [3.0, 2.4])
-    info = describe_run(run)
+    info = Run(run).describe()
     assert info["status"] == "partial" and info["steps_done"] == 30
     assert info["best"] == {"metric": "loss", "value": 2.6, "step": 20, "kept": False}
     assert runs_table(tmp_path)[0]["steps"] == "30/100"
@@ -160,7 +161,7 @@ def test_resumed_and_half_written_metrics(tmp_path):
 
 def test_bad_input_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(CheckpointError, match="not a jaxlm run directory"):
-        describe_run(tmp_path)
+        Run(tmp_path).describe()
     assert main(["info", str(tmp_path)]) == 2
     assert "is not a jaxlm run directory" in capsys.readouterr().err
     empty = _fake_run(tmp_path / "empty", [])

@@ -23,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run `jaxlm convert` with parsed arguments; returns the exit code."""
-    from jaxlm.interop.run_io import convert_hf_to_run
+    from jaxlm.interop.convert import convert_hf_to_run
 
     s = convert_hf_to_run(args.from_hf, args.out, task=args.task, num_labels=args.num_labels,
                           seed=args.seed, overwrite=args.overwrite)

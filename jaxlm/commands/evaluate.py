@@ -28,9 +28,9 @@ def run(args: argparse.Namespace) -> int:
     """Run `jaxlm evaluate` with parsed arguments; returns the exit code."""
     from jaxlm.evaluation import evaluate_run
     from jaxlm.metrics import format_report
-    from jaxlm.train.run_dir import check_output_path
+    from jaxlm.run import Run, check_output_path
 
-    out = Path(args.out) if args.out else Path(args.run) / f"eval_{args.split}.json"
+    out = Path(args.out) if args.out else Run(args.run).eval_path(args.split)
     check_output_path(out, "--out")
     report = evaluate_run(args.run, args.data, split=args.split, checkpoint=args.checkpoint,
                           batch_size=args.batch_size)

@@ -21,11 +21,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run `jaxlm export` with parsed arguments; returns the exit code."""
-    from jaxlm.interop.run_io import export_run
-    from jaxlm.train.run_dir import check_output_path
+    from jaxlm.interop.convert import export_run
+    from jaxlm.loading import load_model
+    from jaxlm.run import check_output_path
 
     check_output_path(args.to_hf, "--to-hf", folder=True)  # even with --overwrite
 
-    s = export_run(args.run, args.to_hf, checkpoint=args.checkpoint, overwrite=args.overwrite)
+    loaded = load_model(args.run, checkpoint=args.checkpoint)
+    s = export_run(loaded, args.to_hf, overwrite=args.overwrite)
     print(f"exported {s['family']} ({s['checkpoint']}) as {s['architecture']} -> {s['out']}")
     return 0

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from jaxlm.commands import positive_int
 
@@ -55,9 +54,11 @@ def _mesh(cfg):
 
 def run(args: argparse.Namespace) -> int:
     """Run `jaxlm generate` with parsed arguments; returns the exit code."""
-    from jaxlm.generate import Generator, load_run
+    from jaxlm.errors import ConfigError
+    from jaxlm.generate import Generator
     from jaxlm.generation.scoring import bleu_rouge, read_lines
-    from jaxlm.train.run_dir import check_output_path, load_run_config
+    from jaxlm.loading import load_model
+    from jaxlm.run import check_output_path
 
     if args.output:
         check_output_path(args.output, "--output")
@@ -70,11 +71,17 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"The reference file has {len(refs)} lines but there are {len(prompts)} "
                         "prompts: give exactly one reference line per prompt, in order.",
                         culprit=args.reference_file)
-    model, tok, _ = load_run(args.run, step=args.step)
-    run_cfg = load_run_config(args.run) if (Path(args.run) / "config.yaml").is_file() else None
-    mesh = _mesh(run_cfg)
-    rules = run_cfg.mesh.rules if run_cfg is not None else None
-    gen = Generator(model, tok, mesh=mesh, rules=rules, batch_size=args.batch_size)
+    checkpoint = getattr(args, "checkpoint", None)
+    if checkpoint is None:  # (--step, the older spelling)
+        checkpoint = args.step if getattr(args, "step", None) is not None else "latest"
+    lm = load_model(args.run, checkpoint=checkpoint)
+    if lm.task != "causal":
+        raise ConfigError(f"'{args.run}' holds a '{lm.task}' model; generation needs a causal "
+                          "language model (a run trained with train.task=causal, or a "
+                          "GPT-2/Llama checkpoint).", culprit=str(args.run))
+    mesh = _mesh(lm.cfg)
+    rules = lm.cfg.mesh.rules if lm.cfg is not None else None
+    gen = Generator(lm.model, lm.tokenizer, mesh=mesh, rules=rules, batch_size=args.batch_size)
     stream = len(prompts) == 1 and not args.no_stream
 
     def on_text(row: int, piece: str) -> None:

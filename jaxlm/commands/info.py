@@ -16,8 +16,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run `jaxlm info` with parsed arguments; returns the exit code."""
-    from jaxlm.run_info import describe_run, format_info
+    from jaxlm.run import Run
+    from jaxlm.run_info import format_info
 
-    info = describe_run(args.run_dir)
+    info = Run(args.run_dir).describe()
     print(json.dumps(info, indent=2) if args.json else format_info(info))
     return 0

@@ -23,8 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run `jaxlm predict` with parsed arguments; returns the exit code."""
     from jaxlm.data.text import read_text
-    from jaxlm.inference import load_run, predict_proba
-    from jaxlm.train.run_dir import check_output_path
+    from jaxlm.inference import predict_proba
+    from jaxlm.run import Run, check_output_path
 
     if args.output != "-":
         check_output_path(args.output, "--output")
@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     text = sys.stdin.read() if args.input == "-" else read_text(args.input, args.encoding,
                                                                  "input file")
     lines = [line for line in text.splitlines() if line.strip()]
-    run_ = load_run(args.run, args.checkpoint)
+    run_ = Run(args.run).load(args.checkpoint)
     probs = predict_proba(run_, lines, args.batch_size)
     names = run_.class_names
     out = sys.stdout if args.output == "-" else open(args.output, "w")

@@ -1,5 +1,5 @@
 """`jaxlm runs [ROOT]`: a table of the runs under a folder (default runs/), nested ones
-included: kind, objective, model, parameters, steps done, status, last and best validation
+included: kind, task, model, parameters, steps done, status, last and best validation
 metric, test accuracy and when each last logged."""
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from jaxlm.data.lm_data import tokenizer_texts
     from jaxlm.data.sources import open_source
     from jaxlm.data.tokenizer import TextTokenizer, train_tokenizer
-    from jaxlm.train.run_dir import check_output_path
+    from jaxlm.run import check_output_path
 
     check_output_path(args.out, "--out", folder=True)  # a run's tokenizer must match its model
 

@@ -25,8 +25,8 @@ from jaxlm.data.tokenizer import TextTokenizer, load_tokenizer
 from jaxlm.errors import CheckpointError
 from jaxlm.interop.hf_config import config_from_hf, config_to_hf, default_task, hf_num_labels
 from jaxlm.interop.hf_weights import GROUP_ROOTS, TensorFiles, export_tensors, import_tensors
-from jaxlm.interop.params import abstract_params, objective_of, to_flat, to_state
 from jaxlm.models.layers import DTYPES
+from jaxlm.params import abstract_params, task_of, to_flat, to_state
 
 HUB_PREFIX = "hf:"
 _HUB_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.txt", "*.model"]
@@ -129,11 +129,11 @@ def import_hf(path: str | Path, *, param_dtype: str = "float32"
                               param_dtype=param_dtype)
     labels = hf_num_labels(hf) or 2
     if cfg.family == "bert":
-        objectives = {"masked": {},
-                      "classification": {"num_labels": labels, "pooler": True, "pooling": "first"}}
+        tasks = {"masked": {},
+                 "classification": {"num_labels": labels, "pooler": True, "pooling": "first"}}
     else:
-        objectives = {"causal": {}}
-    abstract = abstract_params(cfg, objectives)
+        tasks = {"causal": {}}
+    abstract = abstract_params(cfg, tasks)
     shapes = {p: tuple(v.get_value().shape) for p, v in abstract.items()}
     imported = import_tensors(TensorFiles(directory), cfg, shapes, DTYPES[param_dtype])
     params = to_state(imported.flat, abstract)
@@ -171,21 +171,21 @@ def _tokenizer_config(tok: TextTokenizer, max_len: int) -> dict:
 
 
 def export_hf(cfg: ModelConfig, params: nnx.State | dict, out_dir: str | Path, *,
-              tokenizer: TextTokenizer | None = None, objective: str | None = None,
+              tokenizer: TextTokenizer | None = None, task: str | None = None,
               pooling: str | None = None, id2label: dict[int, str] | None = None,
               overwrite: bool = False) -> Path:
     """Write config.json + model.safetensors (+ tokenizer files) that transformers loads as
     BertForSequenceClassification / BertForMaskedLM / GPT2LMHeadModel / LlamaForCausalLM.
 
-    objective defaults to the head found in params (bert without a head: masked; others: causal).
+    task defaults to the head found in params (bert without a head: masked; others: causal).
     """
     cfg = cfg.resolved()
     flat = to_flat(params)
-    objective = objective or objective_of(flat) or (
+    task = task or task_of(flat) or (
         "masked" if cfg.family == "bert" else "causal")
     groups = ["backbone"]
     num_labels = 0
-    if objective == "classification":
+    if task == "classification":
         if cfg.family == "bert" and ("head", "pooler", "kernel") not in flat:
             raise CheckpointError(
                 "BertForSequenceClassification always applies BERT's pooler (dense + tanh on the "
@@ -202,7 +202,7 @@ def export_hf(cfg: ModelConfig, params: nnx.State | dict, out_dir: str | Path, *
                                   "export.", culprit="head.classifier")
         num_labels = int(flat[("head", "classifier", "kernel")].shape[-1])
         groups += ["head.pooler", "head.classifier"]
-    elif objective == "masked":
+    elif task == "masked":
         groups.append("mlm_head")
     elif not cfg.tie_embeddings:
         groups.append("lm_head")
@@ -210,7 +210,7 @@ def export_hf(cfg: ModelConfig, params: nnx.State | dict, out_dir: str | Path, *
     if tokenizer is not None and cfg.family != "bert":
         eos = tokenizer.sep_id
         bos = tokenizer.cls_id if tokenizer.cls_id is not None else eos
-    hf_cfg = config_to_hf(cfg, objective, num_labels=num_labels, id2label=id2label,
+    hf_cfg = config_to_hf(cfg, task, num_labels=num_labels, id2label=id2label,
                           bos_id=bos, eos_id=eos)
     tensors = export_tensors(_select(flat, groups), cfg, groups)
     out = Path(out_dir)

@@ -23,7 +23,7 @@ from jaxlm.models.layers import attention_impl, compute_dtype_name
 from jaxlm.sharding import make_mesh, use_mesh
 from jaxlm.tasks import LOSSES
 from jaxlm.train.flops import count_params, flops_per_token, measure_peak_flops
-from jaxlm.train.checkpoint import abstract_with_shardings
+from jaxlm.checkpoint import abstract_with_shardings
 from jaxlm.train.optim import build_optimizer
 from jaxlm.train.steps import CompiledSteps, compile_steps, put_batch
 
@@ -103,7 +103,7 @@ def build_steps(cfg: Config, mesh=None) -> tuple[CompiledSteps, ModelConfig, Any
     mcfg = bench_model_config(cfg)
     mesh = mesh or make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor,
                              num_devices=cfg.mesh.num_devices)
-    from jaxlm.train.pretrain import check_batch
+    from jaxlm.train.fit import check_batch
     check_batch(cfg, mesh)
     tx, lr = build_optimizer(cfg.optim, cfg.train.steps)
     with use_mesh(mesh, cfg.mesh.rules):

@@ -38,7 +38,7 @@ class Pretrained:
 def load_pretrained(init_from: str) -> Pretrained:
     """The backbone of a pretrain/finetune/converted run (RUN_DIR or RUN_DIR/checkpoints/STEP),
     a Hugging Face folder (hf:DIR or a folder with config.json) or a hub id (hf:org/name)."""
-    from jaxlm.interop import load_params
+    from jaxlm.loading import load_params
 
     source = init_from
     if init_from.startswith("hf:") and Path(init_from[3:]).expanduser().is_dir():
@@ -122,11 +122,3 @@ def init_from_pretrained(params: Any, pre: Pretrained, shardings: Any, use_poole
         head = params["head"]
         head["pooler"] = graft(head["pooler"], pre.extra["pooler"], shardings["head"]["pooler"])
     return params
-
-
-def finetune_model_config(cfg: Config, pre: Pretrained | None, tok: TextTokenizer) -> ModelConfig:
-    """The classifier's model config: inherited from the checkpoint, or from cfg + tokenizer."""
-    if pre is None:
-        from jaxlm.train.pretrain import model_config_for
-        return model_config_for(cfg, tok)
-    return merged_model_config(cfg.model, pre.model).resolved()

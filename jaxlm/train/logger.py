@@ -45,17 +45,3 @@ class MetricsLogger:
             self.tb.flush()
             self.tb.close()
 
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """Every record of a run's metrics.jsonl, as written (see jaxlm.run_info.metric_records for the
-    deduplicated view)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:  # blank, or the torn last line of a killed run
-            continue
-    return rows

@@ -1,0 +1,537 @@
+"""The run directory: one object for the folder a run lives in.
+
+A run directory is self-describing. Training writes `config.yaml` (the resolved config) before its
+first step, then `model.json` (resolved model config, task and head), `tokenizer.json`,
+`metrics.jsonl`, `tensorboard/`, `checkpoints/STEP/` (the train state), `best/STEP/` (fine-tuning:
+the best validation parameters) and, when it finishes, `summary.json`. `jaxlm evaluate` adds
+`eval_SPLIT.json`, `jaxlm convert` `hf_import.json`. Rerunning the same command on the same folder
+resumes it.
+
+    run = Run("runs/sst2")
+    loaded = run.load()                      # the best checkpoint (else the latest)
+    run.checkpoint_steps(), run.metric_records(), run.describe()
+
+`Run` is the one place that knows these files: the trainer, evaluation, prediction, generation,
+`jaxlm info` / `runs` and Hugging Face export all go through it. Loading reads only the parameters
+from orbax, so nothing here imports the training package.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from jaxlm.atomic import write_text_atomic
+from jaxlm.config import Config, ModelConfig, config_from_dict, migrate_raw, save_config, to_dict
+from jaxlm.errors import CheckpointError, ConfigError
+
+# Sections that must match for a run directory to be resumed with a config (mesh, step count,
+# logging and evaluation cadence may change between sessions).
+IDENTITY_KEYS = ("model", "data", "optim", "train.task", "train.batch_size", "train.seed",
+                 "train.grad_accum")
+
+# What a run directory holds: nothing but training (and `--overwrite`) may replace these.
+RUN_FILES = ("config.yaml", "model.json", "tokenizer.json", "summary.json", "metrics.jsonl",
+             "hf_import.json", "checkpoints", "checkpoints.corrupt", "best", "tensorboard")
+
+# Checkpoint folders and the orbax item in each step folder that holds the parameters.
+CHECKPOINT_ITEMS = {"checkpoints": "state", "best": "params"}
+
+# The validation metric that says how good a run is, and which way is better, per task.
+KEY_METRIC = {"classification": ("accuracy", "max"), "causal": ("loss", "min"),
+              "masked": ("loss", "min")}
+
+
+@dataclass
+class LoadedRun:
+    """A trained model ready for inference on one device (see `Run.load`)."""
+
+    run_dir: Path
+    cfg: Config | None  # the run's config (None for a Hugging Face folder)
+    model_cfg: ModelConfig  # resolved
+    task: str  # causal, masked or classification
+    head: dict  # num_labels, class_names, pooling, pooler (classifiers)
+    tokenizer: Any  # jaxlm.data.tokenizer.TextTokenizer
+    model: Any  # nnx.Module holding the checkpoint's parameters
+    checkpoint: str  # which checkpoint was loaded, for reports ("best (step 40)", "step 60")
+
+    @property
+    def class_names(self) -> list[str]:
+        """The classifier's label names, in logit order."""
+        return list(self.head.get("class_names", []))
+
+    @property
+    def objective(self) -> str:
+        """The old name of `task`."""
+        return self.task
+
+
+class Run:
+    """A run directory: its named files, the create / resume / overwrite rules, and readers for
+    what a run wrote (config, model spec, tokenizer, metrics, checkpoints, summary, model)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"Run('{self.path}')"
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    @classmethod
+    def for_config(cls, cfg: Config, run_dir: str | Path | None = None) -> Run:
+        """The run of a config: --run-dir, else the config's run_dir, else runs/<name>."""
+        return cls(run_dir or cfg.run_dir or f"runs/{cfg.name}")
+
+    # --- named paths -----------------------------------------------------------------------
+    config_path = property(lambda self: self.path / "config.yaml")
+    model_spec_path = property(lambda self: self.path / "model.json")
+    tokenizer_path = property(lambda self: self.path / "tokenizer.json")
+    metrics_path = property(lambda self: self.path / "metrics.jsonl")
+    summary_path = property(lambda self: self.path / "summary.json")
+    checkpoints_dir = property(lambda self: self.path / "checkpoints")
+    best_dir = property(lambda self: self.path / "best")
+    tensorboard_dir = property(lambda self: self.path / "tensorboard")
+    import_info_path = property(lambda self: self.path / "hf_import.json")
+
+    def eval_path(self, split: str) -> Path:
+        """Where `jaxlm evaluate` writes its report on `split`."""
+        return self.path / f"eval_{split}.json"
+
+    @staticmethod
+    def is_run_dir(path: str | Path) -> bool:
+        """A jaxlm run directory: a config.yaml beside something only a run writes (its model
+        spec, tokenizer, metrics or checkpoints), so a project folder that merely has a
+        config.yaml is not mistaken for one."""
+        p = Path(path)
+        return (p / "config.yaml").is_file() and any(
+            (p / name).exists() for name in RUN_FILES if name != "config.yaml")
+
+    # --- create / resume / overwrite -------------------------------------------------------
+    def prepare(self, cfg: Config, overwrite: bool = False) -> bool:
+        """Create or check the run directory for `cfg`; returns True when it holds a run to resume.
+
+        A directory holding a run with a different config is refused unless `overwrite`, so a
+        finished run is never clobbered by accident.
+        """
+        run_dir = self.path
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ConfigError(f"Run directory '{run_dir}' exists and is a file. Choose another "
+                              "--run-dir.", culprit=str(run_dir))
+        if self.config_path.is_file():
+            if overwrite:
+                self._clear()
+            else:
+                resume = self._check_resume(cfg)
+                if resume is not None:
+                    return resume
+        elif (run_dir.is_dir() and any(p.suffix != ".tmp" for p in run_dir.iterdir())
+              and not overwrite):  # (a .tmp file: a first write cut short)
+            raise ConfigError(f"Run directory '{run_dir}' is not empty and is not a jaxlm run (no "
+                              "config.yaml). Choose an empty or new --run-dir, or pass --overwrite.",
+                              culprit=str(run_dir))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.config_path)
+        return False
+
+    def _check_resume(self, cfg: Config) -> bool | None:
+        """Whether the run saved here resumes with `cfg` (None: it was cleared, start afresh)."""
+        run_dir = self.path
+        old = migrate_raw(_read_yaml(self.config_path))  # train.objective -> train.task
+        new = to_dict(cfg)
+        diffs = [k for k in IDENTITY_KEYS if _pick(old, k) != _pick(new, k)]
+        if diffs and not self.checkpoint_steps("checkpoints") + self.checkpoint_steps("best"):
+            # a start that failed before its first checkpoint: nothing to lose, start again
+            # (its tokenizer and model spec came from the old config, so they go too)
+            from jaxlm.checkpoint import warn
+            warn(f"'{run_dir}' holds a run with a different config that never saved a "
+                 "checkpoint; starting it again with this config.")
+            self._clear()
+            return None
+        if diffs:
+            raise ConfigError(
+                f"Run directory '{run_dir}' holds a run with a different config ({', '.join(diffs)} "
+                "differ), so it cannot be resumed with this one. Use a new --run-dir, rerun with "
+                "the original config to resume, or pass --overwrite to discard the old run.",
+                culprit=str(run_dir))
+        if old != new:  # e.g. more steps: config.yaml describes the latest invocation
+            save_config(cfg, self.config_path)
+        return self.checkpoints_dir.is_dir()
+
+    def _clear(self) -> None:
+        """Remove what a run wrote (and nothing else in the folder): --overwrite, or a failed
+        start."""
+        for name in RUN_FILES + tuple(p.name for p in self.path.glob("eval_*.json")):
+            target = self.path / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+
+    # --- config, model spec, tokenizer ----------------------------------------------------
+    def raw_config(self) -> dict:
+        """config.yaml as a mapping, as written (older versions' keys included)."""
+        if not self.config_path.is_file():
+            raise CheckpointError(f"'{self.path}' is not a jaxlm run directory (no config.yaml). "
+                                  "Pass the --run-dir of a pretrain or finetune run.",
+                                  culprit=str(self.path))
+        return _read_yaml(self.config_path)
+
+    def config(self) -> Config:
+        """The resolved config saved in the run directory (an older version's spellings read
+        silently: the file is the run's record, not something the user typed)."""
+        raw = migrate_raw(self.raw_config())
+        try:
+            return config_from_dict(raw)
+        except ConfigError as e:
+            raise CheckpointError(f"The config saved in '{self.config_path}' is not valid for this "
+                                  f"jaxlm ({e}). It was written by another version or edited by "
+                                  "hand.", culprit=str(self.config_path)) from None
+
+    def write_model_spec(self, model_cfg: ModelConfig, task: str, **head: Any) -> None:
+        """model.json: the resolved model config, task and head, so inference and export need no
+        other run or config."""
+        spec = {"task": task, "model": dataclasses.asdict(model_cfg), "head": head}
+        write_text_atomic(self.model_spec_path, json.dumps(spec, indent=2))
+
+    def model_spec(self) -> dict:
+        """model.json as {"task", "model", "head"} (runs written before 0.2 say "objective")."""
+        if not self.model_spec_path.is_file():
+            raise CheckpointError(f"'{self.path}' has no model.json: it is not a finished jaxlm "
+                                  "run directory. Pass the --run-dir of a pretrain or finetune "
+                                  "run.", culprit=str(self.path))
+        spec = json.loads(self.model_spec_path.read_text())
+        if "task" not in spec and "objective" in spec:
+            spec["task"] = spec.pop("objective")
+        return spec
+
+    def tokenizer(self):
+        """The run's tokenizer (a TextTokenizer)."""
+        from jaxlm.data.tokenizer import TextTokenizer
+
+        if not self.tokenizer_path.is_file():
+            raise CheckpointError(f"Run directory '{self.path}' has no tokenizer.json; it was not "
+                                  "written by jaxlm, or is incomplete.",
+                                  culprit=str(self.tokenizer_path))
+        return TextTokenizer.load(self.tokenizer_path)
+
+    def save_tokenizer(self, tokenizer) -> None:
+        """Write tokenizer.json."""
+        tokenizer.save(self.tokenizer_path)
+
+    # --- metrics, summary -----------------------------------------------------------------
+    def metric_records(self) -> list[dict]:
+        """Records of metrics.jsonl, one per (step, split) in step order: a resumed run's
+        repeated records keep the last one, and a torn last line (a run killed or still writing)
+        is skipped."""
+        if not self.metrics_path.is_file():
+            return []
+        latest: dict[tuple[int, str], dict] = {}
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and "step" in rec and "split" in rec:
+                latest[(int(rec["step"]), str(rec["split"]))] = rec
+        return [latest[k] for k in sorted(latest)]
+
+    def write_summary(self, summary: dict) -> None:
+        """Write summary.json (dataclasses and numpy scalars made JSON-able). A resumed run (or a
+        finished one run again, which only re-reports) adds the wall time of the summary it
+        replaces and keeps its throughput when this invocation trained no step, so neither is
+        lost."""
+        if summary.get("resumed_from") and self.summary_path.is_file():
+            old = self.summary() or {}
+            summary = dict(summary)  # the caller's dict stays as it was
+            if isinstance(old.get("wall_s"), (int, float)) and summary.get("wall_s") is not None:
+                summary["wall_s"] += old["wall_s"]
+            if summary.get("tokens_per_s") is None:
+                summary["tokens_per_s"] = old.get("tokens_per_s")
+        write_text_atomic(self.summary_path, json.dumps(summary, indent=2, default=_json_default))
+
+    def summary(self) -> dict | None:
+        """summary.json (None until the run finishes, or when unreadable)."""
+        return _read_json(self.summary_path)
+
+    # --- checkpoints ----------------------------------------------------------------------
+    def checkpoint_steps(self, kind: str = "checkpoints") -> list[int]:
+        """Steps of the finished checkpoints in checkpoints/ (train states) or best/ (the best
+        parameters): digit-named step folders holding their orbax item (a step folder is renamed
+        into place when complete)."""
+        folder, item = self.path / kind, CHECKPOINT_ITEMS[kind]
+        if not folder.is_dir():
+            return []
+        return sorted(int(p.name) for p in folder.iterdir()
+                      if p.name.isdigit() and (p / item).is_dir())
+
+    def checkpointer(self, *, keep: int = 3, async_save: bool = True, read_only: bool = False):
+        """A `jaxlm.checkpoint.Checkpointer` over checkpoints/."""
+        from jaxlm.checkpoint import Checkpointer
+
+        return Checkpointer(self.checkpoints_dir, keep=keep, async_save=async_save,
+                            read_only=read_only)
+
+    def _checkpoint_item(self, checkpoint: str | int) -> tuple[Path, str | None, str]:
+        """(orbax item folder, subtree holding the params or None, description) for "best" (a
+        fine-tuning run's best validation parameters, else the latest), "latest" or a step."""
+        from jaxlm.checkpoint import latest_intact, require_intact
+
+        if checkpoint == "best":
+            best = latest_intact(self.best_dir, self.checkpoint_steps("best"), "best checkpoint")
+            if best is not None:
+                return self.best_dir / str(best) / "params", None, f"best (step {best})"
+            checkpoint = "latest"
+        folder = self.checkpoints_dir
+        steps = self.checkpoint_steps()
+        if not steps:
+            raise CheckpointError(f"No checkpoint found in '{folder}'. Train or convert into this "
+                                  "run directory first.", culprit=str(self.path))
+        if checkpoint == "latest":
+            step = latest_intact(folder, steps)
+            if step is None:
+                raise CheckpointError(f"Every checkpoint in '{folder}' is damaged (see the "
+                                      "warnings above); restore them from a backup.",
+                                      culprit=str(folder))
+        else:
+            try:
+                step = int(checkpoint)
+            except ValueError:
+                raise CheckpointError(f"The checkpoint must be best, latest or a step number, got "
+                                      f"'{checkpoint}'.", culprit=str(checkpoint)) from None
+            if step not in steps:
+                raise CheckpointError(f"'{self.path}' has no checkpoint at step {step}; it has "
+                                      f"steps {', '.join(map(str, steps))}.", culprit=str(self.path))
+            require_intact(folder, step)
+        return folder / str(step) / "state", "params", f"step {step}"
+
+    def read_params(self, checkpoint: str | int = "latest") -> tuple[dict, str]:
+        """({param path: numpy array}, which checkpoint) of "best", "latest" or a step: only the
+        parameters are read, onto the host; damaged steps are skipped (latest, best) or refused
+        (a step), never moved."""
+        from jaxlm.checkpoint import read_params
+
+        path, key, which = self._checkpoint_item(checkpoint)
+        return read_params(path, key), which
+
+    # --- loading the model ----------------------------------------------------------------
+    def load(self, checkpoint: str | int = "best") -> LoadedRun:
+        """The run's model holding a checkpoint's parameters: "best" (a fine-tuning run's best
+        validation checkpoint, else the latest), "latest" or a step number. The parameters sit
+        on the default device; `Generator(model, mesh=...)` shards them like training."""
+        from jaxlm.params import model_from_params
+
+        cfg = self.config()
+        tok = self.tokenizer()
+        flat, which = self.read_params(checkpoint)
+        spec = (self.model_spec() if self.model_spec_path.is_file()
+                else self._spec_from_config(cfg, flat, tok))
+        model_cfg = ModelConfig(**spec["model"]).resolved()
+        head = dict(spec.get("head") or {})
+        model = model_from_params(model_cfg, spec["task"], head, flat,
+                                  where=f"The checkpoint in '{self.path}' ({which})")
+        return LoadedRun(self.path, cfg, model_cfg, spec["task"], head, tok, model, which)
+
+    def _spec_from_config(self, cfg: Config, flat: dict, tok) -> dict:
+        """A model.json-like spec for runs that lack one (older runs): the config plus what the
+        parameter shapes say (vocabulary, heads)."""
+        from jaxlm.params import model_kwargs, task_of
+
+        emb = flat.get(("backbone", "embeddings", "token", "embedding"))
+        if emb is None:
+            raise CheckpointError(f"The checkpoint in '{self.path}' has no backbone token "
+                                  "embedding; it is not a jaxlm model checkpoint.",
+                                  culprit=str(self.path))
+        pad = cfg.model.pad_token_id if cfg.model.vocab_size else (tok.pad_id or 0)
+        mcfg = dataclasses.replace(cfg.model, vocab_size=int(emb.shape[0]), pad_token_id=pad)
+        task = task_of(flat) or cfg.train.task
+        head = model_kwargs(mcfg, flat, task, _find_key(self.raw_config(), "pooling"))
+        return {"task": task, "model": dataclasses.asdict(mcfg), "head": head}
+
+    # --- description (jaxlm info, jaxlm runs) ---------------------------------------------
+    def describe(self, *, count_params: bool = True) -> dict[str, Any]:
+        """Everything `jaxlm info` shows about the run, as a JSON-ready dict, from its files alone
+        (no checkpoint restore).
+
+        kind is pretrain, finetune or converted; status is finished (summary.json at the last
+        step), partial (stopped or still running; rerunning the command resumes it) or imported.
+        """
+        if not Run.is_run_dir(self.path):
+            why = ("no config.yaml" if not self.config_path.is_file() else
+                   "a config.yaml, but no model.json, tokenizer, metrics or checkpoints")
+            raise CheckpointError(f"'{self.path}' is not a jaxlm run directory ({why}). Pass a "
+                                  "folder written by jaxlm pretrain, finetune or convert; `jaxlm "
+                                  "runs ROOT` lists the runs under a folder.", culprit=str(self.path))
+        raw = self.raw_config()
+        spec = _read_json(self.model_spec_path) or {}
+        summary = self.summary() or {}
+        imported = _read_json(self.import_info_path)
+        train_cfg = raw.get("train", {}) or {}
+        task = (spec.get("task") or spec.get("objective") or train_cfg.get("task")
+                or train_cfg.get("objective") or "causal")
+        kind = ("converted" if imported is not None else
+                "finetune" if task == "classification" else "pretrain")
+        records = self.metric_records()
+        ckpts = self.checkpoint_steps()
+        done = max([r["step"] for r in records] + ckpts + [summary.get("step", 0)], default=0)
+        total = int(train_cfg.get("steps", 0) or 0)
+        if kind == "converted":
+            status = "imported"
+        elif summary and summary.get("step", 0) >= total:
+            status = "finished"
+        else:
+            status = "partial"
+        model = spec.get("model") or raw.get("model") or {}
+        params = summary.get("params")
+        if params is None and count_params and spec.get("model"):
+            params = _param_count(spec)
+        info: dict[str, Any] = {
+            "run_dir": str(self.path), "name": raw.get("name", self.path.name), "kind": kind,
+            "task": task, "status": status, "steps_done": done, "steps_total": total,
+            "model": {k: model.get(k) for k in ("family", "num_layers", "d_model", "num_heads",
+                                                "num_kv_heads", "d_ff", "vocab_size", "max_len")},
+            "params": params, "head": spec.get("head") or {},
+            "data": {k: (raw.get("data") or {}).get(k) for k in ("train", "validation", "seq_len")},
+            "batch_size": train_cfg.get("batch_size"),
+            "checkpoints": ckpts, "files": sorted(p.name + ("/" if p.is_dir() else "")
+                                                  for p in self.path.iterdir()),
+            "updated": _mtime(self.metrics_path) or _mtime(self.config_path),
+        }
+        if imported is not None:
+            info["imported_from"] = imported.get("source")
+        if kind == "finetune" and (raw.get("finetune") or {}).get("init_from"):
+            info["init_from"] = raw["finetune"]["init_from"]
+        info["last"] = {split: _last(records, split) for split in ("train", "val")}
+        info["best"] = self._best(records, task)
+        info["final"] = {s: _scalars(summary[s]) for s in ("validation", "test")
+                         if isinstance(summary.get(s), dict)}
+        for path in sorted(self.path.glob("eval_*.json")):
+            report = _read_json(path)
+            if isinstance(report, dict):
+                info["final"].setdefault(path.stem[len("eval_"):], _scalars(report))
+        for key in ("wall_s", "tokens_per_s", "compile_s"):
+            if summary.get(key) is not None:
+                info[key] = summary[key]
+        return info
+
+    def _best(self, records: list[dict], task: str) -> dict[str, Any] | None:
+        """The kept best checkpoint (fine-tuning), else the best logged validation value."""
+        kept = _read_json(self.best_dir / "best.json")
+        if isinstance(kept, dict) and "value" in kept:
+            return {"metric": kept.get("metric"), "value": kept["value"],
+                    "step": kept.get("step"), "kept": True}
+        metric, mode = KEY_METRIC.get(task, ("loss", "min"))
+        rows = [(int(r["step"]), float(r[metric])) for r in records
+                if r["split"] == "val" and isinstance(r.get(metric), (int, float))
+                and math.isfinite(r[metric])]
+        if not rows:
+            return None
+        step, value = (max if mode == "max" else min)(rows, key=lambda sv: sv[1])
+        return {"metric": metric, "value": value, "step": step, "kept": False}
+
+
+def load_run(path: str | Path, checkpoint: str | int = "best") -> LoadedRun:
+    """`Run(path).load(checkpoint)`: a run's model, config, tokenizer and head."""
+    return Run(path).load(checkpoint)
+
+
+def check_output_path(path: str | Path, flag: str, *, folder: bool = False) -> None:
+    """Refuse an output path that would overwrite part of an existing jaxlm run (its config,
+    model, tokenizer, metrics or checkpoints), or a folder where a file is expected."""
+    p = Path(path).absolute()
+    if not folder and p.is_dir():
+        raise ConfigError(f"{flag} '{path}' is a directory; give the path of a file to write.",
+                          culprit=flag)
+    if folder and p.exists() and not p.is_dir():
+        raise ConfigError(f"{flag} '{path}' is an existing file; give a folder to write into.",
+                          culprit=flag)
+    if folder and Run.is_run_dir(p):
+        raise ConfigError(f"{flag} '{path}' is a jaxlm run directory; writing there would "
+                          "replace the run's own files. Choose another folder.", culprit=flag)
+    for parent in p.parents:
+        if Run.is_run_dir(parent):
+            part = p.relative_to(parent).parts[0]
+            if part in RUN_FILES:
+                raise ConfigError(f"{flag} '{path}' would overwrite '{part}' of the jaxlm run in "
+                                  f"'{parent}'. Write the output somewhere else.", culprit=flag)
+            return
+
+
+def _pick(d: dict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        d = d.get(part, {}) if isinstance(d, dict) else {}
+    return d
+
+
+def _find_key(raw: Any, key: str) -> Any:
+    """The first value of `key` anywhere in a nested config mapping (None when absent)."""
+    if isinstance(raw, dict):
+        if key in raw:
+            return raw[key]
+        for v in raw.values():
+            found = _find_key(v, key)
+            if found is not None:
+                return found
+    return None
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"'{path}' is not readable YAML ({str(e).splitlines()[0]}): the run "
+                              "directory is damaged. Restore config.yaml from a backup, or start "
+                              "a new --run-dir.", culprit=str(path)) from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"'{path}' does not hold a config mapping: the run directory is "
+                              "damaged. Restore config.yaml from a backup, or start a new --run-dir.",
+                              culprit=str(path))
+    return raw
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _mtime(path: Path) -> float | None:
+    return path.stat().st_mtime if path.exists() else None
+
+
+def _scalars(d: dict) -> dict[str, float]:
+    return {k: v for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _last(records: list[dict], split: str) -> dict[str, Any]:
+    rows = [r for r in records if r["split"] == split]
+    return {k: v for k, v in rows[-1].items() if k != "split"} if rows else {}
+
+
+def _param_count(spec: dict) -> int | None:
+    """Parameters of a model.json spec, by abstract evaluation (no memory, no compile)."""
+    try:
+        from jaxlm.params import abstract_params
+
+        head = spec.get("head") or {}
+        kw = {k: head[k] for k in ("num_labels", "pooling", "pooler") if k in head}
+        task = spec.get("task") or spec["objective"]
+        abstract = abstract_params(ModelConfig(**spec["model"]), {task: kw})
+        return int(sum(math.prod(v.get_value().shape) for v in abstract.values()))
+    except Exception:  # an older or foreign spec: the count is a nicety, not a requirement
+        return None
+
+
+def _json_default(o: Any) -> Any:
+    if dataclasses.is_dataclass(o):
+        return dataclasses.asdict(o)
+    return float(o)
+
