@@ -1,74 +1,111 @@
-"""Evaluating a finished run on a dataset: classifiers get the full classification report,
-language models loss and perplexity."""
+"""The one evaluator: jitted sums of a task's loss and its model outputs over fixed batches.
+
+It serves validation during training (over the training shardings), `jaxlm evaluate`
+(`evaluate_run`: a run's task, data and checkpoint) and `jaxlm predict` (`jaxlm.inference`). Sums,
+not means, are computed per batch and added on the host in float64, so any batching of the same
+rows scores each row once, and `jaxlm evaluate` with the run's own batches reproduces the
+validation loss the run logged.
+"""
 from __future__ import annotations
 
+from typing import Any, Callable
+
+import jax
 import numpy as np
+from flax import nnx
 
-from jaxlm.errors import DataError
-from jaxlm.inference import LoadedRun, load_run, predict_proba
-from jaxlm.metrics import classification_report, perplexity
-
-
-def _default_spec(run: LoadedRun, split: str) -> tuple[str, str]:
-    d = run.cfg.data
-    if split == "test" and d.test:
-        return run.cfg.resolve_path(d.test), split
-    if split == "validation" and d.validation:
-        return run.cfg.resolve_path(d.validation), split
-    return run.cfg.resolve_path(d.train), split
+from jaxlm.metrics import perplexity
+from jaxlm.sharding import put_batch
+from jaxlm.tasks.losses import LossFn
 
 
-def evaluate_classifier_run(run: LoadedRun, spec: str, split: str, batch_size: int) -> dict:
-    """Classification report (accuracy, per-class P/R/F1, confusion matrix, loss) of a classifier
-    run on a dataset split."""
-    from jaxlm.data.sources import SourceOptions, open_source
+class Evaluator:
+    """Jitted evaluation of parameters: `model_of(params)` rebuilds the model inside jit.
 
-    src = open_source(spec, split, SourceOptions.from_config(run.cfg.data), run.class_names)
-    if src.label_names is None:
-        raise DataError(f"{src.name} has no labels to evaluate against.", culprit=spec)
-    examples = [src[i] for i in range(len(src))]
-    labels = np.array([e["label"] for e in examples])
-    probs = predict_proba(run, [e["text"] for e in examples], batch_size)
-    loss = float(-np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-12)).mean())
-    report = classification_report(labels, probs.argmax(-1), len(run.class_names),
-                                   run.class_names, loss)
-    report.update({"data": spec, "split": src.split, "checkpoint": run.checkpoint})
-    return report
+    params_sharding / batch_sharding: the training shardings (None: one device, no placement).
+    """
+
+    def __init__(self, model_of: Callable[[Any], Any], loss_fn: LossFn, *,
+                 params_sharding: Any = None, batch_sharding: Any = None):
+        self.batch_sharding = batch_sharding
+        shardings = ({} if batch_sharding is None else
+                     {"in_shardings": (params_sharding, batch_sharding)})
+
+        def sums(params: Any, batch: dict) -> dict[str, jax.Array]:
+            loss, aux = loss_fn(model_of(params), batch, None)
+            return {"loss": loss, **aux}
+
+        def outputs(params: Any, batch: dict) -> jax.Array:
+            return model_of(params)(batch["inputs"], segment_ids_BxT=batch.get("segment_ids"))
+
+        self._sums = jax.jit(sums, **shardings)
+        self._outputs = jax.jit(outputs, **shardings)
+
+    @classmethod
+    def for_model(cls, model: nnx.Module, loss_fn: LossFn) -> tuple["Evaluator", nnx.State]:
+        """An evaluator for a loaded model on one device, and the parameters to pass it."""
+        graphdef, params = nnx.split(model)
+        return cls(lambda p: nnx.merge(graphdef, p), loss_fn), params
+
+    def _put(self, batch: dict) -> dict:
+        return batch if self.batch_sharding is None else put_batch(batch, self.batch_sharding)
+
+    def sums(self, params: Any, batches: list[dict]) -> dict[str, float]:
+        """Loss and aux sums (weight: the number of scored targets) over every batch."""
+        totals: dict[str, float] = {}
+        for b in batches:
+            for k, v in jax.device_get(self._sums(params, self._put(b))).items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+        return totals
+
+    def mean_metrics(self, params: Any, batches: list[dict]) -> dict[str, float]:
+        """Mean loss per scored target, its perplexity, every other aux entry as a mean, and
+        the number of scored targets."""
+        sums = self.sums(params, batches)
+        weight = sums.pop("weight", 0.0)
+        loss = sums.pop("loss", 0.0) / max(weight, 1.0)
+        return {"loss": loss, "perplexity": perplexity(loss),
+                **{k: v / max(weight, 1.0) for k, v in sums.items()}, "tokens": int(weight)}
+
+    def outputs(self, params: Any, batches: list[dict]) -> np.ndarray:
+        """The model's outputs (e.g. class logits) for every row, padding rows included."""
+        rows = [np.asarray(jax.device_get(self._outputs(params, self._put(b)))) for b in batches]
+        return np.concatenate(rows) if rows else np.zeros((0,), np.float32)
 
 
-def evaluate_lm_run(run: LoadedRun, spec: str, split: str, batch_size: int) -> dict:
-    """Mean loss over every token of the text (non-overlapping windows), and perplexity."""
-    import jax
-    from flax import nnx
-
-    from jaxlm.data.lm_data import mask_spec_for, token_stream
-    from jaxlm.data.lm_pipeline import eval_batches
-    from jaxlm.data.sources import SourceOptions, open_source
-    from jaxlm.tasks import token_loss
-
-    src = open_source(spec, split, SourceOptions.from_config(run.cfg.data))
-    tokens = token_stream(run.tokenizer, src)
-    batches = eval_batches(tokens, seq_len=run.cfg.data.seq_len, global_batch=batch_size,
-                           mask=mask_spec_for(run.cfg, run.tokenizer), seed=run.cfg.train.seed + 7919)
-    graphdef, params = nnx.split(run.model)
-    step = jax.jit(lambda p, b: token_loss(nnx.merge(graphdef, p), b, None))
-    loss_sum = weight = 0.0
-    for b in batches:
-        loss, aux = step(params, b)
-        loss_sum += float(loss)
-        weight += float(aux["weight"])
-    mean = loss_sum / max(weight, 1.0)
-    return {"loss": mean, "perplexity": perplexity(mean), "tokens": int(weight), "data": spec,
-            "split": src.split, "checkpoint": run.checkpoint, "objective": run.objective}
+def _default_source(run: Any, task: Any, split: str):
+    """The split to evaluate when no --data is given: for language models, the validation the
+    run used (so the result matches the run's own); for classifiers, test, else validation."""
+    sources = task.open_sources(run.cfg)
+    for name in ((split, "test", "validation") if split != "train" else ("train",)):
+        if name in sources:
+            return sources[name], name
+    return sources["train"], "train"
 
 
 def evaluate_run(run_dir: str, spec: str | None = None, *, split: str = "test",
-                 checkpoint: str = "best", batch_size: int = 64) -> dict:
-    """`jaxlm evaluate`: a classifier's report or a language model's loss and perplexity on a
-    dataset (default: the run's test split, else validation)."""
+                 checkpoint: str | int = "best", batch_size: int = 0) -> dict[str, Any]:
+    """`jaxlm evaluate`: a run's task evaluation (a classifier's report; a language model's loss
+    and perplexity) on a dataset spec, by default the run's own test or validation split.
+    batch_size 0: the run's evaluation batch size."""
+    from jaxlm.data.sources import SourceOptions, open_source
+    from jaxlm.errors import DataError
+    from jaxlm.run import load_run
+    from jaxlm.tasks import task_for
+
     run = load_run(run_dir, checkpoint)
+    task = task_for(run.task).from_head(run.head, run.cfg)
     if spec is None:
-        spec, split = _default_spec(run, split)
-    if run.objective == "classification":
-        return evaluate_classifier_run(run, spec, split, batch_size)
-    return evaluate_lm_run(run, spec, split, batch_size)
+        source, split = _default_source(run, task, split)
+        spec = source.name
+    else:
+        labels = run.class_names or None
+        source = open_source(spec, split, SourceOptions.from_config(run.cfg.data), labels)
+        if run.task == "classification" and source.label_names is None:
+            raise DataError(f"{source.name} has no labels to evaluate against.", culprit=spec)
+    batches = task.eval_batches(run.cfg, run.tokenizer, source, batch_size=batch_size)
+    evaluator, params = Evaluator.for_model(run.model, task.loss)
+    report = task.evaluate(evaluator, params, batches)
+    report.update({"data": spec, "split": getattr(source, "split", split),
+                   "checkpoint": run.checkpoint, "task": run.task})
+    return report

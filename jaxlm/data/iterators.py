@@ -1,6 +1,6 @@
 """The iterator the training loop holds: grain batches plus a JSON state for the checkpoint.
 
-`get_state()` / `set_state()` are what `jaxlm.train.loop` saves beside the model (as JSON, written
+`get_state()` / `set_state()` are what the training checkpoints save beside the model (as JSON, written
 by the primary host). Two details make that exact:
 - JSON turns tuples into lists, and grain's packing compares its state against tuples; the state is
   normalised back on restore.

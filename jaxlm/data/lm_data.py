@@ -8,7 +8,6 @@ is one document (nanoGPT's split of Tiny Shakespeare), else of its documents.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
@@ -101,13 +100,6 @@ def token_stream(tok: TextTokenizer, source: Source, batch: int = 1024) -> np.nd
     return np.concatenate(parts) if parts else np.zeros(0, np.int32)
 
 
-@dataclass
-class LMBatches:
-    """Pretraining data: the checkpointable train iterator and the fixed validation batches."""
-    train: Batches
-    validation: list[dict[str, np.ndarray]]
-
-
 def mask_spec_for(cfg: Any, tok: TextTokenizer) -> MaskSpec | None:
     """The masked-LM masking spec for task=masked (None otherwise)."""
     if cfg.train.task != "masked":
@@ -119,28 +111,34 @@ def mask_spec_for(cfg: Any, tok: TextTokenizer) -> MaskSpec | None:
     return MaskSpec.for_tokenizer(tok, cfg.data.mask_prob, cfg.data.whole_word_mask)
 
 
-def lm_batches(cfg: Any, tok: TextTokenizer, train: Source, val: Source, *,
-               process_index: int = 0, process_count: int = 1) -> LMBatches:
-    """Training batches (iterate for a checkpointable iterator) and the fixed validation batches."""
+def lm_train_batches(cfg: Any, tok: TextTokenizer, train: Source, *, process_index: int = 0,
+                     process_count: int = 1) -> Batches:
+    """This host's training batches (iterate for a checkpointable iterator)."""
     d, t = cfg.data, cfg.train
-    T, B = d.seq_len, t.batch_size
-    eval_B = t.eval_batch_size or B
     mask = mask_spec_for(cfg, tok)
     if d.sampling == "packed":
-        enc = DocEncoder(tok, t.task, mask, seed=t.seed)
-        ds = packed_train_dataset(train, enc, seq_len=T, global_batch=B, seed=t.seed,
-                                  packing=d.packing, process_index=process_index,
-                                  process_count=process_count, prefetch=d.prefetch)
-        val_enc = DocEncoder(tok, t.task, mask, seed=t.seed + 7919)
-        vb = packed_eval_batches(val, val_enc, seq_len=T, global_batch=eval_B,
-                                 max_batches=t.eval_batches, process_index=process_index,
-                                 process_count=process_count)
-        return LMBatches(ds, vb)
-    train_tokens, val_tokens = token_stream(tok, train), token_stream(tok, val)
-    ds = train_dataset(train_tokens, seq_len=T, global_batch=B, num_steps=t.steps, seed=t.seed,
-                       sampling=d.sampling, process_index=process_index,
-                       process_count=process_count, prefetch=d.prefetch, mask=mask)
-    vb = eval_batches(val_tokens, seq_len=T, global_batch=eval_B, max_batches=t.eval_batches,
-                      process_index=process_index, process_count=process_count, mask=mask,
-                      seed=t.seed + 7919)
-    return LMBatches(ds, vb)
+        return packed_train_dataset(train, DocEncoder(tok, t.task, mask, seed=t.seed),
+                                    seq_len=d.seq_len, global_batch=t.batch_size, seed=t.seed,
+                                    packing=d.packing, process_index=process_index,
+                                    process_count=process_count, prefetch=d.prefetch)
+    return train_dataset(token_stream(tok, train), seq_len=d.seq_len, global_batch=t.batch_size,
+                         num_steps=t.steps, seed=t.seed, sampling=d.sampling,
+                         process_index=process_index, process_count=process_count,
+                         prefetch=d.prefetch, mask=mask)
+
+
+def lm_eval_batches(cfg: Any, tok: TextTokenizer, source: Source, *, batch_size: int = 0,
+                    process_index: int = 0, process_count: int = 1) -> list[dict[str, np.ndarray]]:
+    """The fixed evaluation batches of a split, exactly as validation during training builds
+    them (packed or windows, the same masking seed), so `jaxlm evaluate` reproduces it.
+    batch_size 0: train.eval_batch_size, else train.batch_size."""
+    d, t = cfg.data, cfg.train
+    size = batch_size or t.eval_batch_size or t.batch_size
+    mask = mask_spec_for(cfg, tok)
+    if d.sampling == "packed":
+        return packed_eval_batches(source, DocEncoder(tok, t.task, mask, seed=t.seed + 7919),
+                                   seq_len=d.seq_len, global_batch=size, max_batches=t.eval_batches,
+                                   process_index=process_index, process_count=process_count)
+    return eval_batches(token_stream(tok, source), seq_len=d.seq_len, global_batch=size,
+                        max_batches=t.eval_batches, process_index=process_index,
+                        process_count=process_count, mask=mask, seed=t.seed + 7919)

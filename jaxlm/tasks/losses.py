@@ -1,8 +1,11 @@
-"""Objectives: what a model is asked to predict and how it is scored.
+"""Losses: what a model is asked to predict and how it is scored.
 
-Every loss function returns `(loss_sum, aux)` where `aux["weight"]` is the number of scored
-targets; steps divide by the total weight, so gradient accumulation over micro-batches gives the
-same update as one big batch.
+The loss contract (`LossFn`): `loss(model, batch, dropout_rng) -> (loss_sum, aux)`, where
+`aux["weight"]` is the number of scored targets and every other entry of `aux` is a sum over those
+targets (e.g. `aux["accuracy"]`: how many were predicted right). Steps divide the loss and every
+other entry by the total weight, so gradient accumulation over micro-batches gives the same update
+and the same logged metrics as one big batch, and a custom loss's extra entries are logged as
+means per target.
 """
 from __future__ import annotations
 
@@ -57,7 +60,7 @@ def token_loss(model: Any, batch: Batch, dropout_rng: jax.Array | None) -> tuple
     ce_BxT, hit_BxT = cross_entropy_and_hit(logits_BxTxV, batch["targets"])
     w_BxT = batch["weights"].astype(jnp.float32)
     return (ce_BxT * w_BxT).sum(), {"weight": w_BxT.sum(),
-                                    "correct": (hit_BxT.astype(jnp.float32) * w_BxT).sum()}
+                                    "accuracy": (hit_BxT.astype(jnp.float32) * w_BxT).sum()}
 
 
 def classification_loss(model: Any, batch: Batch, dropout_rng: jax.Array | None
@@ -68,7 +71,7 @@ def classification_loss(model: Any, batch: Batch, dropout_rng: jax.Array | None
     ce_B = optax.softmax_cross_entropy_with_integer_labels(logits_BxC, batch["labels"])
     w_B = batch["weights"].astype(jnp.float32)
     correct = (jnp.argmax(logits_BxC, -1) == batch["labels"]).astype(jnp.float32)
-    return (ce_B * w_B).sum(), {"weight": w_B.sum(), "correct": (correct * w_B).sum()}
+    return (ce_B * w_B).sum(), {"weight": w_B.sum(), "accuracy": (correct * w_B).sum()}
 
 
 LOSSES: dict[str, LossFn] = {

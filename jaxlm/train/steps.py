@@ -1,13 +1,10 @@
 """Pure train and eval steps, jitted with explicit shardings over a mesh.
 
-The train state is a plain dict pytree: {"params": nnx.State, "opt_state": optax state,
-"step": int32 scalar, "rng": uint32 key data, "nonfinite": {"count", "last_step"} int32 scalars}.
-The model's structure (an nnx GraphDef) is static.
-
-An update whose loss or gradients hold NaN/Inf is not applied (parameters and optimizer state stay
-as they were); the step still counts, and `nonfinite` records how many such steps there were and
-the last one. The check is inside the jitted step, so it costs no host sync: the loop reads the
-counter when it reads the metrics anyway (`train.on_nonfinite` says whether it then stops).
+`train_step` is one optimizer update: gradients (accumulated over micro-batches by
+`accumulate_gradients`), then the update, which `apply_if_finite` skips when the loss or the
+gradients hold NaN/Inf. A skipped update still counts as a step; the state records how many were
+skipped and the last one. The check is inside the jitted step, so it costs no host sync: the loop
+reads the counter with the metrics (`train.on_nonfinite` says whether it then stops).
 """
 from __future__ import annotations
 
@@ -18,92 +15,91 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxlm.sharding import batch_sharding, replicated, state_shardings
-from jaxlm.tasks import LossFn
+from jaxlm.evaluation import Evaluator
+from jaxlm.sharding import batch_sharding, put_batch, replicated, state_shardings
+from jaxlm.tasks.losses import LossFn
+from jaxlm.train.state import StateLayout, TrainState, checkpoint_dict, new_state
 
-State = dict[str, Any]
+__all__ = ["TrainState", "train_step", "accumulate_gradients", "apply_if_finite", "compile_steps",
+           "CompiledSteps", "put_batch"]
+
+# (params, micro-batch, rng key) -> (loss sum, aux sums); see jaxlm.tasks.losses
+ParamsLoss = Callable[[Any, dict, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
 
 
-def _split_micro(batch: dict, n: int) -> dict:
-    return jax.tree.map(lambda x: x.reshape(n, x.shape[0] // n, *x.shape[1:]), batch)
+def accumulate_gradients(loss_of: ParamsLoss, params: Any, batch: dict, key: jax.Array,
+                         micro_batches: int) -> tuple[jax.Array, dict, Any]:
+    """(loss sum, aux sums, gradient sums) over `batch` split into `micro_batches` rows-wise
+    slices; float32 sums, a `lax.scan` so memory holds one micro-batch's activations."""
+    grad_fn = jax.value_and_grad(loss_of, has_aux=True)
+    if micro_batches == 1:
+        (loss, aux), grads = grad_fn(params, batch, key)
+        return loss, aux, grads
+    micro = jax.tree.map(lambda x: x.reshape(micro_batches, -1, *x.shape[1:]), batch)
+    first = jax.tree.map(lambda x: x[0], micro)
+    _, aux_shape = jax.eval_shape(loss_of, params, first, key)  # a custom loss's own aux keys
+
+    def body(carry, xs):
+        (l, a), g = grad_fn(params, xs[0], jax.random.fold_in(key, xs[1]))
+        return jax.tree.map(lambda acc, x: acc + x.astype(acc.dtype), carry, (l, a, g)), None
+
+    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32),
+                         (jax.ShapeDtypeStruct((), jnp.float32), aux_shape, params))
+    (loss, aux, grads), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(micro_batches)))
+    return loss, aux, grads
 
 
-def train_step(state: State, batch: dict, *, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
-               loss_fn: LossFn, lr_schedule: optax.Schedule, grad_accum: int = 1,
-               dropout: bool = False, guard_nonfinite: bool = True
-               ) -> tuple[State, dict[str, jax.Array]]:
-    """One optimizer update on `batch` (split into `grad_accum` micro-batches).
+def apply_if_finite(finite: jax.Array, tx: optax.GradientTransformation, params: Any,
+                    opt_state: Any, grads: Any) -> tuple[Any, Any]:
+    """The optimizer update when `finite`, else parameters and optimizer state unchanged.
 
-    guard_nonfinite=False drops the NaN/Inf check (benchmarks/nonfinite_guard_overhead.py only).
+    lax.cond, not jnp.where on the results: the update still runs in place, where selects cost
+    more on an optimizer-bound step (benchmarks/nonfinite_guard_overhead.py). Not
+    optax.apply_if_finite: that checks gradients only, force-applies after a run of bad steps and
+    moves its counters into the optimizer state.
     """
-    params = state["params"]
-    step_key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
-
-    def loss_sum(p, micro, key):
-        loss, aux = loss_fn(nnx.merge(graphdef, p), micro, key if dropout else None)
-        return loss, aux
-
-    grad_fn = jax.value_and_grad(loss_sum, has_aux=True)
-    if grad_accum == 1:
-        (total, aux), grads = grad_fn(params, batch, step_key)
-    else:
-        micro = _split_micro(batch, grad_accum)
-
-        def body(carry, xs):
-            g_acc, l_acc, a_acc = carry
-            mb, i = xs
-            (l, a), g = grad_fn(params, mb, jax.random.fold_in(step_key, i))
-            return (jax.tree.map(lambda acc, gi: acc + gi.astype(acc.dtype), g_acc, g), l_acc + l,
-                    jax.tree.map(jnp.add, a_acc, a)), None
-
-        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)  # f32 sums
-        aux0 = {"weight": jnp.zeros(()), "correct": jnp.zeros(())}
-        (grads, total, aux), _ = jax.lax.scan(body, (zeros, jnp.zeros(()), aux0),
-                                              (micro, jnp.arange(grad_accum)))
-    weight = jnp.maximum(aux["weight"], 1.0)
-    # in each parameter's dtype: the float32 weight (and float32 micro-batch sums) would otherwise
-    # promote bfloat16 gradients, and with them the optimizer moments, after one step
-    grads = jax.tree.map(lambda g, p: (g / weight).astype(p.dtype), grads, params)
-    grad_norm = optax.tree.norm(grads)
-
     def update(ops):
         p, opt, g = ops
         updates, opt = tx.update(g, opt, p)
         return optax.apply_updates(p, updates), opt
 
-    # A NaN/Inf loss or gradient skips the update. lax.cond, not jnp.where on the results: the
-    # update still runs in place, where selects cost ~1.5x on an optimizer-bound step
-    # (benchmarks/nonfinite_guard_overhead.py). Not optax.apply_if_finite: that checks gradients
-    # only, force-applies after a run of bad steps and moves its counters into the optimizer state.
-    finite = (jnp.isfinite(total) & jnp.isfinite(grad_norm)) if guard_nonfinite else jnp.bool_(True)
-    ops = (params, state["opt_state"], grads)
-    new_params, opt_state = (jax.lax.cond(finite, update, lambda ops: ops[:2], ops)
-                             if guard_nonfinite else update(ops))
-    bad = state["nonfinite"]
-    nonfinite = {"count": bad["count"] + jnp.where(finite, 0, 1).astype(jnp.int32),
-                 "last_step": jnp.where(finite, bad["last_step"], state["step"] + 1)}
-    new_state = {**state, "params": new_params, "opt_state": opt_state,
-                 "step": state["step"] + 1, "nonfinite": nonfinite}
-    metrics = {"loss": total / weight, "accuracy": aux["correct"] / weight,
-               "grad_norm": grad_norm, "lr": lr_schedule(state["step"]),
-               "weight": aux["weight"], "nonfinite_steps": nonfinite["count"],
-               "nonfinite_last_step": nonfinite["last_step"]}
-    return new_state, metrics
+    return jax.lax.cond(finite, update, lambda ops: ops[:2], (params, opt_state, grads))
 
 
-def eval_step(params: Any, batch: dict, *, graphdef: nnx.GraphDef, loss_fn: LossFn
-              ) -> dict[str, jax.Array]:
-    """Sums (not means) so that batches can be added up exactly."""
-    loss, aux = loss_fn(nnx.merge(graphdef, params), batch, None)
-    return {"loss_sum": loss, **aux}
+def train_step(state: TrainState, batch: dict, *, layout: StateLayout,
+               tx: optax.GradientTransformation, loss_fn: LossFn, lr_schedule: optax.Schedule,
+               grad_accum: int = 1, dropout: bool = False) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer update on `batch`; metrics are means per scored target (see LossFn)."""
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
+    def loss_of(params, micro, k):
+        return loss_fn(layout.model(params), micro, k if dropout else None)
+
+    total, aux, grads = accumulate_gradients(loss_of, state.params, batch, key, grad_accum)
+    weight = jnp.maximum(aux["weight"], 1.0)
+    # in each parameter's dtype: the float32 weight (and float32 micro-batch sums) would otherwise
+    # promote bfloat16 gradients, and with them the optimizer moments, after one step
+    grads = jax.tree.map(lambda g, p: (g / weight).astype(p.dtype), grads, state.params)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
+    params, opt_state = apply_if_finite(finite, tx, state.params, state.opt_state, grads)
+    new = state.replace(
+        params=params, opt_state=opt_state, step=state.step + 1,
+        nonfinite_count=state.nonfinite_count + jnp.where(finite, 0, 1).astype(jnp.int32),
+        nonfinite_last_step=jnp.where(finite, state.nonfinite_last_step, state.step + 1))
+    means = {k: v / weight for k, v in aux.items() if k != "weight"}
+    return new, {"loss": total / weight, **means, "grad_norm": grad_norm,
+                 "lr": lr_schedule(state.step), "weight": aux["weight"],
+                 "nonfinite_steps": new.nonfinite_count,
+                 "nonfinite_last_step": new.nonfinite_last_step}
 
 
 def train_compiler_options(mesh: Mesh) -> dict[str, str] | None:
     """XLA options for the train step. On CPU, optimization barriers are kept through fusion so
     that the residual stream's gradient is stored once per layer instead of being recomputed in
-    every consumer (see `jaxlm.models.layers.materialize_grad`): ~1.2x on a 6-layer GPT step."""
+    every consumer (see `jaxlm.models.layers.materialize_grad`)."""
     if mesh.devices.flat[0].platform != "cpu":
         return None
     return {"xla_disable_hlo_passes": "cse_barrier_expander"}
@@ -111,60 +107,59 @@ def train_compiler_options(mesh: Mesh) -> dict[str, str] | None:
 
 @dataclass
 class CompiledSteps:
-    """The jitted steps for one model, optimizer and mesh, and the shardings they use."""
+    """The jitted steps for one model, optimizer and mesh, and the shardings they use.
 
-    train: Callable[[State, dict], tuple[State, dict]]
-    eval: Callable[[Any, dict], dict]
-    init: Callable[[], State]
-    state_sharding: Any
+    `eval` is the one evaluator (`jaxlm.evaluation.Evaluator`) over the training shardings.
+    """
+
+    train: Callable[[TrainState, dict], tuple[TrainState, dict]]
+    eval: Evaluator
+    init: Callable[[], TrainState]
+    layout: StateLayout
+    state_sharding: TrainState
     batch_sharding: NamedSharding
-    abstract_state: Any
+    abstract_state: TrainState
+
+    def checkpoint_target(self) -> Any:
+        """Abstract arrays with this mesh's shardings, in the checkpoint layout: orbax's
+        restore target."""
+        abstract = self.layout.to_checkpoint(self.abstract_state)
+        shardings = self.layout.to_checkpoint(self.state_sharding)
+        return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            abstract, shardings)
 
 
 def compile_steps(make_model: Callable[[], nnx.Module], tx: optax.GradientTransformation,
                   loss_fn: LossFn, lr_schedule: optax.Schedule, mesh: Mesh, *, seed: int = 0,
-                  grad_accum: int = 1, dropout: bool = False,
-                  rules: dict[str, Any] | None = None) -> CompiledSteps:
-    """Build sharded init/train/eval functions. `make_model` builds a fresh (unsharded) model."""
-    with nnx.use_eager_sharding(False):
-        abstract_model = nnx.eval_shape(make_model)
-    graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
+                  grad_accum: int = 1, dropout: bool = False, rules: dict[str, Any] | None = None,
+                  step_fn: Callable[..., tuple[TrainState, dict]] = train_step) -> CompiledSteps:
+    """Sharded init / train / eval for a model: `make_model` builds a fresh (unsharded) model;
+    `step_fn` (default `train_step`) may be a custom step with the same keyword arguments."""
+    layout = StateLayout.of(make_model, tx)
 
-    def init() -> State:
-        params = nnx.state(make_model(), nnx.Param)
-        return {"params": params, "opt_state": tx.init(params),
-                "step": jnp.zeros((), jnp.int32),
-                "rng": jax.random.key_data(jax.random.key(seed)),
-                "nonfinite": {"count": jnp.zeros((), jnp.int32),
-                              "last_step": jnp.full((), -1, jnp.int32)}}
+    def init() -> TrainState:
+        return new_state(nnx.state(make_model(), nnx.Param).to_pure_dict(), tx, seed)
 
     abstract_state = jax.eval_shape(init)
-    shardings = state_shardings(abstract_state, mesh, rules)
-    # Variables in the sharding tree are unwrapped to plain NamedShardings for jit; those holding
-    # no array (optax.MaskedNode for a frozen parameter) stay as they are, to match the state.
+    # the nnx layout keeps each variable's logical-axis metadata, which the shardings come from
+    nnx_abstract = jax.eval_shape(lambda: checkpoint_dict(
+        new_state(nnx.state(make_model(), nnx.Param), tx, seed)))
+    shardings = state_shardings(nnx_abstract, mesh, rules)
     shardings = jax.tree.map(
         lambda v: v.get_value() if isinstance(v, nnx.Variable) and jax.tree.leaves(v) else v,
         shardings, is_leaf=lambda v: isinstance(v, nnx.Variable))
+    shardings = layout.from_checkpoint(shardings)
     in_batch = batch_sharding(mesh, 2, rules)
-    # Every leaf of a batch has a leading batch axis; rank differs (labels [B] vs tokens [B, T]),
-    # so the batch sharding is a prefix spec that jit broadcasts over each leaf.
-    batch_prefix = NamedSharding(mesh, jax.sharding.PartitionSpec(in_batch.spec[0]))
-    rep = replicated(mesh)
-
+    # Leaves of a batch differ in rank (labels [B] vs tokens [B, T]): a prefix spec that jit
+    # broadcasts over each leaf.
+    batch_prefix = NamedSharding(mesh, PartitionSpec(in_batch.spec[0]))
     train = jax.jit(
-        lambda s, b: train_step(s, b, graphdef=graphdef, tx=tx, loss_fn=loss_fn,
-                                lr_schedule=lr_schedule, grad_accum=grad_accum, dropout=dropout),
-        in_shardings=(shardings, batch_prefix), out_shardings=(shardings, rep),
+        lambda s, b: step_fn(s, b, layout=layout, tx=tx, loss_fn=loss_fn, lr_schedule=lr_schedule,
+                             grad_accum=grad_accum, dropout=dropout),
+        in_shardings=(shardings, batch_prefix), out_shardings=(shardings, replicated(mesh)),
         donate_argnums=(0,), compiler_options=train_compiler_options(mesh))
-    evaluate = jax.jit(lambda p, b: eval_step(p, b, graphdef=graphdef, loss_fn=loss_fn),
-                       in_shardings=(shardings["params"], batch_prefix), out_shardings=rep)
-    init_sharded = jax.jit(init, out_shardings=shardings)
-    return CompiledSteps(train=train, eval=evaluate, init=init_sharded, state_sharding=shardings,
-                         batch_sharding=batch_prefix, abstract_state=abstract_state)
-
-
-def put_batch(batch: dict, sharding: NamedSharding) -> dict:
-    """Host-local numpy batch -> global jax arrays sharded along the batch axis."""
-    return {k: jax.make_array_from_process_local_data(
-        NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(
-            sharding.spec[0], *([None] * (v.ndim - 1)))), v) for k, v in batch.items()}
+    evaluator = Evaluator(layout.model, loss_fn, params_sharding=shardings.params,
+                          batch_sharding=batch_prefix)
+    return CompiledSteps(train=train, eval=evaluator, init=jax.jit(init, out_shardings=shardings),
+                         layout=layout, state_sharding=shardings, batch_sharding=batch_prefix,
+                         abstract_state=abstract_state)

@@ -1,0 +1,240 @@
+"""Training a task from a config: the setup done once for every task, then the trainer's loop.
+
+`train(cfg)` serves `jaxlm pretrain` (causal, masked) and `jaxlm finetune` (classification) and
+any task registered in `jaxlm.tasks.TASKS`: run directory, mesh, data, tokenizer, model config,
+optimizer, compiled steps, restore (or a pretrained start), the standard hooks, the loop, and the
+task's final reports with the best checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import jax
+
+from jaxlm.config import Config, ModelConfig
+from jaxlm.data.tokenizer import TextTokenizer, load_tokenizer, train_tokenizer
+from jaxlm.errors import ConfigError
+from jaxlm.run import Run
+from jaxlm.sharding import data_parallel_size, make_mesh, use_mesh
+from jaxlm.tasks import Task, task_for
+from jaxlm.train.best import BestKeeper
+from jaxlm.train.flops import count_params, flops_per_token, measure_peak_flops
+from jaxlm.train.hooks import TrainingHooks
+from jaxlm.train.init_from import Pretrained, init_from_pretrained, load_pretrained, merged_model_config
+from jaxlm.train.logger import MetricsLogger
+from jaxlm.train.optim import build_optimizer
+from jaxlm.train.preemption import PreemptionGuard
+from jaxlm.train.state import TrainState
+from jaxlm.train.steps import CompiledSteps, compile_steps
+from jaxlm.train.trainer import Hook, Trainer
+
+
+@dataclass
+class Setup:
+    """What `train` prepares before compiling: the run, its task, data and model config."""
+
+    cfg: Config
+    run: Run
+    mesh: Any
+    task: Task
+    sources: dict
+    tokenizer: TextTokenizer
+    model_cfg: ModelConfig
+    pretrained: Pretrained | None
+
+
+def check_batch(cfg: Config, mesh: Any) -> None:
+    """Refuse a batch size that does not split evenly over the mesh's data-parallel shards."""
+    dp = data_parallel_size(mesh, cfg.mesh.rules)
+    per_micro = cfg.train.batch_size // cfg.train.grad_accum
+    if per_micro % dp:
+        raise ConfigError(
+            f"train.batch_size={cfg.train.batch_size} (per micro-batch {per_micro}) does not divide "
+            f"across the {dp} data-parallel shards of the mesh (mesh.data x mesh.fsdp). Use a batch "
+            f"size that is a multiple of {dp * cfg.train.grad_accum}, or change the mesh.",
+            culprit="train.batch_size")
+
+
+def run_tokenizer(cfg: Config, run: Run, task: Task, train_src: Any,
+                  pre: Pretrained | None) -> TextTokenizer:
+    """The run's saved tokenizer (resume), the checkpoint's, a given file, or a new one."""
+    if run.tokenizer_path.is_file():
+        return run.tokenizer()
+    t = cfg.data.tokenizer
+    if pre is not None:
+        tok = pre.tokenizer
+    elif t.path:
+        tok = TextTokenizer(load_tokenizer(cfg.resolve_path(t.path)))
+    else:
+        tok = TextTokenizer(train_tokenizer(task.tokenizer_texts(train_src), t.kind, t.vocab_size))
+    run.save_tokenizer(tok)
+    return tok
+
+
+def model_config(cfg: Config, tok: TextTokenizer, pre: Pretrained | None) -> ModelConfig:
+    """The resolved model: inherited from a pretrained checkpoint, else the config with the
+    tokenizer's vocabulary and pad id."""
+    m = cfg.model
+    if pre is not None:
+        out = merged_model_config(m, pre.model).resolved()
+    else:
+        if m.vocab_size and m.vocab_size < tok.vocab_size:
+            raise ConfigError(f"model.vocab_size={m.vocab_size} is smaller than the tokenizer's "
+                              f"vocabulary ({tok.vocab_size}). Set it to 0 to take the tokenizer's "
+                              "size.", culprit="model.vocab_size")
+        out = dataclasses.replace(m, vocab_size=m.vocab_size or tok.vocab_size,
+                                  pad_token_id=tok.pad_id or 0).resolved()
+    if out.vocab_size < tok.vocab_size:
+        raise ConfigError(f"The model's vocabulary ({out.vocab_size}) is smaller than the "
+                          f"tokenizer's ({tok.vocab_size}).", culprit="model.vocab_size")
+    return out
+
+
+def prepare(cfg: Config, run_dir: str | None, overwrite: bool) -> Setup:
+    """Everything before compiling; bad input fails here, before any training work."""
+    task_cls = task_for(cfg.train.task)
+    run = Run.for_config(cfg, run_dir)
+    mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, num_devices=cfg.mesh.num_devices)
+    check_batch(cfg, mesh)
+    sources = task_cls.open_sources(cfg)
+    task = task_cls.from_config(cfg, sources)
+    init_from = cfg.finetune.init_from if task.name == "classification" else ""
+    pre = load_pretrained(cfg.resolve_path(init_from)) if init_from else None
+    run.prepare(cfg, overwrite)
+    tok = run_tokenizer(cfg, run, task, sources["train"], pre)
+    mcfg = model_config(cfg, tok, pre)
+    task.check_model(mcfg)
+    run.write_model_spec(mcfg, task.name, **task.head)
+    return Setup(cfg, run, mesh, task, sources, tok, mcfg, pre)
+
+
+def restore_or_init(steps: CompiledSteps, ckpt: Any, iterator: Any, s: Setup
+                    ) -> tuple[TrainState, int]:
+    """The latest intact checkpoint (state and data position), else a fresh state (with the
+    pretrained backbone copied in, when fine-tuning from one)."""
+    found = ckpt.restore_latest(steps.checkpoint_target()) if ckpt.all_steps() else None
+    if found is not None:
+        tree, data_state, step = found
+        if data_state.get("iterator") is not None:
+            iterator.set_state(data_state["iterator"])
+        return steps.layout.from_checkpoint(tree), step
+    state = steps.init()
+    if s.pretrained is not None:
+        params = init_from_pretrained(dict(state.params), s.pretrained,
+                                      steps.state_sharding.params, s.cfg.finetune.pooler)
+        state = state.replace(params=params)
+    return state, 0
+
+
+def _optimizer(s: Setup):
+    ft, finetuning = s.cfg.finetune, s.task.name == "classification"
+    return build_optimizer(s.cfg.optim, s.cfg.train.steps,
+                           backbone_lr_scale=ft.backbone_lr_scale if finetuning else 1.0,
+                           freeze_backbone=ft.freeze_backbone and finetuning)
+
+
+def _best_keeper(s: Setup, steps: CompiledSteps) -> BestKeeper | None:
+    if s.task.best_metric is None:
+        return None
+    return BestKeeper(s.run.path, s.task.best_metric, s.task.best_mode)
+
+
+def _final_reports(s: Setup, steps: CompiledSteps, state: TrainState, best: BestKeeper | None,
+                   summary: dict, logger: MetricsLogger) -> None:
+    """The task's reports on its final splits, with the best parameters when one was kept."""
+    if not s.task.final_splits or summary["step"] < s.cfg.train.steps:
+        return
+    params = state.params
+    if best is not None and best.best is not None:
+        target = steps.checkpoint_target()["params"]
+        params = steps.layout.plain_params(best.restore(target))
+        summary["best"] = best.best
+    for split in s.task.final_splits:
+        if split in s.sources:
+            batches = s.task.eval_batches(s.cfg, s.tokenizer, s.sources[split],
+                                          process_index=jax.process_index(),
+                                          process_count=jax.process_count())
+            summary[split] = s.task.evaluate(steps.eval, params, batches)
+            logger.log(summary["step"], f"final_{split}", _scalars(summary[split]))
+
+
+def _scalars(report: dict) -> dict[str, float]:
+    return {k: v for k, v in report.items() if isinstance(v, float)}
+
+
+def _loop(s: Setup, steps: CompiledSteps, hooks: Iterable[Hook], show_progress: bool,
+          peak_flops: float | None) -> dict[str, Any]:
+    cfg, t = s.cfg, s.cfg.train
+    pi, pc = jax.process_index(), jax.process_count()
+    iterator = iter(s.task.train_batches(cfg, s.tokenizer, s.sources, process_index=pi,
+                                         process_count=pc))
+    val = (s.task.eval_batches(cfg, s.tokenizer, s.sources["validation"], process_index=pi,
+                               process_count=pc) if "validation" in s.sources else None)
+    ckpt = s.run.checkpointer(keep=t.keep_checkpoints, async_save=t.async_checkpointing)
+    state, start = restore_or_init(steps, ckpt, iterator, s)
+    best = _best_keeper(s, steps)
+    logger = MetricsLogger(s.run.path, resumed_from=start)
+    T, B = cfg.data.seq_len, t.batch_size
+    std = TrainingHooks(
+        logger, ckpt, iterator, steps.layout, tokens_per_step=B * T,
+        flops_per_step=flops_per_token(s.model_cfg, T) * B * T,
+        peak_flops=peak_flops or measure_peak_flops(s.model_cfg.dtype) * s.mesh.size,
+        on_nonfinite=t.on_nonfinite, show_progress=show_progress,
+        evaluate=(lambda p: s.task.evaluate(steps.eval, p, val)) if val else None,
+        on_eval=(lambda step, st, m: best.offer(step, steps.layout.nnx_params(st.params), m))
+        if best else None)
+    trainer = Trainer(steps, t.steps)
+    guard = PreemptionGuard(t.preemption_check_every)
+    std.install(trainer, start, state, cfg, guard)
+    trainer.hooks.extend(hooks)
+    try:
+        with guard:
+            state = trainer.fit(state, iterator, start)
+        ckpt.wait()
+        summary = std.summary(int(jax.device_get(state.step)))
+        _final_reports(s, steps, state, best, summary, logger)
+    finally:
+        std.bar.close()
+        logger.close()
+        ckpt.close()
+        if best is not None:
+            best.close()
+    summary.update(params=count_params(state.params), resumed_from=start,
+                   run_dir=str(s.run.path), vocab_size=s.model_cfg.vocab_size,
+                   devices=s.mesh.size, mesh=dict(s.mesh.shape))
+    summary["state"] = state
+    return summary
+
+
+def train(cfg: Config, run_dir: str | None = None, *, overwrite: bool = False,
+          show_progress: bool = True, hooks: Iterable[Hook] = (),
+          peak_flops: float | None = None) -> dict[str, Any]:
+    """Train (or resume) the task `cfg.train.task` names; returns the run summary (with the
+    final state under "state"). `hooks` are extra `jaxlm.train.trainer.Hook`s."""
+    s = prepare(cfg, run_dir, overwrite)
+    tx, lr = _optimizer(s)
+    with use_mesh(s.mesh, cfg.mesh.rules):
+        steps = compile_steps(lambda: s.task.build_model(s.model_cfg, cfg.train.seed), tx,
+                              s.task.loss, lr, s.mesh, seed=cfg.train.seed,
+                              grad_accum=cfg.train.grad_accum, dropout=s.model_cfg.dropout > 0,
+                              rules=cfg.mesh.rules)
+        summary = _loop(s, steps, hooks, show_progress, peak_flops)
+    if s.task.name == "classification":
+        summary.update(init_from=cfg.finetune.init_from or None, classes=s.task.class_names)
+    if jax.process_index() == 0:
+        s.run.write_summary({k: v for k, v in summary.items() if k != "state"})
+        for split in s.task.final_splits:
+            if split in summary:
+                s.run.eval_path(split).write_text(json.dumps(summary[split], indent=2))
+    return summary
+
+
+def with_task(cfg: Config, task: str) -> Config:
+    """A copy of `cfg` training `task` (the caller's config is left as it was)."""
+    out = copy.deepcopy(cfg)
+    out.train.task = task
+    return out

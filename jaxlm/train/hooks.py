@@ -1,0 +1,168 @@
+"""The hooks every jaxlm training run installs: metrics and throughput, the NaN watch,
+validation, checkpoints, preemption and the progress bar (see `jaxlm.train.trainer`).
+
+Resuming is exact: a checkpoint holds the train state and the data iterator's position. Stopping
+early (SIGTERM/SIGINT, or NaN/Inf with train.on_nonfinite=stop) saves a checkpoint first and
+raises `TrainingStopped`; rerunning the same command resumes.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from jaxlm.errors import TrainingStopped
+from jaxlm.train.trainer import StepInfo, Trainer
+
+NONFINITE_EXIT_CODE = 3
+
+
+class NonfiniteWatch:
+    """Says what is new in the state's count of updates dropped for NaN/Inf."""
+
+    def __init__(self, count: int, step: int):
+        self.count, self.checked_at = count, step
+
+    def read(self, step: int, count: int, last: int) -> str | None:
+        """A description of the non-finite steps since the last read, or None."""
+        since, self.checked_at = self.checked_at, step
+        new, self.count = count - self.count, count
+        if new <= 0:
+            return None
+        return (f"at step {last}" if new == 1 else
+                f"at {new} steps after step {since}, the last at step {last}")
+
+    def stop(self, what: str, step: int, where: str) -> TrainingStopped:
+        """The error that ends a run in on_nonfinite=stop mode."""
+        return TrainingStopped(
+            f"Non-finite loss or gradients (NaN/Inf) {what}. Those updates were not applied, so "
+            f"the parameters hold no NaN/Inf; saved a checkpoint at step {step} in '{where}'. "
+            "Lower optim.lr, raise optim.warmup_steps or optim.grad_clip, or check the data, "
+            f"then rerun the same command to resume from step {step} (or set "
+            "train.on_nonfinite=skip to skip such steps and carry on).",
+            exit_code=NONFINITE_EXIT_CODE, step=step)
+
+
+@dataclass
+class TrainingHooks:
+    """The standard hooks of a run, and what they gather for its summary."""
+
+    logger: Any  # MetricsLogger
+    checkpointer: Any  # jaxlm.checkpoint.Checkpointer
+    iterator: Any  # the data iterator (its position goes into checkpoints)
+    layout: Any  # StateLayout: the state's checkpoint layout
+    tokens_per_step: int
+    flops_per_step: float = 0.0
+    peak_flops: float | None = None
+    on_nonfinite: str = "stop"
+    evaluate: Callable[[Any], dict] | None = None  # params -> validation report
+    on_eval: Callable[[int, Any, dict], None] | None = None  # e.g. keep the best checkpoint
+    show_progress: bool = True
+    last_train: dict = field(default_factory=dict)
+    last_eval: dict = field(default_factory=dict)
+    tokens_per_s: list = field(default_factory=list)
+    compile_s: float = 0.0
+    fault: str | None = None  # non-finite steps seen and not yet acted on (stop mode)
+
+    def install(self, trainer: Trainer, start: int, state: Any, cfg: Any, guard: Any) -> None:
+        """Register the hooks on `trainer` for a loop starting after step `start`."""
+        t = cfg.train
+        self.watch = NonfiniteWatch(int(jax.device_get(state.nonfinite_count)), start)
+        self.bar = tqdm(total=trainer.total_steps, initial=start, disable=not self.show_progress,
+                        dynamic_ncols=True, desc="train")
+        self.start = self.mark = time.perf_counter()
+        self.mark_step, self.first, self.hook_s, self.guard = start, True, 0.0, guard
+        trainer.add_hook(self.progress, 1, deferred=True)
+        trainer.add_hook(self.log, t.log_every, deferred=True)
+        if self.evaluate is not None and t.eval_every:
+            trainer.add_hook(self.validate, t.eval_every)
+        trainer.add_hook(self.checkpoint, t.checkpoint_every)
+        trainer.add_hook(self.preempt, 1)
+
+    def progress(self, trainer: Trainer, info: StepInfo) -> None:
+        """Advance the bar; the first step's end marks the compile time (it includes it)."""
+        if self.first:
+            jax.block_until_ready(info.metrics["loss"])
+            self.first, self.mark, self.hook_s = False, time.perf_counter(), 0.0
+            self.compile_s, self.mark_step = self.mark - self.start, info.step
+        self.bar.update(1)
+
+    def log(self, trainer: Trainer, info: StepInfo) -> None:
+        """Log step N's metrics with throughput and MFU since the last log (hook time excluded)."""
+        m = {k: float(v) for k, v in jax.device_get(info.metrics).items()}
+        news = self.watch.read(info.step, int(m["nonfinite_steps"]),
+                               int(m.pop("nonfinite_last_step")))
+        now = time.perf_counter()
+        if info.step > self.mark_step:
+            step_s = (now - self.mark - self.hook_s) / (info.step - self.mark_step)
+            m.update(tokens_per_s=self.tokens_per_step / step_s, step_time_s=step_s)
+            self.tokens_per_s.append(m["tokens_per_s"])
+            if self.peak_flops:
+                m["mfu"] = self.flops_per_step / step_s / self.peak_flops
+            self.mark, self.mark_step, self.hook_s = now, info.step, 0.0
+        m.pop("weight", None)
+        self.last_train = m
+        self.logger.log(info.step, "train", m)
+        self.bar.set_postfix(loss=f"{m['loss']:.4f}", refresh=False)
+        self._news(news)
+
+    def _news(self, news: str | None) -> None:
+        if news and self.on_nonfinite == "stop":
+            self.fault = news  # acted on by the next immediate hook, which has a state to save
+        elif news:
+            self.bar.write(f"skipped the update of non-finite loss or gradients {news}; "
+                           f"{self.watch.count} in all")
+
+    def _timed(self, fn: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn()
+        finally:
+            self.hook_s += time.perf_counter() - t0
+
+    def validate(self, trainer: Trainer, info: StepInfo) -> None:
+        """Evaluate the step's parameters; log, report and offer them as the best."""
+        report = self._timed(lambda: self.evaluate(info.state.params))
+        self.last_eval = {k: v for k, v in report.items() if isinstance(v, float)}
+        self.logger.log(info.step, "val", self.last_eval)
+        if self.on_eval:
+            self._timed(lambda: self.on_eval(info.step, info.state, self.last_eval))
+        self.bar.write(f"step {info.step}: " + ", ".join(
+            f"val {k} {v:.4f}" for k, v in self.last_eval.items() if k != "tokens"))
+
+    def save(self, step: int, state: Any) -> None:
+        """Checkpoint the state and the data position at `step`."""
+        self._timed(lambda: self.checkpointer.save(step, self.layout.to_checkpoint(state),
+                                                   {"iterator": self.iterator.get_state()}))
+
+    def checkpoint(self, trainer: Trainer, info: StepInfo) -> None:
+        """Save at checkpoint steps, never past a fault (stop mode reads the counter first)."""
+        if self.on_nonfinite == "stop":
+            count, last = jax.device_get((info.state.nonfinite_count,
+                                          info.state.nonfinite_last_step))
+            self._news(self.watch.read(info.step, int(count), int(last)))
+        if not self.fault:
+            self.save(info.step, info.state)
+
+    def preempt(self, trainer: Trainer, info: StepInfo) -> None:
+        """On a pending fault or signal: save this step and stop."""
+        if self.fault:
+            self.save(info.step, info.state)
+            self.checkpointer.wait()
+            raise self.watch.stop(self.fault, info.step, str(self.checkpointer.directory))
+        if self.guard.should_stop(info.step) and info.step < trainer.total_steps:
+            self.save(info.step, info.state)
+            self.checkpointer.wait()
+            raise self.guard.stopped(info.step, str(self.checkpointer.directory))
+
+    def summary(self, step: int) -> dict[str, Any]:
+        """The loop's part of the run summary."""
+        self.bar.close()
+        return {"step": step, "train": self.last_train, "val": self.last_eval,
+                "wall_s": time.perf_counter() - self.start, "compile_s": self.compile_s,
+                "nonfinite_steps": self.watch.count,
+                "tokens_per_s": float(np.median(self.tokens_per_s)) if self.tokens_per_s else None}

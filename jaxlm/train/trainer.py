@@ -1,0 +1,95 @@
+"""The trainer: a short loop over compiled steps that calls hooks scheduled every N steps.
+
+Two kinds of hooks, so that the host never waits on the device for bookkeeping:
+- *deferred* hooks (logging, throughput, progress, the NaN watch) see step N's metrics after
+  step N+1 has been dispatched, when they are ready or nearly so;
+- *immediate* hooks (evaluation, checkpoints, preemption) see step N's state before the next
+  step donates it.
+
+A hook may raise `jaxlm.errors.TrainingStopped` (after saving) or call `trainer.request_stop()`
+to end the loop after the current step. Learn-from: Levanter's `Trainer.add_hook(fn, every=N)`,
+clu's periodic actions as nanodo uses them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from jaxlm.sharding import put_batch
+from jaxlm.train.state import TrainState
+from jaxlm.train.steps import CompiledSteps
+
+
+@dataclass
+class StepInfo:
+    """What a hook sees: the step number (1-based, after the update), its metrics (device
+    arrays) and, for immediate hooks, the state after the step."""
+
+    step: int
+    metrics: dict[str, Any]
+    state: TrainState | None = None
+
+
+HookFn = Callable[["Trainer", StepInfo], None]
+
+
+@dataclass
+class Hook:
+    """`fn(trainer, info)` every `every` steps (0: only at the last step), and at the last step
+    unless `at_end` is False."""
+
+    fn: HookFn
+    every: int = 1
+    deferred: bool = False
+    at_end: bool = True
+
+    def due(self, step: int, last: int) -> bool:
+        """Whether the hook runs after `step` of a loop ending at `last`."""
+        return bool(self.every and step % self.every == 0) or (self.at_end and step == last)
+
+
+@dataclass
+class Trainer:
+    """Runs `steps.train` from a state for `total_steps` steps, calling the hooks."""
+
+    steps: CompiledSteps
+    total_steps: int
+    hooks: list[Hook] = field(default_factory=list)
+    stop_requested: bool = False
+
+    def add_hook(self, fn: HookFn, every: int = 1, *, deferred: bool = False,
+                 at_end: bool = True) -> Hook:
+        """Register `fn(trainer, info)`; returns the Hook."""
+        hook = Hook(fn, every, deferred, at_end)
+        self.hooks.append(hook)
+        return hook
+
+    def request_stop(self) -> None:
+        """End the loop after the current step (its immediate hooks still run)."""
+        self.stop_requested = True
+
+    def _run(self, info: StepInfo | None, deferred: bool) -> None:
+        for hook in self.hooks:
+            if info is not None and hook.deferred == deferred and hook.due(info.step,
+                                                                           self.total_steps):
+                hook.fn(self, info)
+
+    def fit(self, state: TrainState, batches: Iterator[dict], start_step: int = 0) -> TrainState:
+        """Train from `start_step` (the state's step) to `total_steps`; returns the last state."""
+        pending: StepInfo | None = None
+        for step in range(start_step + 1, self.total_steps + 1):
+            batch = put_batch(next(batches), self.steps.batch_sharding)
+            state, metrics = self.steps.train(state, batch)
+            self._run(pending, deferred=True)  # step-1's metrics: step is already queued
+            pending = StepInfo(step, metrics)
+            self._run(StepInfo(step, metrics, state), deferred=False)
+            if self.stop_requested:
+                break
+        self._run(pending, deferred=True)
+        return state
+
+
+def stop_at(step: int) -> Hook:
+    """A hook that ends training after `step` without a final checkpoint (tests use it to
+    simulate a run cut short)."""
+    return Hook(lambda trainer, info: trainer.request_stop(), every=step, at_end=False)
