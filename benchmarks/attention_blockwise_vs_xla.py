@@ -27,11 +27,12 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=20)
     args = ap.parse_args()
     os.environ["JAX_PLATFORMS"] = "cpu"
+    from jaxlm.host_memory import reuse_freed_host_memory
+    reuse_freed_host_memory()  # before JAX starts its backend threads
     import jax
     import jax.numpy as jnp
     import numpy as np
 
-    import jaxlm  # noqa: F401 - host-memory settings before the backend starts
     from jaxlm.models.attention import attend
 
     shape = (args.batch, args.seq, args.heads, args.head_dim)

@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cores:  # before jax/torch start their thread pools
         os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:args.cores]))
 
+    from jaxlm.host_memory import reuse_freed_host_memory
+    reuse_freed_host_memory()  # before JAX starts its backend threads
     import jax
     import torch
     from flax import nnx
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from jaxlm.generate import Generator
     from jaxlm.interop.hf import import_hf
-    from jaxlm.interop.params import apply_params
+    from jaxlm.params import apply_params
     from jaxlm.models import build_model
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))

@@ -77,6 +77,8 @@ def jax_worker(conn, model_dir: str, batch: int, seq_len: int) -> None:
     os.environ["JAX_PLATFORMS"] = "cpu"
     os.environ.pop("XLA_FLAGS", None)  # one CPU device using every core
     sys.path.insert(0, str(REPO))
+    from jaxlm.host_memory import reuse_freed_host_memory
+    reuse_freed_host_memory()  # before JAX starts its backend threads
     import jax
     import numpy as np
 

@@ -22,6 +22,8 @@ import time
 import jax
 import numpy as np
 
+from jaxlm.host_memory import reuse_freed_host_memory
+
 SHAPES = {"optimizer": dict(vocab=32000, layers=2, d=512, heads=8, seq=8, batch=1),
           "gpt": dict(vocab=8000, layers=6, d=384, heads=6, seq=256, batch=8)}
 
@@ -56,6 +58,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--steps", type=int, default=5)
     args = ap.parse_args()
+    reuse_freed_host_memory()  # before JAX starts its backend threads (jaxlm.host_memory)
     shape = SHAPES[args.shape]
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, shape["vocab"], (shape["batch"], shape["seq"] + 1)).astype(np.int32)

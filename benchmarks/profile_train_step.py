@@ -76,6 +76,8 @@ def main() -> None:
                     "on CPU; xla: jax.nn.dot_product_attention, the default before session 3)")
     args = ap.parse_args()
     os.environ["JAX_PLATFORMS"] = "cpu"
+    from jaxlm.host_memory import reuse_freed_host_memory
+    reuse_freed_host_memory()  # before JAX starts its backend threads
     import jax
 
     from jaxlm.host_memory import applied

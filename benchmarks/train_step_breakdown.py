@@ -39,6 +39,8 @@ def jax_parts(dtype: str, vocab: int, reps: int) -> dict[str, float]:
     os.environ["JAX_PLATFORMS"] = "cpu"
     os.environ.pop("XLA_FLAGS", None)
     sys.path.insert(0, str(REPO))
+    from jaxlm.host_memory import reuse_freed_host_memory
+    reuse_freed_host_memory()  # before JAX starts its backend threads
     import jax
     from flax import nnx
 

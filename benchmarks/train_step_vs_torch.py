@@ -13,7 +13,7 @@ nanoGPT. One step is forward + backward + clip + AdamW update.
 - PyTorch: `transformers.GPT2LMHeadModel` (SDPA attention) with `torch.optim.AdamW` (fused),
   eager, float32 or under `torch.autocast("cpu", torch.bfloat16)`.
 
-Host memory: importing jaxlm on CPU switches glibc malloc to one arena that keeps freed memory
+Host memory: the jaxlm worker calls `jaxlm.reuse_freed_host_memory()`, which switches glibc malloc to one arena that keeps freed memory
 (`jaxlm.host_memory`: XLA:CPU's per-step buffer is then reused instead of page-faulted in again
 every step). PyTorch runs with glibc's defaults, its faster setting here (`--torch-malloc jaxlm`
 gives it the same settings, to check).
@@ -91,8 +91,8 @@ def make_batch(vocab: int, seed: int = 0):
 
 def jaxlm_steps(vocab: int, dtype: str, attention_impl: str = "auto"):
     """The benchmarked model's jitted jaxlm steps on one CPU device, initialised, and the
-    benchmark batch placed for them: (steps, state, batch, config, mesh). Importing jaxlm here
-    (before JAX starts its backend) also applies `jaxlm.host_memory`."""
+    benchmark batch placed for them: (steps, state, batch, config, mesh). Callers apply
+    `jaxlm.host_memory` first (before JAX starts its backend), as `jax_worker` does."""
     import numpy as np
 
     from jaxlm.config import config_from_dict
@@ -123,6 +123,8 @@ def jax_worker(conn, vocab: int) -> None:
     os.environ["JAX_PLATFORMS"] = "cpu"
     os.environ.pop("XLA_FLAGS", None)  # one CPU device using every core
     sys.path.insert(0, str(REPO))
+    from jaxlm.host_memory import reuse_freed_host_memory
+    reuse_freed_host_memory()  # before JAX starts its backend threads
     import jax
 
     from jaxlm.host_memory import applied

@@ -37,7 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line (argv: default sys.argv[1:]); returns the exit code."""
+    """Run the command line (argv: default sys.argv[1:]); returns the exit code.
+
+    As a program (argv None) it first tunes glibc malloc for XLA:CPU, before any command imports
+    JAX (`jaxlm.host_memory`); called with argv (tests, `run` in a notebook) it leaves the
+    process's allocator as it is."""
+    if argv is None:
+        from jaxlm.host_memory import reuse_freed_host_memory
+        reuse_freed_host_memory()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -10,8 +10,15 @@ bf16 step 470-473 -> 344-383 ms (benchmarks/profile_train_step.py, with and with
 JAXLM_HOST_MALLOC=system).
 
 It has to run before the XLA backend starts its threads (glibc binds a thread to an arena at its
-first allocation and fixes the arena limit then), so importing `jaxlm` applies it when the process
-will run on the CPU backend. Its costs: the process keeps its peak heap, as any caching allocator
+first allocation and fixes the arena limit then). Importing jaxlm does not apply it (a library does
+not change its host's allocator unasked): the `jaxlm` command applies it before anything starts
+JAX, and a script or notebook on the CPU calls it first thing:
+
+    import jaxlm
+    jaxlm.reuse_freed_host_memory()  # before the first JAX computation
+    import jax
+
+Its costs: the process keeps its peak heap, as any caching allocator
 does (peak resident memory 2.4-3.0 GB against 1.4 GB in that script), and threads share one malloc
 lock, which makes XLA compilation ~10% slower (3.6-3.7 s against 3.2-3.4 s). A job of more than a
 handful of steps gains; `JAXLM_HOST_MALLOC=system` turns it off.
@@ -46,8 +53,13 @@ def applied() -> bool:
 
 
 def reuse_freed_host_memory() -> bool:
-    """Switch glibc malloc to one arena without mmap or trimming; True when it was applied (or
-    had been). Does nothing off Linux/glibc, off the CPU backend, or with JAXLM_HOST_MALLOC=system."""
+    """Switch glibc malloc to one arena without mmap or trimming, for the whole process, so that
+    XLA:CPU reuses each step's temporary buffer instead of page-faulting it in again (a CPU train
+    step runs faster; see the module docstring for the costs). Call it before JAX starts its
+    backend (the first computation or device query); the `jaxlm` command calls it for you.
+
+    Returns True when it was applied (or had been). Does nothing off Linux/glibc, when JAX will
+    not run on the CPU (`will_run_on_cpu`), or with JAXLM_HOST_MALLOC=system."""
     global _applied
     if _applied:
         return True

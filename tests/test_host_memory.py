@@ -1,6 +1,6 @@
-"""Host memory reuse on CPU (`jaxlm.host_memory`): importing jaxlm stops XLA:CPU from
-page-faulting its per-step buffer in again on every step; it can be turned off; it only applies
-where JAX runs on the CPU."""
+"""Host memory reuse on CPU (`jaxlm.host_memory`): `jaxlm.reuse_freed_host_memory()` (which the
+`jaxlm` command calls; importing jaxlm does not) stops XLA:CPU from page-faulting its per-step
+buffer in again on every step; it can be turned off; it only applies where JAX runs on the CPU."""
 import os
 import subprocess
 import sys
@@ -14,8 +14,9 @@ from jaxlm.host_memory import will_run_on_cpu
 PROBE = textwrap.dedent("""
     import os, resource, sys
     os.environ["JAX_PLATFORMS"] = "cpu"
-    import jax, jax.numpy as jnp
     import jaxlm
+    jaxlm.reuse_freed_host_memory()  # before JAX starts its backend
+    import jax, jax.numpy as jnp
     from jaxlm.host_memory import reuse_freed_host_memory
 
     @jax.jit
@@ -62,3 +63,14 @@ def test_applies_only_where_jax_runs_on_cpu():
     assert not will_run_on_cpu({"JAX_PLATFORMS": "tpu,cpu"}, [])
     assert will_run_on_cpu({}, [])
     assert not will_run_on_cpu({}, ["/dev/accel0"])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
+def test_the_command_applies_it_and_importing_jaxlm_does_not():
+    code = ("import sys; import jaxlm, jaxlm.cli; from jaxlm import host_memory as h; "
+            "before = h.applied(); sys.argv = ['jaxlm']; jaxlm.cli.main(); "
+            "print(before, h.applied())")
+    env = {k: v for k, v in os.environ.items() if k != "JAXLM_HOST_MALLOC"}
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "JAX_PLATFORMS": "cpu"},
+                         capture_output=True, text=True, timeout=300)
+    assert out.stdout.split()[-2:] == ["False", "True"], out.stderr[-2000:]
