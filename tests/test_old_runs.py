@@ -44,17 +44,22 @@ def test_old_classifier_predicts_what_it_predicted(runs):
         np.testing.assert_allclose(probs, EXPECTED[key], atol=1e-5, err_msg=checkpoint)
 
 
-def test_old_runs_evaluate_and_generate_as_before(runs, data_dir, tmp_path, capsys):
+def test_old_lm_run_evaluates_every_token_as_before(runs, data_dir, tmp_path):
     from jaxlm.evaluation import evaluate_run
-    from jaxlm.generate import generate
-    from jaxlm.loading import load_model
 
     text = tmp_path / "eval.txt"
     text.write_text((data_dir / "tinyshakespeare" / "input.txt").read_text()[:4000])
     report = evaluate_run(str(runs / "char_causal"), f"text:{text}", split="train", batch_size=8)
     want = EXPECTED["lm_eval_first_4000_chars"]
+    assert report["tokens"] == want["tokens"], "jaxlm evaluate scores every token of the data"
     assert report["loss"] == pytest.approx(want["loss"], abs=1e-5)
-    assert report["tokens"] == want["tokens"]
+
+
+def test_old_classifier_evaluates_and_old_lm_generates_as_before(runs, data_dir):
+    from jaxlm.evaluation import evaluate_run
+    from jaxlm.generate import generate
+    from jaxlm.loading import load_model
+
     clf = evaluate_run(str(runs / "sst2_classifier"), f"labeled:{data_dir}/sst2", split="dev")
     assert clf["accuracy"] == pytest.approx(EXPECTED["sst2_dev"]["accuracy"])
     assert clf["loss"] == pytest.approx(EXPECTED["sst2_dev"]["loss"], abs=1e-5)
