@@ -4,6 +4,15 @@ Model code names logical axes only ("embed", "mlp", "heads", "batch", ...). A ru
 name to mesh axes ("data", "fsdp", "tensor"), so data, FSDP and tensor parallelism are a config
 change. Parameter axes and activation axes have separate names ("embed" vs "act_embed") because FSDP
 shards parameters along the embedding but activations along the batch.
+
+A parameter says how it is split in one of two ways, both honoured by `state_shardings`:
+- jaxlm's own metadata, `logical_axes=("embed", "mlp")` (what `jaxlm.models` writes);
+- Flax's standard annotation, `nnx.with_partitioning(init, ("embed", "mlp"))` (metadata
+  `out_sharding`, formerly `sharding` / `sharding_names`), with its optional `sharding_rules`.
+Each name is looked up in the rules table first; a name the table does not know but that is a mesh
+axis ("data", "fsdp", "tensor") names that axis directly; any other name is refused with a
+ConfigError naming the parameter (add it to `mesh.rules`). None, or a name mapped to None,
+replicates that dimension.
 """
 from __future__ import annotations
 
@@ -96,18 +105,27 @@ def current_mesh() -> Mesh | None:
     return _current["mesh"]
 
 
-def logical_to_spec(names: Sequence[str | None], rules: dict[str, Any] | None = None,
+def _mesh_axes_of(name: Any, rules: dict[str, Any]) -> tuple[str, ...]:
+    """The mesh axes one dimension's logical name (or tuple of names) maps to."""
+    if name is None:
+        return ()
+    if isinstance(name, (tuple, list)):
+        return tuple(a for n in name for a in _mesh_axes_of(n, rules))
+    target = rules.get(name)
+    return (target,) if isinstance(target, str) else tuple(target or ())
+
+
+def logical_to_spec(names: Sequence[Any], rules: dict[str, Any] | None = None,
                     shape: Sequence[int] | None = None, mesh: Mesh | None = None) -> P:
-    """Map logical axis names to a PartitionSpec; axes that do not divide a dimension are dropped
-    (replicated), and a mesh axis is used at most once."""
+    """Map logical axis names (one per dimension: a name, a tuple of names, or None) to a
+    PartitionSpec; axes that do not divide a dimension are dropped (replicated), and a mesh axis
+    is used at most once."""
     rules = rules if rules is not None else _current["rules"]
     mesh = mesh if mesh is not None else _current["mesh"]
     used: set[str] = set()
     out = []
     for i, name in enumerate(names):
-        target = rules.get(name) if name is not None else None
-        axes = (target,) if isinstance(target, str) else tuple(target or ())
-        axes = tuple(a for a in axes if a not in used)
+        axes = tuple(a for a in _mesh_axes_of(name, rules) if a not in used)
         if mesh is not None:
             axes = tuple(a for a in axes if mesh.shape[a] > 1)
             if shape is not None and axes:
@@ -129,26 +147,61 @@ def shard(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
+# Flax's partitioning metadata keys, newest first (flax 0.12: out_sharding; earlier spellings)
+FLAX_SHARDING_KEYS = ("out_sharding", "sharding_names", "sharding")
+
+
+def variable_axis_names(var: nnx.Variable) -> tuple[Any, ...] | None:
+    """A variable's per-dimension axis names: jaxlm's `logical_axes`, else Flax's partitioning
+    annotation (`nnx.with_partitioning`); None when it has neither."""
+    meta = var.get_metadata()
+    names = meta.get("logical_axes")
+    if names is None:
+        names = next((meta[k] for k in FLAX_SHARDING_KEYS if meta.get(k) is not None), None)
+    return None if names is None else tuple(names)
+
+
+def _checked_rules(var: nnx.Variable, names: tuple[Any, ...], rules: dict[str, Any], mesh: Mesh,
+                   path: str) -> dict[str, Any]:
+    """The rules for one variable: Flax's `sharding_rules` metadata over the table, mesh axis
+    names as themselves; a name that is neither a rule nor a mesh axis is a ConfigError."""
+    local = dict(var.get_metadata().get("sharding_rules") or ())
+    rules = {**{a: a for a in mesh.axis_names}, **rules, **local}
+    flat = [n for name in names for n in (name if isinstance(name, (tuple, list)) else (name,))]
+    for name in flat:
+        if name is not None and name not in rules:
+            known = ", ".join(sorted(k for k in rules if k not in mesh.axis_names))
+            raise ConfigError(
+                f"Parameter '{path}' is annotated with axis name {name!r}, which is neither a "
+                f"logical axis of the rules table ({known}) nor a mesh axis "
+                f"({', '.join(mesh.axis_names)}). Name one of those, or map it with "
+                f"mesh.rules (e.g. --set mesh.rules.{name}=tensor, or "
+                f"use_mesh(mesh, rules={{{name!r}: 'tensor'}})).", culprit="mesh.rules")
+    return rules
+
+
 def state_shardings(state: Any, mesh: Mesh, rules: dict[str, Any] | None = None) -> Any:
-    """NamedShardings for an nnx State (or abstract one) from its variables' logical names."""
+    """NamedShardings for an nnx State (or abstract one) from its variables' axis names: jaxlm's
+    `logical_axes` metadata or Flax's `nnx.with_partitioning` annotation (module docstring)."""
     rules = {**DEFAULT_RULES, **(rules or {})}
 
-    def one(var: Any) -> Any:
+    def one(path: Any, var: Any) -> Any:
         value = var.get_value() if isinstance(var, nnx.Variable) else var
         if isinstance(var, nnx.Variable) and not jax.tree.leaves(value):
             return var  # e.g. optax.MaskedNode for a frozen parameter: nothing to place
-        names = None
-        if isinstance(var, nnx.Variable):
-            names = var.get_metadata().get("logical_axes")
+        names = variable_axis_names(var) if isinstance(var, nnx.Variable) else None
         shape = getattr(value, "shape", ())
         if not names or len(names) != len(shape):  # e.g. Adafactor's factored moments
             spec = P()
         else:
-            spec = logical_to_spec(names, rules, shape, mesh)
+            where = "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+            spec = logical_to_spec(names, _checked_rules(var, names, rules, mesh, where), shape,
+                                   mesh)
         sh = NamedSharding(mesh, spec)
         return var.replace(sh) if isinstance(var, nnx.Variable) else sh
 
-    return jax.tree.map(one, state, is_leaf=lambda v: isinstance(v, nnx.Variable))
+    return jax.tree_util.tree_map_with_path(one, state,
+                                            is_leaf=lambda v: isinstance(v, nnx.Variable))
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2, rules: dict[str, Any] | None = None) -> NamedSharding:
@@ -168,3 +221,11 @@ def data_parallel_size(mesh: Mesh, rules: dict[str, Any] | None = None) -> int:
     target = rules.get("batch")
     axes = (target,) if isinstance(target, str) else tuple(target or ())
     return math.prod(mesh.shape[a] for a in axes)
+
+
+def put_batch(batch: dict, sharding: NamedSharding) -> dict:
+    """Host-local numpy batch -> global jax arrays sharded along the batch axis (every host
+    passes its own rows)."""
+    return {k: jax.make_array_from_process_local_data(
+        NamedSharding(sharding.mesh, P(sharding.spec[0], *([None] * (v.ndim - 1)))), v)
+        for k, v in batch.items()}
