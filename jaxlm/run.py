@@ -87,7 +87,7 @@ class Run:
 
     @classmethod
     def for_config(cls, cfg: Config, run_dir: str | Path | None = None) -> Run:
-        """The run of a config: --run-dir, else the config's run_dir, else runs/<name>."""
+        """The run of a config: --run, else the config's run_dir, else runs/<name>."""
         return cls(run_dir or cfg.run_dir or f"runs/{cfg.name}")
 
     # --- named paths -----------------------------------------------------------------------
@@ -124,7 +124,7 @@ class Run:
         run_dir = self.path
         if run_dir.exists() and not run_dir.is_dir():
             raise ConfigError(f"Run directory '{run_dir}' exists and is a file. Choose another "
-                              "--run-dir.", culprit=str(run_dir))
+                              "--run.", culprit=str(run_dir))
         if self.config_path.is_file():
             if overwrite:
                 self._clear()
@@ -135,7 +135,7 @@ class Run:
         elif (run_dir.is_dir() and any(p.suffix != ".tmp" for p in run_dir.iterdir())
               and not overwrite):  # (a .tmp file: a first write cut short)
             raise ConfigError(f"Run directory '{run_dir}' is not empty and is not a jaxlm run (no "
-                              "config.yaml). Choose an empty or new --run-dir, or pass --overwrite.",
+                              "config.yaml). Choose an empty or new --run, or pass --overwrite.",
                               culprit=str(run_dir))
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.config_path)
@@ -158,7 +158,7 @@ class Run:
         if diffs:
             raise ConfigError(
                 f"Run directory '{run_dir}' holds a run with a different config ({', '.join(diffs)} "
-                "differ), so it cannot be resumed with this one. Use a new --run-dir, rerun with "
+                "differ), so it cannot be resumed with this one. Use a new --run, rerun with "
                 "the original config to resume, or pass --overwrite to discard the old run.",
                 culprit=str(run_dir))
         if old != new:  # e.g. more steps: config.yaml describes the latest invocation
@@ -180,7 +180,7 @@ class Run:
         """config.yaml as a mapping, as written (older versions' keys included)."""
         if not self.config_path.is_file():
             raise CheckpointError(f"'{self.path}' is not a jaxlm run directory (no config.yaml). "
-                                  "Pass the --run-dir of a pretrain or finetune run.",
+                                  "Pass the --run of a pretrain or finetune run.",
                                   culprit=str(self.path))
         return _read_yaml(self.config_path)
 
@@ -205,7 +205,7 @@ class Run:
         """model.json as {"task", "model", "head"} (runs written before 0.2 say "objective")."""
         if not self.model_spec_path.is_file():
             raise CheckpointError(f"'{self.path}' has no model.json: it is not a finished jaxlm "
-                                  "run directory. Pass the --run-dir of a pretrain or finetune "
+                                  "run directory. Pass the --run of a pretrain or finetune "
                                   "run.", culprit=str(self.path))
         spec = json.loads(self.model_spec_path.read_text())
         if "task" not in spec and "objective" in spec:
@@ -308,7 +308,8 @@ class Run:
                                       f"'{checkpoint}'.", culprit=str(checkpoint)) from None
             if step not in steps:
                 raise CheckpointError(f"'{self.path}' has no checkpoint at step {step}; it has "
-                                      f"steps {', '.join(map(str, steps))}.", culprit=str(self.path))
+                                      f"steps {', '.join(map(str, steps))}.",
+                                      culprit=str(self.path))
             require_intact(folder, step)
         return folder / str(step) / "state", "params", f"step {step}"
 
@@ -368,7 +369,8 @@ class Run:
                    "a config.yaml, but no model.json, tokenizer, metrics or checkpoints")
             raise CheckpointError(f"'{self.path}' is not a jaxlm run directory ({why}). Pass a "
                                   "folder written by jaxlm pretrain, finetune or convert; `jaxlm "
-                                  "runs ROOT` lists the runs under a folder.", culprit=str(self.path))
+                                  "runs ROOT` lists the runs under a folder.",
+                                  culprit=str(self.path))
         raw = self.raw_config()
         spec = _read_json(self.model_spec_path) or {}
         summary = self.summary() or {}
@@ -488,10 +490,10 @@ def _read_yaml(path: Path) -> dict:
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise CheckpointError(f"'{path}' is not readable YAML ({str(e).splitlines()[0]}): the run "
                               "directory is damaged. Restore config.yaml from a backup, or start "
-                              "a new --run-dir.", culprit=str(path)) from None
+                              "a new --run.", culprit=str(path)) from None
     if not isinstance(raw, dict):
         raise CheckpointError(f"'{path}' does not hold a config mapping: the run directory is "
-                              "damaged. Restore config.yaml from a backup, or start a new --run-dir.",
+                              "damaged. Restore config.yaml from a backup, or start a new --run.",
                               culprit=str(path))
     return raw
 
