@@ -9,6 +9,7 @@ checkpoint (`TrainingStopped`) prints how to resume and exits with 143 (SIGTERM)
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import shlex
 import sys
@@ -19,7 +20,22 @@ COMMANDS = ["pretrain", "finetune", "evaluate", "predict", "generate", "convert"
             "train-tokenizer", "data", "plot", "info", "runs", "bench"]
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Help lists each flag's current spelling only (older ones: `jaxlm.commands.add_flag`)."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        old = getattr(action, "deprecated", ())
+        if old:
+            action = copy.copy(action)
+            action.option_strings = [s for s in action.option_strings if s not in old]
+        return super()._format_action_invocation(action)
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # usage errors: exit 2 with a pointer to --help
         self.print_usage(sys.stderr)
         sys.stderr.write(f"jaxlm: error: {message}. Run '{self.prog} --help' for the options.\n")

@@ -21,7 +21,7 @@ EXAMPLES: dict[str, list[str]] = {
     "pretrain": [
         "jaxlm pretrain --config configs/shakespeare_char.yaml",
         "jaxlm pretrain --config configs/shakespeare_char.yaml --set train.steps=200 "
-        "--set model.family=llama --run-dir runs/llama_char",
+        "--set model.family=llama --run runs/llama_char",
     ],
     "finetune": [
         "jaxlm finetune --config configs/sst2_pretrained.yaml --init-from runs/pretrain_sst_masked",
@@ -43,7 +43,7 @@ EXAMPLES: dict[str, list[str]] = {
         "--task classification --num-labels 2",
     ],
     "export": [
-        "jaxlm export --run runs/sst2/minilm --to-hf exported/minilm_sst2",
+        "jaxlm export --run runs/sst2/minilm --out exported/minilm_sst2",
     ],
     "train-tokenizer": [
         "jaxlm train-tokenizer --data labeled:../shared/data/sst2 --kind wordpiece "
@@ -87,6 +87,9 @@ HEADER = """\
   `tsv:PATH`, `csv:PATH`, `jsonl:PATH`; options per spec as a query string
   (`labeled:DIR?encoding=iso-8859-1`); `{data_root}` expands to `$JAXLM_DATA`, else
   `../shared/data`.
+- One spelling per meaning across commands: `--run DIR` (a run directory), `--out` (what the
+  command writes), `--checkpoint best|latest|STEP`. The older spellings `--run-dir`, `--output`,
+  `--step` and `export --to-hf` still work, with a one-line deprecation notice on stderr.
 - From Python or a notebook, `jaxlm.cli.run("info runs/x")` runs a command in-process and raises
   on failure.
 """
@@ -135,8 +138,13 @@ def _usage(name: str, p: argparse.ArgumentParser) -> str:
     return " ".join(parts)
 
 
+def _flags(a: argparse.Action) -> list[str]:
+    """A flag's current spellings (older ones, `jaxlm.commands.add_flag`, are left out)."""
+    return [f for f in a.option_strings if f not in getattr(a, "deprecated", ())]
+
+
 def _opt(a: argparse.Action) -> str:
-    flag = max(a.option_strings, key=len)
+    flag = max(_flags(a), key=len)
     if a.nargs == 0:
         return flag
     return f"{flag} {a.metavar or a.dest.upper()}"
@@ -179,7 +187,7 @@ def _section(name: str, p: argparse.ArgumentParser) -> list[str]:
     if rows:
         lines += ["| argument | description |", "|---|---|"]
         for a in rows:
-            arg = (", ".join(a.option_strings) if a.option_strings
+            arg = (", ".join(_flags(a)) if a.option_strings
                    else (a.metavar or a.dest.upper()))
             if a.option_strings and a.nargs != 0:
                 arg += f" {a.metavar or a.dest.upper()}"

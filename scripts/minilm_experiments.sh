@@ -17,7 +17,7 @@ mkdir -p $OUT
 for seed in $SEEDS; do
   t0=$(date +%s)
   .venv/bin/jaxlm finetune --config configs/minilm_sst2.yaml --init-from "hf:$MINILM" \
-    --set train.seed=$seed --quiet --run-dir $OUT/s$seed
+    --set train.seed=$seed --quiet --run $OUT/s$seed
   echo -e "jaxlm\t$seed\t$(( $(date +%s) - t0 ))" >> $OUT/command_wall_s.tsv
 done
 

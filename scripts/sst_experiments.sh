@@ -23,11 +23,11 @@ scripts/run_jobs.sh "$jobs" "$N"
 
 finetune_jobs () {  # task seed
   local task=$1 seed=$2 out=runs/$1 ft="$J finetune --quiet --set train.seed=$2"
-  echo "$ft --config configs/${task}_scratch.yaml --run-dir $out/scratch_bert_s$seed"
-  echo "$ft --config configs/${task}_pretrained.yaml --run-dir $out/masked_s$seed"
-  echo "$ft --config configs/${task}_scratch.yaml --set model.family=gpt2 --run-dir $out/scratch_gpt2_s$seed"
-  echo "$ft --config configs/${task}_pretrained.yaml --init-from runs/pretrain_sst_causal --run-dir $out/causal_s$seed"
-  [ "$task" = sst2 ] && echo "$ft --config configs/${task}_pretrained.yaml --init-from $causal_best --run-dir $out/causal_es_s$seed"
+  echo "$ft --config configs/${task}_scratch.yaml --run $out/scratch_bert_s$seed"
+  echo "$ft --config configs/${task}_pretrained.yaml --run $out/masked_s$seed"
+  echo "$ft --config configs/${task}_scratch.yaml --set model.family=gpt2 --run $out/scratch_gpt2_s$seed"
+  echo "$ft --config configs/${task}_pretrained.yaml --init-from runs/pretrain_sst_causal --run $out/causal_s$seed"
+  [ "$task" = sst2 ] && echo "$ft --config configs/${task}_pretrained.yaml --init-from $causal_best --run $out/causal_es_s$seed"
   return 0
 }
 # the causal LM overfits the small corpus: also fine-tune SST-2 from its best-validation checkpoint

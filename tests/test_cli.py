@@ -18,7 +18,7 @@ def jaxlm(*args, cwd=REPO, env_extra=None):
 
 
 def small_run_args(corpus, run_dir, *extra):
-    return ["pretrain", "--config", str(REPO / "configs/shakespeare_char.yaml"), "--run-dir",
+    return ["pretrain", "--config", str(REPO / "configs/shakespeare_char.yaml"), "--run",
             str(run_dir), "--quiet", "--set", f"data.train=text:{corpus}",
             "--set", "train.steps=6", "--set", "train.eval_every=3", "--set", "train.log_every=2",
             "--set", "train.checkpoint_every=3", "--set", "train.eval_batches=2", *extra]
@@ -98,3 +98,43 @@ def test_run_dir_of_a_different_config_is_refused(tiny_corpus, tmp_path):
     out = jaxlm(*small_run_args(tiny_corpus, run, "--set", "model.d_model=64"))
     assert out.returncode == 2 and "different config" in out.stderr and "--overwrite" in out.stderr
     assert (run / "config.yaml").read_text() == before
+
+
+@pytest.mark.parametrize("argv,dest,value,old", [
+    (["pretrain", "--config", "c.yaml", "--run", "R"], "run_dir", "R", None),
+    (["pretrain", "--config", "c.yaml", "--run-dir", "R"], "run_dir", "R", "--run-dir"),
+    (["finetune", "--config", "c.yaml", "--run-dir", "R"], "run_dir", "R", "--run-dir"),
+    (["generate", "--run", "R", "--prompt", "p", "--out", "o"], "output", "o", None),
+    (["generate", "--run", "R", "--prompt", "p", "--output", "o"], "output", "o", "--output"),
+    (["generate", "--run", "R", "--prompt", "p", "--checkpoint", "5"], "checkpoint", 5, None),
+    (["generate", "--run", "R", "--prompt", "p", "--step", "5"], "checkpoint", 5, "--step"),
+    (["generate", "--run", "R", "--prompt", "p"], "checkpoint", "latest", None),
+    (["predict", "--run", "R", "--out", "o"], "output", "o", None),
+    (["predict", "--run", "R", "--output", "o"], "output", "o", "--output"),
+    (["predict", "--run", "R", "--checkpoint", "best"], "checkpoint", "best", None),
+    (["evaluate", "--run", "R", "--checkpoint", "3"], "checkpoint", 3, None),
+    (["export", "--run", "R", "--out", "H"], "to_hf", "H", None),
+    (["export", "--run", "R", "--to-hf", "H"], "to_hf", "H", "--to-hf"),
+])
+def test_one_flag_spelling_per_meaning_old_ones_still_work(argv, dest, value, old, capsys):
+    from jaxlm import config
+    from jaxlm.cli import build_parser
+    config._noticed.clear()
+    args = build_parser().parse_args(argv)
+    assert getattr(args, dest) == value
+    err = capsys.readouterr().err
+    if old is None:
+        assert "deprecated" not in err
+    else:
+        assert err.strip().splitlines() == [f"jaxlm: '{old}' is deprecated; use "
+                                            f"'{'--run' if old == '--run-dir' else '--checkpoint' if old == '--step' else '--out'}'."]
+
+
+def test_help_shows_only_the_current_spellings():
+    from jaxlm.cli import build_parser
+    sub = next(a for a in build_parser()._actions if a.choices and "export" in a.choices)
+    text = "".join(sub.choices[c].format_help() for c in ("pretrain", "generate", "predict",
+                                                          "export"))
+    for old in ("--run-dir", "--output", "--step", "--to-hf"):
+        assert old not in text
+    assert "--run DIR" in sub.choices["pretrain"].format_help()

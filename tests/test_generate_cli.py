@@ -82,7 +82,7 @@ def test_cli_prompt_file_scores_and_writes_jsonl(trained, capsys, tmp_path):
     code, out, err = run_cli(capsys, "--run", str(run_dir), "--prompt-file",
                              str(tmp_path / "prompts.txt"), "--reference-file",
                              str(tmp_path / "refs.txt"), "--max-new-tokens", "20",
-                             "--temperature", "0", "--output", str(tmp_path / "out.jsonl"))
+                             "--temperature", "0", "--out", str(tmp_path / "out.jsonl"))
     assert code == 0, err
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["prompt"] for r in rows] == ["First Citizen:", "ROMEO:"]

@@ -63,7 +63,7 @@ def test_convert_then_export_gpt2(tiny, tmp_path, capsys):
     # the run directory holds exactly the imported parameters
     a, b = to_flat(import_hf(src)[1]), to_flat(load_params(run)[1])
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
-    assert main(["export", "--run", str(run), "--to-hf", str(out)]) == 0
+    assert main(["export", "--run", str(run), "--out", str(out)]) == 0
     assert "as GPT2LMHeadModel" in capsys.readouterr().out
     back = transformers.GPT2LMHeadModel.from_pretrained(str(out)).eval()
     ids, mask = padded_batch(tok)
@@ -88,7 +88,7 @@ def test_convert_bert_for_classification_then_export(tiny, tmp_path, capsys):
     ids, mask = padded_batch(tok, add_special_tokens=True)
     logits, info = jax_outputs(run, ids, mask)
     assert info["num_labels"] == 3 and info["pooling"] == "first" and logits.shape == (4, 3)
-    assert main(["export", "--run", str(run), "--to-hf", str(out)]) == 0
+    assert main(["export", "--run", str(run), "--out", str(out)]) == 0
     back = transformers.BertForSequenceClassification.from_pretrained(str(out)).eval()
     d = max_diff(logits, torch_forward(back, ids, mask)[1])
     print(f"convert/export bert classifier max abs diff: {d:.2e}")
@@ -107,7 +107,7 @@ def test_convert_and_export_errors(tiny, tmp_path, capsys):
     (tmp_path / "busy" / "x").write_text("x")
     assert main(["convert", "--from-hf", str(src), "--out", str(tmp_path / "busy")]) == 2
     assert "is not empty" in capsys.readouterr().err
-    assert main(["export", "--run", str(tmp_path / "busy"), "--to-hf", str(tmp_path / "o")]) == 2
+    assert main(["export", "--run", str(tmp_path / "busy"), "--out", str(tmp_path / "o")]) == 2
     assert "neither a jaxlm run directory" in capsys.readouterr().err
 
 
@@ -119,13 +119,13 @@ def test_export_of_a_pretraining_run(tiny_corpus, tmp_path):
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
     res = subprocess.run(
         [sys.executable, "-m", "jaxlm.cli", "pretrain", "--config",
-         str(REPO / "configs/shakespeare_char.yaml"), "--run-dir", str(run), "--quiet",
+         str(REPO / "configs/shakespeare_char.yaml"), "--run", str(run), "--quiet",
          "--set", f"data.train=text:{tiny_corpus}", "--set", "train.steps=3",
          "--set", "train.eval_every=0", "--set", "train.checkpoint_every=3",
          "--set", "model.num_layers=2", "--set", "model.d_model=32"],
         env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
-    assert main(["export", "--run", str(run), "--to-hf", str(out)]) == 0
+    assert main(["export", "--run", str(run), "--out", str(out)]) == 0
     cfg, params, tok, info = load_params(run)
     assert info["checkpoint"] == "step 3" and info["task"] == "causal" and not cfg.use_bias
     back = transformers.GPT2LMHeadModel.from_pretrained(str(out)).eval()
@@ -152,10 +152,10 @@ def test_export_of_a_finetuning_run(tiny, data_dir, tmp_path):
     (tmp_path / "ft.yaml").write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
     res = subprocess.run([sys.executable, "-m", "jaxlm.cli", "finetune", "--config",
-                          str(tmp_path / "ft.yaml"), "--run-dir", str(run), "--quiet"],
+                          str(tmp_path / "ft.yaml"), "--run", str(run), "--quiet"],
                          env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert main(["export", "--run", str(run), "--to-hf", str(out)]) == 0
+    assert main(["export", "--run", str(run), "--out", str(out)]) == 0
     hf_cfg = json.loads((out / "config.json").read_text())
     assert hf_cfg["architectures"] == ["BertForSequenceClassification"]
     assert hf_cfg["id2label"] == {"0": "0", "1": "1"}

@@ -23,7 +23,7 @@ def _pretrain(corpus, run_dir, devices, env_extra):
     for k in ("JAXLM_COORDINATOR", "JAXLM_NUM_PROCESSES", "JAXLM_PROCESS_ID"):
         if k not in env_extra:
             env.pop(k, None)
-    args = ["pretrain", "--config", str(REPO / "configs/shakespeare_char.yaml"), "--run-dir",
+    args = ["pretrain", "--config", str(REPO / "configs/shakespeare_char.yaml"), "--run",
             str(run_dir), "--quiet", "--set", f"data.train=text:{corpus}",
             "--set", "model.num_layers=2", "--set", "model.d_model=32", "--set", "model.num_heads=2",
             "--set", "data.seq_len=32", "--set", "model.max_len=32", "--set", "train.batch_size=8",

@@ -71,7 +71,7 @@ def test_old_classifier_evaluates_and_old_lm_generates_as_before(runs, data_dir)
 def test_old_runs_through_the_command_line(runs, data_dir, tmp_path, capsys):
     (tmp_path / "in.txt").write_text("\n".join(EXPECTED["sentences"]) + "\n")
     assert main(["predict", "--run", str(runs / "sst2_classifier"), "--input",
-                 str(tmp_path / "in.txt"), "--output", str(tmp_path / "p.jsonl")]) == 0
+                 str(tmp_path / "in.txt"), "--out", str(tmp_path / "p.jsonl")]) == 0
     rows = [json.loads(l) for l in (tmp_path / "p.jsonl").read_text().splitlines()]
     np.testing.assert_allclose([[r["probs"]["0"], r["probs"]["1"]] for r in rows],
                                EXPECTED["probs_best"], atol=1e-5)
@@ -83,11 +83,11 @@ def test_old_runs_through_the_command_line(runs, data_dir, tmp_path, capsys):
     assert "finetune (classification), finished" in out and "kept in best/" in out
     assert main(["runs", str(runs)]) == 0
     assert "char_causal" in capsys.readouterr().out
-    assert main(["export", "--run", str(runs / "char_causal"), "--to-hf",
+    assert main(["export", "--run", str(runs / "char_causal"), "--out",
                  str(tmp_path / "hf")]) == 0
     hf = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert hf["architectures"] == ["GPT2LMHeadModel"]
     # a classifier without BERT's pooler has no Hugging Face class: refused with the fix named
-    assert main(["export", "--run", str(runs / "sst2_classifier"), "--to-hf",
+    assert main(["export", "--run", str(runs / "sst2_classifier"), "--out",
                  str(tmp_path / "hf2")]) == 2
     assert "Fine-tune with the pooler on" in capsys.readouterr().err

@@ -56,7 +56,7 @@ def w(tmp_path_factory, data_dir) -> Path:
     pretrain(config_from_dict(lm), str(w / "lm"), show_progress=False)
     finetune(config_from_dict({**CLF, "data": {**CLF["data"], "train": f"labeled:{sst}"}}),
              str(w / "clf"), show_progress=False)
-    assert _run(["export", "--run", str(w / "lm"), "--to-hf", str(w / "hf_lm")])[0] == 0
+    assert _run(["export", "--run", str(w / "lm"), "--out", str(w / "hf_lm")])[0] == 0
     shutil.copytree(w / "lm", w / "lm_badcfg")
     _write(w / "lm_badcfg" / "config.yaml", "model: {d_model: [\n")  # a torn config.yaml
     (w / "notrun").mkdir()
@@ -126,35 +126,35 @@ CASES = [  # (id, argv, substrings the message must hold)
     ("config not a mapping", ["pretrain", "--config", "{W}/list.yaml"], ["list.yaml", "mapping"]),
     ("config with a python tag", ["pretrain", "--config", "{W}/evil.yaml"],
      ["evil.yaml", "not valid YAML"]),
-    ("run dir is a file", P + ["--run-dir", "{W}/corpus.txt"], ["corpus.txt", "is a file"]),
-    ("run dir not a run", P + ["--run-dir", "{W}/notrun"], ["notrun", "not empty", "--overwrite"]),
-    ("resume a torn config.yaml", P + ["--run-dir", "{W}/lm_badcfg"],
+    ("run dir is a file", P + ["--run", "{W}/corpus.txt"], ["corpus.txt", "is a file"]),
+    ("run dir not a run", P + ["--run", "{W}/notrun"], ["notrun", "not empty", "--overwrite"]),
+    ("resume a torn config.yaml", P + ["--run", "{W}/lm_badcfg"],
      ["lm_badcfg/config.yaml", "damaged"]),
     ("bad on_nonfinite", P + ["--set", "train.on_nonfinite=sometimes"],
      ["train.on_nonfinite", "stop, skip"]),
     ("checkpoint_every 0", P + ["--set", "train.checkpoint_every=0"],
      ["train.checkpoint_every", "positive"]),
-    ("data not utf-8", P + ["--run-dir", "{W}/new", "--set", "data.train=text:{W}/latin1.txt"],
+    ("data not utf-8", P + ["--run", "{W}/new", "--set", "data.train=text:{W}/latin1.txt"],
      ["latin1.txt", "utf-8", "line 1", "encoding"]),
-    ("tokenizer file missing", P + ["--run-dir", "{W}/new", "--set",
+    ("tokenizer file missing", P + ["--run", "{W}/new", "--set",
                                     "data.tokenizer.path={W}/nope.json"],
      ["nope.json", "data.tokenizer.path"]),
-    ("tokenizer file garbage", P + ["--run-dir", "{W}/new", "--set",
+    ("tokenizer file garbage", P + ["--run", "{W}/new", "--set",
                                     "data.tokenizer.path={W}/badtok.json"],
      ["badtok.json", "could not be read"]),
-    ("vocab smaller than tokenizer", P + ["--run-dir", "{W}/new", "--set", "model.vocab_size=5"],
+    ("vocab smaller than tokenizer", P + ["--run", "{W}/new", "--set", "model.vocab_size=5"],
      ["model.vocab_size=5"]),
-    ("masked task on causal model", P + ["--run-dir", "{W}/new", "--set",
+    ("masked task on causal model", P + ["--run", "{W}/new", "--set",
                                               "train.task=masked"],
      ["train.task", "bidirectional"]),
     # finetune
-    ("finetune on unlabeled data", F + ["--run-dir", "{W}/new", "--set",
+    ("finetune on unlabeled data", F + ["--run", "{W}/new", "--set",
                                         "data.train=text:{W}/corpus.txt"], ["has no labels"]),
-    ("init_from missing", F + ["--run-dir", "{W}/new", "--init-from", "{W}/nope"],
+    ("init_from missing", F + ["--run", "{W}/new", "--init-from", "{W}/nope"],
      ["finetune.init_from", "nope"]),
-    ("init_from not a run", F + ["--run-dir", "{W}/new", "--init-from", "{W}/notrun"],
+    ("init_from not a run", F + ["--run", "{W}/new", "--init-from", "{W}/notrun"],
      ["notrun", "neither"]),
-    ("finetune into a run of another config", F + ["--run-dir", "{W}/clf", "--set",
+    ("finetune into a run of another config", F + ["--run", "{W}/clf", "--set",
                                                    "model.d_model=64"],
      ["different config", "model", "--overwrite"]),
     # evaluate
@@ -176,7 +176,7 @@ CASES = [  # (id, argv, substrings the message must hold)
     ("predict input not utf-8", ["predict", "--run", "{W}/clf", "--input", "{W}/latin1.txt"],
      ["latin1.txt", "utf-8", "--encoding"]),
     ("predictions over model.json", ["predict", "--run", "{W}/clf", "--input", "{W}/corpus.txt",
-                                     "--output", "{W}/clf/model.json"],
+                                     "--out", "{W}/clf/model.json"],
      ["model.json", "would overwrite"]),
     # generate
     ("generate with a classifier", ["generate", "--run", "{W}/clf", "--prompt", "hi"],
@@ -184,10 +184,10 @@ CASES = [  # (id, argv, substrings the message must hold)
     ("negative temperature", ["generate", "--run", "{W}/lm", "--prompt", "hi", "--temperature",
                               "-1"], ["temperature", ">= 0"]),
     ("top-p 0", ["generate", "--run", "{W}/lm", "--prompt", "hi", "--top-p", "0"], ["top_p"]),
-    ("generate from an absent step", ["generate", "--run", "{W}/lm", "--prompt", "hi", "--step",
+    ("generate from an absent step", ["generate", "--run", "{W}/lm", "--prompt", "hi", "--checkpoint",
                                       "999"], ["step 999"]),
     ("generations into checkpoints/", ["generate", "--run", "{W}/lm", "--prompt", "hi",
-                                       "--output", "{W}/lm/checkpoints/out.jsonl"],
+                                       "--out", "{W}/lm/checkpoints/out.jsonl"],
      ["checkpoints", "would overwrite"]),
     # convert (Hugging Face folders in)
     ("HF folder missing", ["convert", "--from-hf", "{W}/nope", "--out", "{W}/new"],
@@ -201,9 +201,9 @@ CASES = [  # (id, argv, substrings the message must hold)
     ("convert over an existing run", ["convert", "--from-hf", "{W}/hf_lm", "--out", "{W}/clf"],
      ["clf", "not empty", "--overwrite"]),
     # export (Hugging Face folders out)
-    ("export into a run dir", ["export", "--run", "{W}/lm", "--to-hf", "{W}/clf", "--overwrite"],
+    ("export into a run dir", ["export", "--run", "{W}/lm", "--out", "{W}/clf", "--overwrite"],
      ["clf", "jaxlm run directory"]),
-    ("export onto a file", ["export", "--run", "{W}/lm", "--to-hf", "{W}/corpus.txt"],
+    ("export onto a file", ["export", "--run", "{W}/lm", "--out", "{W}/corpus.txt"],
      ["corpus.txt", "existing file"]),
     # data show
     ("unknown dataset kind", ["data", "show", "foo:bar"], ["foo", "Unknown dataset kind"]),
@@ -250,7 +250,7 @@ def test_a_failed_start_is_rerun_with_the_fixed_config(w, capsys):
     """A start that failed before its first checkpoint holds nothing to lose: fixing the config
     and rerunning into the same folder works (no --overwrite needed)."""
     run = str(w / "failed_start")
-    argv = ["pretrain", "--config", str(w / "tiny.yaml"), "--quiet", "--run-dir", run]
+    argv = ["pretrain", "--config", str(w / "tiny.yaml"), "--quiet", "--run", run]
     assert _run(argv + ["--set", f"data.tokenizer.path={w}/nope.json",
                         "--set", "model.vocab_size=0", "--set", "train.steps=2"])[0] == 2
     code, err = _run(argv + ["--set", "train.steps=2", "--set", "train.checkpoint_every=2"])
@@ -283,10 +283,10 @@ def test_reading_commands_leave_runs_unchanged(w, tmp_path):
     before = {d: _tree_hash(w / d) for d in EXISTING}
     for argv in (["evaluate", "--run", f"{w}/clf", "--out", f"{tmp_path}/eval.json"],
                  ["predict", "--run", f"{w}/clf", "--input", f"{w}/sst/dev.txt",
-                  "--output", f"{tmp_path}/pred.jsonl"],
+                  "--out", f"{tmp_path}/pred.jsonl"],
                  ["generate", "--run", f"{w}/lm", "--prompt", "ROMEO:", "--max-new-tokens", "8",
-                  "--output", f"{tmp_path}/gen.jsonl"],
-                 ["export", "--run", f"{w}/lm", "--to-hf", f"{tmp_path}/hf"],
+                  "--out", f"{tmp_path}/gen.jsonl"],
+                 ["export", "--run", f"{w}/lm", "--out", f"{tmp_path}/hf"],
                  ["convert", "--from-hf", f"{w}/hf_lm", "--out", f"{tmp_path}/conv"]):
         code, err = _run(argv)
         assert code == 0, (argv, err)

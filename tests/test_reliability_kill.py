@@ -42,11 +42,11 @@ def _config(tmp_path: Path, corpus: Path) -> Path:
 
 
 class Run:
-    """`jaxlm pretrain --config CFG --run-dir DIR --quiet`, relaunched as often as needed."""
+    """`jaxlm pretrain --config CFG --run DIR --quiet`, relaunched as often as needed."""
 
     def __init__(self, cfg: Path, run_dir: Path, cache: Path):
         self.cmd = [sys.executable, "-m", "jaxlm.cli", "pretrain", "--config", str(cfg),
-                    "--run-dir", str(run_dir), "--quiet"]
+                    "--run", str(run_dir), "--quiet"]
         self.dir, self.ckpts = run_dir, run_dir / "checkpoints"
         self.env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
                     "JAX_COMPILATION_CACHE_DIR": str(cache),

@@ -109,7 +109,7 @@ def test_stop_mode_saves_the_last_good_state_and_exits_naming_the_step(
     cfg_file = tmp_path / "cfg.yaml"
     cfg_file.write_text(yaml.safe_dump(_cfg(tiny_corpus, on_nonfinite="stop")))
     run = tmp_path / "run"
-    argv = ["pretrain", "--config", str(cfg_file), "--run-dir", str(run), "--quiet"]
+    argv = ["pretrain", "--config", str(cfg_file), "--run", str(run), "--quiet"]
     _poison_step(monkeypatch, 4)
     code = main(argv)
     err = capsys.readouterr().err

@@ -107,7 +107,7 @@ def put(batch, sharding):  # SIGTERM reaches one host only, at its term_step-th 
     return real(batch, sharding)
 loop.put_batch = put
 from jaxlm.cli import main
-sys.exit(main(["pretrain", "--config", "configs/shakespeare_char.yaml", "--run-dir", run,
+sys.exit(main(["pretrain", "--config", "configs/shakespeare_char.yaml", "--run", run,
   "--quiet", "--set", f"data.train=text:{corpus}", "--set", "model.num_layers=1",
   "--set", "model.d_model=32", "--set", "model.num_heads=2", "--set", "data.seq_len=32",
   "--set", "train.batch_size=8", "--set", "train.steps=40", "--set", "train.eval_every=0",

@@ -27,12 +27,12 @@ def runs_root(tmp_path_factory, data_dir):
     corpus.write_text((data_dir / "tinyshakespeare" / "input.txt").read_text()[:20_000])
     model = "--set model.num_layers=2 --set model.d_model=32 --set model.num_heads=2"
     common = "--set mesh.num_devices=1 --set train.batch_size=8 --quiet"
-    pre = (f"pretrain --config {_cfg(root, 'pre')} --run-dir {root / 'pre'} {model} {common} "
+    pre = (f"pretrain --config {_cfg(root, 'pre')} --run {root / 'pre'} {model} {common} "
            f"--set data.train=text:{corpus} --set model.max_len=64 --set data.seq_len=32 "
            "--set train.steps=6 --set train.log_every=2 --set train.eval_every=3 "
            "--set train.eval_batches=2 --set train.checkpoint_every=3")
     assert main(pre.split()) == 0
-    ft = (f"finetune --config {_cfg(root, 'ft')} --run-dir {root / 'sst2' / 'ft'} {common} "
+    ft = (f"finetune --config {_cfg(root, 'ft')} --run {root / 'sst2' / 'ft'} {common} "
           f"--init-from {root / 'pre'} --set data.train=labeled:{sst} --set data.seq_len=32 "
           "--set train.task=classification --set train.steps=4 --set train.log_every=1 "
           "--set train.eval_every=2 --set train.checkpoint_every=4 --set finetune.pooling=mean")

@@ -1,16 +1,50 @@
-"""CLI subcommands; see `jaxlm.cli`."""
+"""CLI subcommands; see `jaxlm.cli`.
+
+One flag spelling per meaning across commands: `--run` (a run directory), `--out` (what a command
+writes), `--checkpoint` (best, latest or a step number). Older spellings (`--run-dir`,
+`--output`, `--step`, `export --to-hf`) still work, with a one-line notice on stderr (`add_flag`).
+"""
 import argparse
+from typing import Any
+
+
+class _Flag(argparse.Action):
+    """Store a flag's value; an old spelling (`deprecated`) prints a notice first. Help lists
+    only the current spelling (`jaxlm.cli`'s formatter hides the old ones)."""
+
+    def __init__(self, option_strings: list[str], dest: str, deprecated: tuple[str, ...] = (),
+                 **kw: Any):
+        self.deprecated = tuple(deprecated)
+        super().__init__(option_strings, dest, **kw)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        if option_string in self.deprecated:
+            from jaxlm.config import deprecation_notice
+            deprecation_notice(option_string, self.option_strings[0])
+        setattr(namespace, self.dest, values)
+
+
+def add_flag(p: argparse.ArgumentParser, flag: str, *old: str, **kw: Any) -> argparse.Action:
+    """`p.add_argument(flag, **kw)` that also accepts the older spellings `old`, each with a
+    one-line deprecation notice on stderr."""
+    return p.add_argument(flag, *old, action=_Flag, deprecated=old, **kw)
+
+
+def checkpoint_arg(text: str) -> str | int:
+    """argparse type of --checkpoint: best, latest, or a step number."""
+    return int(text) if text.isdigit() else text
 
 
 def add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    """--config / --set / --run-dir / --overwrite, shared by training commands."""
+    """--config / --set / --run / --overwrite, shared by training commands."""
     p.add_argument("--config", required=required, help="YAML experiment file (see configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.steps=100 (repeatable)")
-    p.add_argument("--run-dir", help="where the run lives (default: runs/<name>); rerunning on "
-                   "the same directory resumes it")
+    add_flag(p, "--run", "--run-dir", dest="run_dir", metavar="DIR", help="the run directory "
+             "(default: runs/<name>); rerunning on the same directory resumes it")
     p.add_argument("--overwrite", action="store_true",
-                   help="discard an existing run in --run-dir instead of refusing")
+                   help="discard an existing run in --run instead of refusing")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from jaxlm.commands import positive_int
+from jaxlm.commands import checkpoint_arg, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", required=True, help="run directory of a pretrain or finetune run")
     p.add_argument("--data", help="dataset spec (default: the run's test split, else validation)")
     p.add_argument("--split", default="test", help="split to read from a multi-split spec")
-    p.add_argument("--checkpoint", default="best", help="best, latest or a step number")
+    p.add_argument("--checkpoint", type=checkpoint_arg, default="best",
+                   help="best, latest or a step number")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--out", help="JSON file for the report (default: RUN/eval_<split>.json)")
     p.set_defaults(func=run)

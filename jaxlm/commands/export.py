@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from jaxlm.commands import add_flag, checkpoint_arg
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register `jaxlm export` and its options on the subcommand parsers."""
@@ -12,10 +14,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description=__doc__)
     p.add_argument("--run", required=True, metavar="DIR", help="run directory (pretrain, "
                    "finetune or convert)")
-    p.add_argument("--to-hf", required=True, metavar="OUT", help="folder to write")
-    p.add_argument("--checkpoint", default="best", help="best (a fine-tuning run's best "
-                   "validation checkpoint; otherwise the latest), latest, or a step number")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
+    add_flag(p, "--out", "--to-hf", dest="to_hf", required=True, metavar="DIR",
+             help="the Hugging Face folder to write")
+    p.add_argument("--checkpoint", type=checkpoint_arg, default="best", help="best (a "
+                   "fine-tuning run's best validation checkpoint; otherwise the latest), latest, "
+                   "or a step number")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.set_defaults(func=run)
 
 
@@ -25,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from jaxlm.loading import load_model
     from jaxlm.run import check_output_path
 
-    check_output_path(args.to_hf, "--to-hf", folder=True)  # even with --overwrite
+    check_output_path(args.to_hf, "--out", folder=True)  # even with --overwrite
 
     loaded = load_model(args.run, checkpoint=args.checkpoint)
     s = export_run(loaded, args.to_hf, overwrite=args.overwrite)

@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from jaxlm.commands import positive_int
+from jaxlm.commands import add_flag, checkpoint_arg, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,11 +30,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stop", action="append", default=None, metavar="TOKEN",
                    help="a token that ends generation (repeatable; default: the tokenizer's "
                    "end-of-text token)")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    add_flag(p, "--checkpoint", "--step", type=checkpoint_arg, default="latest",
+             help="latest (default), best, or a step number")
     p.add_argument("--batch-size", type=positive_int, default=8, help="prompts decoded together")
     p.add_argument("--reference-file", metavar="F",
                    help="one reference per line, aligned with the prompts: print BLEU and ROUGE")
-    p.add_argument("--output", metavar="F", help="write JSON lines {prompt, completion} here")
+    add_flag(p, "--out", "--output", dest="output", metavar="F",
+             help="write JSON lines {prompt, completion} here")
     p.add_argument("--no-stream", action="store_true", help="print each completion when done")
     p.set_defaults(func=run)
 
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from jaxlm.run import check_output_path
 
     if args.output:
-        check_output_path(args.output, "--output")
+        check_output_path(args.output, "--out")
 
     prompts = [args.prompt] if args.prompt is not None else read_lines(args.prompt_file,
                                                                        "prompt file")

@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from jaxlm.commands import positive_int
+from jaxlm.commands import add_flag, checkpoint_arg, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -13,8 +13,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="classify texts (JSONL out)", description=__doc__)
     p.add_argument("--run", required=True, help="run directory of a finetune run")
     p.add_argument("--input", default="-", help="text file, one input per line ('-': stdin)")
-    p.add_argument("--output", default="-", help="JSONL file ('-': stdout)")
-    p.add_argument("--checkpoint", default="best", help="best, latest or a step number")
+    add_flag(p, "--out", "--output", dest="output", default="-", metavar="FILE",
+             help="JSONL file ('-': stdout)")
+    p.add_argument("--checkpoint", type=checkpoint_arg, default="best",
+                   help="best, latest or a step number")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--encoding", default="utf-8")
     p.set_defaults(func=run)
@@ -27,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from jaxlm.run import Run, check_output_path
 
     if args.output != "-":
-        check_output_path(args.output, "--output")
+        check_output_path(args.output, "--out")
 
     text = sys.stdin.read() if args.input == "-" else read_text(args.input, args.encoding,
                                                                  "input file")
