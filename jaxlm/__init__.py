@@ -25,7 +25,7 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
-# public name -> the module that defines it (imported on first use)
+# public name -> the module that defines it, or "module:attribute" (imported on first use)
 _LAZY: dict[str, str] = {
     # configs
     **dict.fromkeys(("Config", "ModelConfig", "OptimConfig", "TrainConfig", "DataConfig",
@@ -42,7 +42,7 @@ _LAZY: dict[str, str] = {
                      "LOSSES"), "jaxlm.tasks"),
     # trained runs: load, evaluate, generate
     **dict.fromkeys(("Run", "load_run"), "jaxlm.run"),
-    "evaluate": "jaxlm.evaluation",
+    "evaluate": "jaxlm.evaluation:evaluate_run",  # a run on a dataset (`jaxlm evaluate`)
     # process settings (explicit, never on import)
     "reuse_freed_host_memory": "jaxlm.host_memory",
 }
@@ -51,12 +51,13 @@ __all__ = ["__version__", *_LAZY, "generate"]
 
 
 def __getattr__(name: str) -> Any:
-    module_name = _LAZY.get(name)
-    if module_name is None:
+    target = _LAZY.get(name)
+    if target is None:
         raise AttributeError(f"module 'jaxlm' has no attribute {name!r}")
+    module_name, _, attr = target.partition(":")
     module = importlib.import_module(module_name)
     try:
-        value = getattr(module, name)
+        value = getattr(module, attr or name)
     except AttributeError:
         raise AttributeError(f"module 'jaxlm' has no attribute {name!r} ({module_name} does not "
                              "define it)") from None
@@ -90,7 +91,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names abov
     from jaxlm.config import (Config, DataConfig, MeshConfig, ModelConfig, OptimConfig,
                               TrainConfig, config_from_dict, load_config)
     from jaxlm.errors import ConfigError, JaxlmError
-    from jaxlm.evaluation import evaluate
+    from jaxlm.evaluation import evaluate_run as evaluate
     from jaxlm.generate import generate
     from jaxlm.host_memory import reuse_freed_host_memory
     from jaxlm.models import build_model

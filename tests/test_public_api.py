@@ -38,6 +38,8 @@ def test_every_public_name_resolves_to_its_home():
     assert not missing, missing
     assert jaxlm.ModelConfig is ModelConfig and jaxlm.build_model is build_model
     assert jaxlm.register_attention is register_attention
+    from jaxlm.evaluation import evaluate_run
+    assert jaxlm.evaluate is evaluate_run
     assert set(jaxlm.__all__) <= set(dir(jaxlm))
 
 
