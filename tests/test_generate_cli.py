@@ -1,4 +1,5 @@
-"""`jaxlm generate` and the Python API on a tiny trained run; BLEU/ROUGE and perplexity helpers."""
+"""`jaxlm generate` and the Python API on a tiny trained run; BLEU/ROUGE, and the evaluator
+reproducing the run's validation loss."""
 import json
 
 import jax
@@ -10,8 +11,12 @@ from jaxlm.cli import main
 from jaxlm.config import config_from_dict
 from jaxlm.generate import Generator, generate
 from jaxlm.loading import load_model
-from jaxlm.generation.scoring import bleu_rouge, perplexity
-from jaxlm.train.pretrain import encode_stream, pretrain
+from jaxlm.data.lm_data import encode_stream, lm_eval_batches
+from jaxlm.evaluation import Evaluator, evaluate_run
+from jaxlm.generation.scoring import bleu_rouge
+from jaxlm.run import Run
+from jaxlm.tasks import CausalLM, token_loss
+from jaxlm.train.pretrain import pretrain
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +63,7 @@ def test_load_run_restores_the_trained_parameters(trained):
     model, tok, cfg = load_run(run_dir)
     assert cfg.max_len == 32 and tok.vocab_size == cfg.vocab_size
     got = jax.tree.leaves(nnx.state(model, nnx.Param))
-    want = jax.tree.leaves(summary["state"]["params"])
+    want = jax.tree.leaves(summary["state"].params)
     assert len(got) == len(want)
     for a, b in zip(got, want):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -111,12 +116,26 @@ def test_bleu_and_rouge_use_the_reference_implementations():
     assert 0 < partial["bleu"] < 100 and 0 < partial["rouge2"] < partial["rouge1"] < 100
 
 
-def test_perplexity_matches_training_validation(trained):
+def test_evaluation_reproduces_the_training_validation_loss(trained):
+    """`evaluate_run` (`jaxlm evaluate`) on the run's own validation split and batches, and the
+    Evaluator on a loaded model, give the validation loss the run logged at its last step."""
     run_dir, summary, corpus = trained
-    model, tok, _ = load_run(run_dir)
+    report = evaluate_run(str(run_dir), checkpoint="latest")
+    assert report["split"] == "validation" and "40" in report["checkpoint"]
+    assert report["loss"] == pytest.approx(summary["val"]["loss"], abs=1e-4)
+    assert report["perplexity"] == pytest.approx(np.exp(report["loss"]))
     text = corpus.read_text()
-    val_tokens = encode_stream(tok, text[int(len(text) * 0.9):])
-    ppl = perplexity(model, val_tokens, seq_len=32, batch_size=16)
-    assert ppl["loss"] == pytest.approx(summary["val"]["loss"], abs=1e-4)
-    assert ppl["perplexity"] == pytest.approx(np.exp(ppl["loss"]))
-    assert ppl["tokens"] == (len(val_tokens) - 1) // 32 * 32
+    val_tokens = encode_stream(load_run(run_dir)[1], text[int(len(text) * 0.9):])
+    assert report["tokens"] == (len(val_tokens) - 1) // 32 * 32  # every window scored once
+
+    model, tok, _ = load_run(run_dir)
+    cfg = Run(run_dir).config()
+    val_src = CausalLM.open_sources(cfg)["validation"]
+    evaluator, params = Evaluator.for_model(model, token_loss)
+    # other batch sizes score the same rows: sums, not per-batch means
+    for batch_size in (0, 5):
+        got = evaluator.mean_metrics(params, lm_eval_batches(cfg, tok, val_src,
+                                                             batch_size=batch_size))
+        assert got["loss"] == pytest.approx(summary["val"]["loss"], abs=1e-4)
+        assert got["tokens"] == report["tokens"]
+        assert got["accuracy"] == pytest.approx(summary["val"]["accuracy"], abs=1e-5)

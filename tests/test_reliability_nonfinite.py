@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-import jaxlm.train.loop as loop_mod
+import jaxlm.train.trainer as trainer_mod
 from jaxlm.cli import main
 from jaxlm.config import ModelConfig, OptimConfig, config_from_dict
 from jaxlm.errors import TrainingStopped
@@ -50,15 +50,15 @@ def test_compiled_step_does_not_apply_a_poisoned_batch():
             state, m = steps.train(state, put_batch(_batch(rng, poison), steps.batch_sharding))
             after = _host(state)
             assert not np.isfinite(float(m["loss"]))
-            assert _same(before["params"], after["params"])  # bitwise: the update was dropped
-            assert _same(before["opt_state"], after["opt_state"])  # Adam moments and count too
-            assert int(after["step"]) == int(before["step"]) + 1  # the batch still counts
+            assert _same(before.params, after.params)  # bitwise: the update was dropped
+            assert _same(before.opt_state, after.opt_state)  # Adam moments and count too
+            assert int(after.step) == int(before.step) + 1  # the batch still counts
             assert int(m["nonfinite_steps"]) == n
-            assert int(m["nonfinite_last_step"]) == int(after["step"])
+            assert int(m["nonfinite_last_step"]) == int(after.step)
             state, m = steps.train(state, put_batch(_batch(rng), steps.batch_sharding))
             later = _host(state)
-            assert not _same(after["params"], later["params"])  # training continues
-            assert all(np.isfinite(x).all() for x in jax.tree.leaves(later["params"]))
+            assert not _same(after.params, later.params)  # training continues
+            assert all(np.isfinite(x).all() for x in jax.tree.leaves(later.params))
             assert int(m["nonfinite_steps"]) == n  # the counter only counts bad steps
 
 
@@ -75,7 +75,7 @@ def _cfg(corpus, **train):
 def _poison_step(monkeypatch, bad_step: int) -> None:
     """Make the loop's `bad_step`-th batch carry a NaN weight (a host-side fault)."""
     calls = {"n": 0}
-    real = loop_mod.put_batch
+    real = trainer_mod.put_batch
 
     def put(batch, sharding):
         calls["n"] += 1
@@ -84,7 +84,7 @@ def _poison_step(monkeypatch, bad_step: int) -> None:
             batch["weights"][0, 0] = np.nan
         return real(batch, sharding)
 
-    monkeypatch.setattr(loop_mod, "put_batch", put)
+    monkeypatch.setattr(trainer_mod, "put_batch", put)
 
 
 def test_skip_mode_drops_the_update_counts_it_and_trains_on(tiny_corpus, tmp_path, monkeypatch):
@@ -132,6 +132,34 @@ def test_stop_mode_raises_from_the_api_with_exit_code_3(tiny_corpus, tmp_path, m
     cfg = config_from_dict(_cfg(tiny_corpus, log_every=4, checkpoint_every=4))
     with pytest.raises(TrainingStopped) as info:
         pretrain(cfg, str(tmp_path / "run"), show_progress=False)
-    # seen at the first log step (4), no host sync per step: the message names step 2
+    # seen at the first checkpoint step (4), which reads the counter before saving (no host sync
+    # on other steps): the message names step 2
     assert info.value.exit_code == 3 and info.value.step == 4
     assert "at step 2" in str(info.value)
+
+
+def test_stop_mode_between_checkpoints_saves_the_step_after_the_log_that_saw_it(
+        tiny_corpus, tmp_path, monkeypatch):
+    """Metrics are read one step late: a NaN at step 2 shows in step 4's log line, read while step 5
+    runs, so the run stops and saves at step 5 (no checkpoint step in between to read the counter
+    synchronously). The bad update was still never applied: the saved state equals a skip-mode
+    run's at step 5, bit for bit; the message names step 2 and the same command resumes."""
+    _poison_step(monkeypatch, 2)
+    skip_run = tmp_path / "skip"
+    pretrain(config_from_dict(_cfg(tiny_corpus, on_nonfinite="skip")), str(skip_run),
+             show_progress=False)
+    _poison_step(monkeypatch, 2)  # a fresh batch counter for the second run
+    run = tmp_path / "run"
+    raw = _cfg(tiny_corpus, log_every=4, checkpoint_every=8)
+    with pytest.raises(TrainingStopped) as info:
+        pretrain(config_from_dict(raw), str(run), show_progress=False)
+    assert info.value.exit_code == 3 and info.value.step == 5
+    assert "at step 2" in str(info.value) and "saved a checkpoint at step 5" in str(info.value)
+    assert Run(run).checkpoint_steps() == [5]
+    saved, _ = Run(run).read_params(5)
+    assert all(np.isfinite(v).all() for v in saved.values())
+    assert _same(saved, Run(skip_run).read_params(5)[0])  # step 2's update was dropped
+    monkeypatch.undo()
+    resumed = pretrain(config_from_dict(raw), str(run), show_progress=False)
+    assert resumed["resumed_from"] == 5 and resumed["step"] == 8
+    assert resumed["nonfinite_steps"] == 1  # the restored counter still holds step 2

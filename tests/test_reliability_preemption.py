@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-import jaxlm.train.loop as loop_mod
+import jaxlm.train.trainer as trainer_mod
 from jaxlm.config import config_from_dict
 from jaxlm.errors import TrainingStopped
 from jaxlm.checkpoint import check_step_dir
@@ -58,7 +58,7 @@ def test_single_host_stops_at_once_and_restores_handlers():
 
 
 def _signal_at(monkeypatch, step: int, sig: int) -> None:
-    real, n = loop_mod.put_batch, {"i": 0}
+    real, n = trainer_mod.put_batch, {"i": 0}
 
     def put(batch, sharding):
         n["i"] += 1
@@ -66,7 +66,7 @@ def _signal_at(monkeypatch, step: int, sig: int) -> None:
             os.kill(os.getpid(), sig)
         return real(batch, sharding)
 
-    monkeypatch.setattr(loop_mod, "put_batch", put)
+    monkeypatch.setattr(trainer_mod, "put_batch", put)
 
 
 def test_sigterm_in_the_loop_saves_that_step_and_resume_matches(tiny_corpus, tmp_path,
@@ -89,7 +89,7 @@ def test_sigterm_in_the_loop_saves_that_step_and_resume_matches(tiny_corpus, tmp
     resumed = pretrain(config_from_dict(raw), str(run), show_progress=False)
     assert resumed["resumed_from"] == 7 and resumed["step"] == 10
     same = jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)),
-                        full["state"]["params"], resumed["state"]["params"])
+                        full["state"].params, resumed["state"].params)
     assert all(jax.tree.leaves(same))  # bit for bit
 
 
@@ -98,7 +98,7 @@ import os, signal, sys
 import jax
 port, pid, run, corpus, term_step = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
 jax.distributed.initialize(f"127.0.0.1:{port}", 2, pid)
-import jaxlm.train.loop as loop
+import jaxlm.train.trainer as loop
 real, n = loop.put_batch, {"i": 0}
 def put(batch, sharding):  # SIGTERM reaches one host only, at its term_step-th batch
     n["i"] += 1

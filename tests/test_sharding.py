@@ -33,9 +33,9 @@ def _train(family: str, mesh_shape, n_steps=2, grad_accum=1):
         for i in range(n_steps):
             state, m = steps.train(state, put_batch(_batch(seed=i), steps.batch_sharding))
             losses.append(float(m["loss"]))
-        leaf = state["params"]["backbone"]["layers"][0]["mlp"]["up_proj"]["kernel"]
+        leaf = state.params["backbone"]["layers"][0]["mlp"]["up_proj"]["kernel"]
         spec = leaf.get_value().sharding.spec if hasattr(leaf, "get_value") else leaf.sharding.spec
-        return losses, jax.tree.map(np.asarray, state["params"]), spec
+        return losses, jax.tree.map(np.asarray, state.params), spec
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
@@ -95,7 +95,7 @@ def test_bfloat16_parameters_train_and_keep_their_dtypes(grad_accum):
         for _ in range(8):
             state, m = steps.train(state, batch)
             losses.append(float(m["loss"]))
-    dtypes = {str(x.dtype) for x in jax.tree.leaves((state["params"], state["opt_state"]))
+    dtypes = {str(x.dtype) for x in jax.tree.leaves((state.params, state.opt_state))
               if getattr(x, "ndim", 0) >= 1}
     assert dtypes == {"bfloat16"}, dtypes
     assert int(m["nonfinite_steps"]) == 0 and losses[-1] < losses[0] - 0.5, losses
