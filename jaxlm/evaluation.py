@@ -13,9 +13,10 @@ from typing import Any, Callable
 import jax
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxlm.metrics import perplexity
-from jaxlm.sharding import put_batch
+from jaxlm.sharding import batch_sharding, put_batch, shard_params
 from jaxlm.tasks.losses import LossFn
 
 
@@ -42,10 +43,19 @@ class Evaluator:
         self._outputs = jax.jit(outputs, **shardings)
 
     @classmethod
-    def for_model(cls, model: nnx.Module, loss_fn: LossFn) -> tuple["Evaluator", nnx.State]:
-        """An evaluator for a loaded model on one device, and the parameters to pass it."""
+    def for_model(cls, model: nnx.Module, loss_fn: LossFn, mesh: Mesh | None = None,
+                  rules: dict[str, Any] | None = None) -> tuple["Evaluator", nnx.State]:
+        """An evaluator for a loaded model, and the parameters to pass it: on `mesh`, sharded
+        by the model's logical axes as in training (so sums reduce over the same shards), else
+        on the default device."""
         graphdef, params = nnx.split(model)
-        return cls(lambda p: nnx.merge(graphdef, p), loss_fn), params
+        merge = lambda p: nnx.merge(graphdef, p)  # noqa: E731
+        if mesh is None:
+            return cls(merge, loss_fn), params
+        params, shardings = shard_params(params, mesh, rules)
+        rows = batch_sharding(mesh, 2, rules)
+        return cls(merge, loss_fn, params_sharding=shardings,
+                   batch_sharding=NamedSharding(mesh, PartitionSpec(rows.spec[0]))), params
 
     def _put(self, batch: dict) -> dict:
         return batch if self.batch_sharding is None else put_batch(batch, self.batch_sharding)
@@ -83,6 +93,14 @@ def _default_source(run: Any, task: Any, split: str):
     return sources["train"], "train"
 
 
+def _fit_batch(size: int, mesh: Mesh) -> int:
+    """`size` rounded up to a multiple of the mesh's data-parallel shards (padding rows weigh 0)."""
+    from jaxlm.sharding import data_parallel_size
+
+    dp = data_parallel_size(mesh)
+    return -(-size // dp) * dp
+
+
 def evaluate_run(run_dir: str, spec: str | None = None, *, split: str = "test",
                  checkpoint: str | int = "best", batch_size: int = 0) -> dict[str, Any]:
     """`jaxlm evaluate`: a run's task evaluation (a classifier's report; a language model's loss
@@ -91,6 +109,7 @@ def evaluate_run(run_dir: str, spec: str | None = None, *, split: str = "test",
     from jaxlm.data.sources import SourceOptions, open_source
     from jaxlm.errors import DataError
     from jaxlm.run import load_run
+    from jaxlm.sharding import mesh_for_run
     from jaxlm.tasks import task_for
 
     run = load_run(run_dir, checkpoint)
@@ -103,8 +122,10 @@ def evaluate_run(run_dir: str, spec: str | None = None, *, split: str = "test",
         source = open_source(spec, split, SourceOptions.from_config(run.cfg.data), labels)
         if run.task == "classification" and source.label_names is None:
             raise DataError(f"{source.name} has no labels to evaluate against.", culprit=spec)
-    batches = task.eval_batches(run.cfg, run.tokenizer, source, batch_size=batch_size)
-    evaluator, params = Evaluator.for_model(run.model, task.loss)
+    mesh = mesh_for_run(run.cfg.mesh)
+    evaluator, params = Evaluator.for_model(run.model, task.loss, mesh, run.cfg.mesh.rules)
+    batches = task.eval_batches(run.cfg, run.tokenizer, source, batch_size=_fit_batch(
+        batch_size or run.cfg.train.eval_batch_size or run.cfg.train.batch_size, mesh))
     report = task.evaluate(evaluator, params, batches)
     report.update({"data": spec, "split": getattr(source, "split", split),
                    "checkpoint": run.checkpoint, "task": run.task})

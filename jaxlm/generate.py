@@ -26,7 +26,7 @@ from jaxlm.data.tokenizer import TextTokenizer
 from jaxlm.errors import ConfigError
 from jaxlm.generation.decode import decoder_for
 from jaxlm.generation.sampling import Sampling
-from jaxlm.sharding import state_shardings, use_mesh
+from jaxlm.sharding import shard_params, use_mesh
 
 __all__ = ["Generator", "generate", "generate_ids", "Sampling"]
 
@@ -61,10 +61,7 @@ class Generator:
         graphdef, params = nnx.split(model, nnx.Param)
         self.mesh, self.rules = mesh, rules
         if mesh is not None:
-            shardings = state_shardings(params, mesh, rules)
-            shardings = jax.tree.map(lambda v: v.get_value() if isinstance(v, nnx.Variable) else v,
-                                     shardings, is_leaf=lambda v: isinstance(v, nnx.Variable))
-            params = jax.device_put(params, shardings)
+            params, _ = shard_params(params, mesh, rules)
         self.params, self.cfg = params, model.backbone.cfg
         self.tokenizer = tokenizer
         self.context_len = context_len or self.cfg.max_len

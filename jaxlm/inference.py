@@ -8,9 +8,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-import jax
 import numpy as np
-from flax import nnx
 
 from jaxlm.errors import CheckpointError
 from jaxlm.run import LoadedRun
@@ -29,32 +27,35 @@ def _bucket(n: int, max_len: int) -> int:
     return min(max_len, max(16, 1 << math.ceil(math.log2(max(n, 1)))))
 
 
-def predict_proba(run: LoadedRun, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-    """Class probabilities [N, C] for texts, in batches padded to power-of-two lengths (one
-    compiled program per length bucket, reused across batches)."""
-    if run.objective != "classification":
-        raise CheckpointError(f"'{run.run_dir}' is a {run.objective} language model, not a "
-                              "classifier: predict needs a `jaxlm finetune` run.",
-                              culprit=str(run.run_dir))
-    from jaxlm.data.classification import encode_texts
-
-    seq_len = run.cfg.data.seq_len
-    ids = [row.tolist() for row in encode_texts(run.tokenizer, texts, seq_len)]
-    graphdef, params = nnx.split(run.model)
-
-    @jax.jit
-    def probs(params, tokens, seg):
-        return jax.nn.softmax(nnx.merge(graphdef, params)(tokens, segment_ids_BxT=seg), axis=-1)
-
+def _batches(ids: list[list[int]], batch_size: int, seq_len: int, pad_id: int) -> list[dict]:
+    """Batches padded to power-of-two lengths (one compiled program per length bucket) and to
+    full batch size (rows past the texts are dropped after prediction)."""
     out = []
     for start in range(0, len(ids), batch_size):
         chunk = ids[start:start + batch_size]
         length = _bucket(max(len(r) for r in chunk), seq_len)
-        tokens, seg = _pad_batch(chunk, length, run.tokenizer.pad_id or 0)
-        n = len(chunk)
-        if n < batch_size:  # pad the batch too, so the last batch reuses the compiled program
-            tokens = np.concatenate([tokens, np.zeros((batch_size - n, length), np.int32)])
-            seg = np.concatenate([seg, np.zeros((batch_size - n, length), np.int32)])
-            seg[n:, 0] = 1
-        out.append(np.asarray(probs(params, tokens, seg))[:n])
-    return np.concatenate(out) if out else np.zeros((0, len(run.class_names)), np.float32)
+        tokens, seg = _pad_batch(chunk + [[]] * (batch_size - len(chunk)), length, pad_id)
+        seg[len(chunk):, 0] = 1  # padding rows: one dummy token, so pooling stays finite
+        out.append({"inputs": tokens, "segment_ids": seg})
+    return out
+
+
+def predict_proba(run: LoadedRun, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    """Class probabilities [N, C] for texts, through the one evaluator (`Evaluator.outputs`)."""
+    if run.task != "classification":
+        raise CheckpointError(f"'{run.run_dir}' is a {run.task} language model, not a "
+                              "classifier: predict needs a `jaxlm finetune` run.",
+                              culprit=str(run.run_dir))
+    from jaxlm.data.classification import encode_texts
+    from jaxlm.evaluation import Evaluator
+    from jaxlm.tasks import classification_loss
+
+    ids = [row.tolist() for row in encode_texts(run.tokenizer, texts, run.cfg.data.seq_len)]
+    if not ids:
+        return np.zeros((0, len(run.class_names)), np.float32)
+    evaluator, params = Evaluator.for_model(run.model, classification_loss)
+    logits = evaluator.outputs(params, _batches(ids, batch_size, run.cfg.data.seq_len,
+                                                run.tokenizer.pad_id or 0))[:len(ids)]
+    logits = logits.astype(np.float64) - logits.max(-1, keepdims=True)
+    probs = np.exp(logits)
+    return (probs / probs.sum(-1, keepdims=True)).astype(np.float32)

@@ -1,7 +1,8 @@
 """`jaxlm evaluate`: score a trained run on a dataset.
 
 Classifiers: loss, accuracy, macro and per-class precision/recall/F1 and the confusion matrix.
-Language models: loss and perplexity. Printed as a table and written as JSON.
+Language models: loss and perplexity, on the data and batches the run validated on unless
+--data / --batch-size say otherwise. Printed as a table and written as JSON.
 """
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", help="split to read from a multi-split spec")
     p.add_argument("--checkpoint", type=checkpoint_arg, default="best",
                    help="best, latest or a step number")
-    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="rows per batch (default: the run's evaluation batch size, so a language "
+                        "model's loss matches the validation loss the run logged)")
     p.add_argument("--out", help="JSON file for the report (default: RUN/eval_<split>.json)")
     p.set_defaults(func=run)
 
@@ -34,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Run(args.run).eval_path(args.split)
     check_output_path(out, "--out")
     report = evaluate_run(args.run, args.data, split=args.split, checkpoint=args.checkpoint,
-                          batch_size=args.batch_size)
+                          batch_size=args.batch_size or 0)
     out.write_text(json.dumps(report, indent=2))
     if "accuracy" in report and "per_class" in report:
         print(format_report(report))

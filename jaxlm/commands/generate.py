@@ -41,25 +41,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _mesh(cfg):
-    """The run's mesh if it fits the devices here, else all devices data-parallel."""
-    from jaxlm.errors import ConfigError
-    from jaxlm.sharding import make_mesh
-
-    if cfg is None:
-        return make_mesh(-1, 1, 1)
-    try:
-        return make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
-    except ConfigError:
-        return make_mesh(-1, 1, 1)
-
-
 def run(args: argparse.Namespace) -> int:
     """Run `jaxlm generate` with parsed arguments; returns the exit code."""
     from jaxlm.errors import ConfigError
     from jaxlm.generate import Generator
     from jaxlm.generation.scoring import bleu_rouge, read_lines
     from jaxlm.loading import load_model
+    from jaxlm.sharding import mesh_for_run
     from jaxlm.run import check_output_path
 
     if args.output:
@@ -81,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"'{args.run}' holds a '{lm.task}' model; generation needs a causal "
                           "language model (a run trained with train.task=causal, or a "
                           "GPT-2/Llama checkpoint).", culprit=str(args.run))
-    mesh = _mesh(lm.cfg)
+    mesh = mesh_for_run(lm.cfg.mesh if lm.cfg is not None else None)
     rules = lm.cfg.mesh.rules if lm.cfg is not None else None
     gen = Generator(lm.model, lm.tokenizer, mesh=mesh, rules=rules, batch_size=args.batch_size)
     stream = len(prompts) == 1 and not args.no_stream

@@ -1,4 +1,4 @@
-"""Scoring causal LMs: BLEU / ROUGE of generations against references, and perplexity.
+"""Scoring generations: BLEU / ROUGE against references (perplexity is `jaxlm.evaluation`'s).
 
 BLEU comes from `sacrebleu` (corpus BLEU, its default 13a tokenisation) and ROUGE from Google's
 `rouge-score` (F1 of ROUGE-1/2/L with stemming, averaged over pairs): the reference
@@ -7,11 +7,8 @@ implementations, so the numbers compare with published ones.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
-import jax
-import numpy as np
-from flax import nnx
 
 from jaxlm.errors import DataError
 
@@ -56,35 +53,3 @@ def bleu_rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[st
             sums[k] += scores[k].fmeasure
     n = max(len(predictions), 1)
     return {"bleu": float(bleu.score), **{k: 100.0 * v / n for k, v in sums.items()}}
-
-
-def perplexity(model: Any, tokens: np.ndarray | Sequence[int], *, seq_len: int,
-               batch_size: int = 8, max_batches: int = 0) -> dict[str, float]:
-    """Perplexity of a causal LM on a token stream: non-overlapping windows of `seq_len` (each
-    predicted from the start of its window, as in training's validation), every token scored
-    once. Returns {"loss" (nats/token), "perplexity", "tokens"}.
-
-    `model` is a CausalLM or a (graphdef, params) pair; it runs on the devices its parameters are
-    on. For `jaxlm evaluate` on causal LMs.
-    """
-    from jaxlm.data.lm_pipeline import eval_batches
-    from jaxlm.tasks import token_loss
-
-    if isinstance(model, tuple):
-        graphdef, params = model
-    else:
-        graphdef, params = nnx.split(model, nnx.Param)
-    batches = eval_batches(np.asarray(tokens, np.int32), seq_len=seq_len, global_batch=batch_size,
-                           max_batches=max_batches)
-
-    @jax.jit
-    def loss_sum(p: Any, batch: dict) -> tuple[jax.Array, jax.Array]:
-        loss, aux = token_loss(nnx.merge(graphdef, p), batch, None)
-        return loss, aux["weight"]
-
-    total, weight = 0.0, 0.0
-    for b in batches:
-        loss, w = loss_sum(params, b)
-        total, weight = total + float(loss), weight + float(w)
-    mean = total / max(weight, 1.0)
-    return {"loss": mean, "perplexity": float(np.exp(min(mean, 50.0))), "tokens": int(weight)}
