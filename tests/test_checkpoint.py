@@ -5,8 +5,9 @@ import jax
 import numpy as np
 
 from jaxlm.config import config_from_dict
-from jaxlm.checkpoint import Checkpointer, abstract_with_shardings
+from jaxlm.checkpoint import Checkpointer
 from jaxlm.train.pretrain import pretrain
+from jaxlm.train.trainer import stop_at
 
 
 def lm_config(corpus, **train):
@@ -21,14 +22,14 @@ def lm_config(corpus, **train):
 
 
 def _params(summary):
-    return jax.tree.map(np.asarray, summary["state"]["params"])
+    return jax.tree.map(np.asarray, summary["state"].params)
 
 
 def test_resume_after_kill_matches_uninterrupted_run(tiny_corpus, tmp_path):
     cfg = lm_config(tiny_corpus)
     full = pretrain(cfg, str(tmp_path / "full"), show_progress=False)
     # "kill" the second run right after its first checkpoint (step 5), then rerun the same command
-    part = pretrain(cfg, str(tmp_path / "resumed"), show_progress=False, stop_after=6)
+    part = pretrain(cfg, str(tmp_path / "resumed"), show_progress=False, hooks=[stop_at(6)])
     assert part["step"] == 6
     resumed = pretrain(cfg, str(tmp_path / "resumed"), show_progress=False)
     assert resumed["resumed_from"] == 5 and resumed["step"] == 12
@@ -44,7 +45,7 @@ def test_checkpoint_saved_on_8_devices_restores_on_1_and_back(tiny_corpus, tmp_p
     from jaxlm.sharding import make_mesh, use_mesh
     from jaxlm.tasks import token_loss
     from jaxlm.train.optim import build_optimizer
-    from jaxlm.train.pretrain import model_config_for
+    from jaxlm.train.fit import model_config
     from jaxlm.data.tokenizer import TextTokenizer
 
     cfg = lm_config(tiny_corpus, steps=5)
@@ -53,7 +54,7 @@ def test_checkpoint_saved_on_8_devices_restores_on_1_and_back(tiny_corpus, tmp_p
     run = tmp_path / "run8"
     saved = pretrain(cfg, str(run), show_progress=False)
     ref = _params(saved)
-    mcfg = model_config_for(cfg, TextTokenizer.load(run / "tokenizer.json"))
+    mcfg = model_config(cfg, TextTokenizer.load(run / "tokenizer.json"), None)
     tx, lr = build_optimizer(cfg.optim, cfg.train.steps)
 
     def restore_on(shape):
@@ -63,17 +64,17 @@ def test_checkpoint_saved_on_8_devices_restores_on_1_and_back(tiny_corpus, tmp_p
         with use_mesh(mesh):
             steps = compile_steps(lambda: build_model(mcfg), tx, token_loss, lr, mesh)
             ckpt = Checkpointer(run / "checkpoints")
-            state, data = ckpt.restore(None, abstract_with_shardings(steps.abstract_state,
-                                                                     steps.state_sharding))
+            tree, data = ckpt.restore(None, steps.checkpoint_target())
             ckpt.close()
-        leaf = state["params"]["backbone"]["layers"][0]["mlp"]["up_proj"]["kernel"]
-        return jax.tree.map(np.asarray, state["params"]), leaf, data
+        state = steps.layout.from_checkpoint(tree)
+        leaf = state.params["backbone"]["layers"][0]["mlp"]["up_proj"]["kernel"]
+        return jax.tree.map(np.asarray, state.params), leaf, data
 
     one, leaf1, data = restore_on((1, 1, 1))
-    assert len(leaf1.get_value().sharding.device_set) == 1
+    assert len(leaf1.sharding.device_set) == 1
     assert data["iterator"] is not None
     eight, leaf8, _ = restore_on((2, 2, 2))
-    assert len(leaf8.get_value().sharding.device_set) == 8
+    assert len(leaf8.sharding.device_set) == 8
     for restored in (one, eight):
         diffs = jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(), ref, restored))
         assert max(diffs) == 0.0
