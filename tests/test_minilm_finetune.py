@@ -40,8 +40,9 @@ def test_minilm_imports_with_pooler_and_a_few_steps_lower_the_loss(minilm_dir, d
     from jaxlm.models import build_model
     from jaxlm.sharding import make_mesh, use_mesh
     from jaxlm.tasks import LOSSES
-    from jaxlm.train.finetune import open_splits
-    from jaxlm.train.init_from import finetune_model_config, init_from_pretrained, load_pretrained
+    from jaxlm.tasks import Classification
+    from jaxlm.train.fit import model_config
+    from jaxlm.train.init_from import init_from_pretrained, load_pretrained
     from jaxlm.train.optim import build_optimizer
     from jaxlm.train.steps import compile_steps, put_batch
 
@@ -50,11 +51,11 @@ def test_minilm_imports_with_pooler_and_a_few_steps_lower_the_loss(minilm_dir, d
                                "mesh.num_devices=1"])
     pre = load_pretrained(cfg.finetune.init_from)
     assert "pooler" in pre.extra  # BertModel keeps pooler.dense: it must reach the head
-    mcfg = finetune_model_config(cfg, pre, pre.tokenizer)
+    mcfg = model_config(cfg, pre.tokenizer, pre)
     assert (mcfg.family, mcfg.num_layers, mcfg.d_model, mcfg.vocab_size) == ("bert", 6, 384, 30522)
     assert mcfg.dropout == 0.1
 
-    splits = open_splits(cfg)
+    splits = Classification.open_sources(cfg)
     assert [len(splits[s]) for s in ("train", "validation", "test")] == [6920, 872, 1821]
     host = classification_eval_batches(splits["train"], pre.tokenizer, seq_len=32,
                                        global_batch=16, buckets=[32])[0]
@@ -68,17 +69,17 @@ def test_minilm_imports_with_pooler_and_a_few_steps_lower_the_loss(minilm_dir, d
                                                   pooling=ft.pooling, pooler=ft.pooler),
                               tx, LOSSES["classification"], lr, mesh, dropout=True)
         state = steps.init()
-        state["params"] = init_from_pretrained(state["params"], pre,
-                                               steps.state_sharding["params"], ft.pooler)
+        state = state.replace(params=init_from_pretrained(dict(state.params), pre,
+                                                          steps.state_sharding.params, ft.pooler))
         hf = load_file(str(minilm_dir / "model.safetensors"))
         key = next(k for k in hf if k.endswith("pooler.dense.weight"))
-        head = state["params"]["head"]
+        head = state.params["head"]
         np.testing.assert_array_equal(np.asarray(head["pooler"]["kernel"][...]), hf[key].T)
         np.testing.assert_array_equal(np.asarray(head["pooler"]["bias"][...]),
                                       hf[key.replace("weight", "bias")])
         emb = next(k for k in hf if k.endswith("word_embeddings.weight"))
         np.testing.assert_array_equal(
-            np.asarray(state["params"]["backbone"]["embeddings"]["token"]["embedding"][...]),
+            np.asarray(state.params["backbone"]["embeddings"]["token"]["embedding"][...]),
             hf[emb])
         w = np.asarray(head["classifier"]["kernel"][...])  # fresh: normal(0, 0.02)
         assert w.shape == (384, 2) and 0.01 < w.std() < 0.03
@@ -86,13 +87,14 @@ def test_minilm_imports_with_pooler_and_a_few_steps_lower_the_loss(minilm_dir, d
         batch = put_batch(host, steps.batch_sharding)
 
         def eval_loss(params) -> float:
-            out = jax.device_get(steps.eval(params, batch))
-            return float(out["loss_sum"] / out["weight"])
+            out = steps.eval.sums(params, [host])
+            assert out["weight"] == 16
+            return out["loss"] / out["weight"]
 
-        before = eval_loss(state["params"])
+        before = eval_loss(state.params)
         assert 0.4 < before < 1.2  # a fresh 2-way classifier: about ln 2
         for _ in range(4):
             state, metrics = steps.train(state, batch)
-        assert np.isfinite(float(metrics["loss"])) and int(state["step"]) == 4
-        after = eval_loss(state["params"])
+        assert np.isfinite(float(metrics["loss"])) and int(state.step) == 4
+        after = eval_loss(state.params)
     assert after < before - 0.05, (before, after)

@@ -81,9 +81,12 @@ def merged_model_config(user: ModelConfig, pre: ModelConfig) -> ModelConfig:
 
 
 def _flat(state: Any) -> dict[str, tuple[int, ...]]:
-    flat = nnx.to_flat_state(state) if hasattr(nnx, "to_flat_state") else state.flat_state()
-    return {"/".join(map(str, k)): tuple(v.get_value().shape if isinstance(v, nnx.Variable)
-                                         else v.shape) for k, v in flat}
+    """{"a/b/c": shape} of an nnx.State or a plain nested dict of arrays (the train state's)."""
+    if isinstance(state, nnx.State):
+        state = state.to_pure_dict()
+    flat = jax.tree_util.tree_leaves_with_path(state)
+    return {"/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in k): tuple(v.shape)
+            for k, v in flat}
 
 
 def check_backbone_shapes(expected: Any, loaded: Any, source: str) -> None:
