@@ -32,7 +32,7 @@ def test_llama_1b_shardings_follow_the_rules(tpu_compiled):
     m = cfg.model.resolved()
     assert (m.family, m.d_model, m.num_kv_heads, m.dtype, m.remat) == \
         ("llama", 2048, 8, "bfloat16", "full")
-    params = steps.state_sharding["params"]
+    params = steps.state_sharding.params
     layer = params["backbone"]["layers"][0]
     P = jax.sharding.PartitionSpec
     # "embed" -> fsdp; heads / mlp -> tensor (size 1 here, so unsharded); norms replicated
@@ -43,10 +43,10 @@ def test_llama_1b_shardings_follow_the_rules(tpu_compiled):
     assert params["backbone"]["embeddings"]["token"]["embedding"].spec == P(None, "fsdp")
     assert layer["attn_norm"]["norm"]["scale"].spec == P(None)
     # the optimizer state is sharded like the parameters
-    mu = steps.state_sharding["opt_state"]
+    mu = steps.state_sharding.opt_state
     specs = {str(s.spec) for s in jax.tree.leaves(mu) if len(s.spec) == 2}
     assert specs <= {str(P("fsdp", None)), str(P(None, "fsdp"))}
-    dp_params = tpu_compiled["dp"][1].state_sharding["params"]
+    dp_params = tpu_compiled["dp"][1].state_sharding.params
     assert all(s.spec == P(*([None] * len(s.spec))) for s in jax.tree.leaves(dp_params))
 
 
@@ -57,7 +57,7 @@ def test_fsdp_cuts_per_device_state_memory_at_least_6x(tpu_compiled):
     # arguments = parameters + optimizer state + this device's batch rows
     state_dp = dp["argument"] - batch_bytes // 8
     state_fsdp = fsdp["argument"] - batch_bytes // 8
-    n_params = sum(x.size for x in jax.tree.leaves(tpu_compiled["dp"][1].abstract_state["params"]))
+    n_params = sum(x.size for x in jax.tree.leaves(tpu_compiled["dp"][1].abstract_state.params))
     assert state_dp >= 3 * 4 * n_params  # float32 parameters + AdamW mu and nu, replicated
     assert state_dp / state_fsdp >= 6.0, (state_dp, state_fsdp)
     assert fsdp["total"] < dp["total"]
