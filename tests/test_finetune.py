@@ -61,7 +61,11 @@ def ft_config(data_root: Path, **sections):
 
 
 def _flat(state):
-    return {"/".join(map(str, k)): np.asarray(v.get_value()) for k, v in nnx.to_flat_state(state)}
+    """{"a/b/c": array} of an nnx.State or a plain nested dict (the train state's params)."""
+    if isinstance(state, nnx.State):
+        state = state.to_pure_dict()
+    return {"/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in k): np.asarray(v)
+            for k, v in jax.tree_util.tree_leaves_with_path(state)}
 
 
 def test_init_from_copies_every_backbone_parameter_and_only_initialises_the_head(
@@ -70,7 +74,7 @@ def test_init_from_copies_every_backbone_parameter_and_only_initialises_the_head
     cfg = ft_config(root, optim={"lr": 0.0}, train={"steps": 1, "eval_every": 1},
                     finetune={"init_from": str(pretrained)})
     summary = finetune(cfg, str(tmp_path / "ft"), show_progress=False)
-    params = summary["state"]["params"]
+    params = summary["state"].params
     pre = load_pretrained(str(pretrained))
     want, got = _flat(pre.backbone), _flat(params["backbone"])
     assert set(want) == set(got) and len(want) > 10
@@ -91,7 +95,7 @@ def test_frozen_backbone_does_not_move_but_the_head_does(sst_small, pretrained, 
     root, _ = sst_small
     cfg = ft_config(root, optim={"lr": 1e-2}, finetune={"init_from": str(pretrained),
                                                          "freeze_backbone": True})
-    params = finetune(cfg, str(tmp_path / "ft"), show_progress=False)["state"]["params"]
+    params = finetune(cfg, str(tmp_path / "ft"), show_progress=False)["state"].params
     pre = _flat(load_pretrained(str(pretrained)).backbone)
     for k, v in _flat(params["backbone"]).items():
         np.testing.assert_array_equal(v, pre[k], err_msg=k)
