@@ -37,7 +37,13 @@ _LAZY: dict[str, str] = {
                     "jaxlm.models.attention"),
     **dict.fromkeys(("make_mesh", "use_mesh"), "jaxlm.sharding"),
     # training: the trainer and its tasks
-    **dict.fromkeys(("Trainer", "Hook"), "jaxlm.train.trainer"),
+    **dict.fromkeys(("Trainer", "Hook", "StepInfo", "stop_at"), "jaxlm.train.trainer"),
+    **dict.fromkeys(("compile_steps", "CompiledSteps", "train_step", "put_batch"),
+                    "jaxlm.train.steps"),
+    "TrainState": "jaxlm.train.state",
+    "build_optimizer": "jaxlm.train.optim",
+    "pretrain": "jaxlm.train.pretrain", "finetune": "jaxlm.train.finetune",
+    "Evaluator": "jaxlm.evaluation",
     **dict.fromkeys(("Task", "TASKS", "task_for", "CausalLM", "MaskedLM", "Classification",
                      "LOSSES"), "jaxlm.tasks"),
     # trained runs: load, evaluate, generate
@@ -101,4 +107,10 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names abov
     from jaxlm.sharding import make_mesh, use_mesh
     from jaxlm.tasks import (LOSSES, TASKS, CausalLM, Classification, MaskedLM, Task,
                              task_for)
-    from jaxlm.train.trainer import Hook, Trainer
+    from jaxlm.evaluation import Evaluator
+    from jaxlm.train.finetune import finetune
+    from jaxlm.train.optim import build_optimizer
+    from jaxlm.train.pretrain import pretrain
+    from jaxlm.train.state import TrainState
+    from jaxlm.train.steps import CompiledSteps, compile_steps, put_batch, train_step
+    from jaxlm.train.trainer import Hook, StepInfo, Trainer, stop_at

@@ -114,6 +114,7 @@ def evaluate_run(run_dir: str, spec: str | None = None, *, split: str = "test",
 
     run = load_run(run_dir, checkpoint)
     task = task_for(run.task).from_head(run.head, run.cfg)
+    whole = spec is not None
     if spec is None:
         source, split = _default_source(run, task, split)
         spec = source.name
@@ -124,7 +125,8 @@ def evaluate_run(run_dir: str, spec: str | None = None, *, split: str = "test",
             raise DataError(f"{source.name} has no labels to evaluate against.", culprit=spec)
     mesh = mesh_for_run(run.cfg.mesh)
     evaluator, params = Evaluator.for_model(run.model, task.loss, mesh, run.cfg.mesh.rules)
-    batches = task.eval_batches(run.cfg, run.tokenizer, source, batch_size=_fit_batch(
+    # the run's own validation as it was run (train.eval_batches caps it); other data in whole
+    batches = task.eval_batches(run.cfg, run.tokenizer, source, whole=whole, batch_size=_fit_batch(
         batch_size or run.cfg.train.eval_batch_size or run.cfg.train.batch_size, mesh))
     report = task.evaluate(evaluator, params, batches)
     report.update({"data": spec, "split": getattr(source, "split", split),

@@ -229,3 +229,24 @@ def put_batch(batch: dict, sharding: NamedSharding) -> dict:
     return {k: jax.make_array_from_process_local_data(
         NamedSharding(sharding.mesh, P(sharding.spec[0], *([None] * (v.ndim - 1)))), v)
         for k, v in batch.items()}
+
+
+def shard_params(params: Any, mesh: Mesh, rules: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    """(params placed on `mesh` by their logical axes, the shardings used: a prefix tree of
+    `params`), as training places them; for evaluation and generation of loaded models."""
+    shardings = jax.tree.map(lambda v: v.get_value() if isinstance(v, nnx.Variable) else v,
+                             state_shardings(params, mesh, rules),
+                             is_leaf=lambda v: isinstance(v, nnx.Variable))
+    return jax.device_put(params, shardings), shardings
+
+
+def mesh_for_run(mesh_cfg: Any | None) -> Mesh:
+    """A run's mesh (its `mesh` config section) when it fits the devices here, else every device
+    data-parallel: evaluation then reduces over the same shards as the run's validation."""
+    if mesh_cfg is None:
+        return make_mesh(-1, 1, 1)
+    try:
+        return make_mesh(mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor,
+                         num_devices=mesh_cfg.num_devices)
+    except ConfigError:
+        return make_mesh(-1, 1, 1)

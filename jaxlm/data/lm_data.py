@@ -128,17 +128,20 @@ def lm_train_batches(cfg: Any, tok: TextTokenizer, train: Source, *, process_ind
 
 
 def lm_eval_batches(cfg: Any, tok: TextTokenizer, source: Source, *, batch_size: int = 0,
-                    process_index: int = 0, process_count: int = 1) -> list[dict[str, np.ndarray]]:
+                    max_batches: int | None = None, process_index: int = 0,
+                    process_count: int = 1) -> list[dict[str, np.ndarray]]:
     """The fixed evaluation batches of a split, exactly as validation during training builds
     them (packed or windows, the same masking seed), so `jaxlm evaluate` reproduces it.
-    batch_size 0: train.eval_batch_size, else train.batch_size."""
+    batch_size 0: train.eval_batch_size, else train.batch_size; max_batches None:
+    train.eval_batches (0: every batch)."""
     d, t = cfg.data, cfg.train
     size = batch_size or t.eval_batch_size or t.batch_size
+    cap = t.eval_batches if max_batches is None else max_batches
     mask = mask_spec_for(cfg, tok)
     if d.sampling == "packed":
         return packed_eval_batches(source, DocEncoder(tok, t.task, mask, seed=t.seed + 7919),
-                                   seq_len=d.seq_len, global_batch=size, max_batches=t.eval_batches,
+                                   seq_len=d.seq_len, global_batch=size, max_batches=cap,
                                    process_index=process_index, process_count=process_count)
     return eval_batches(token_stream(tok, source), seq_len=d.seq_len, global_batch=size,
-                        max_batches=t.eval_batches, process_index=process_index,
+                        max_batches=cap, process_index=process_index,
                         process_count=process_count, mask=mask, seed=t.seed + 7919)

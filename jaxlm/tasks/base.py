@@ -74,8 +74,10 @@ class Task:
         raise NotImplementedError
 
     def eval_batches(self, cfg: Config, tokenizer: Any, source: Source, *, batch_size: int = 0,
-                     process_index: int = 0, process_count: int = 1) -> list[dict]:
-        """Every example of `source` once, as fixed host batches (padding rows weigh 0)."""
+                     whole: bool = False, process_index: int = 0, process_count: int = 1
+                     ) -> list[dict]:
+        """Every example of `source` once, as fixed host batches (padding rows weigh 0); at most
+        `train.eval_batches` batches when the config caps validation, unless `whole`."""
         raise NotImplementedError
 
     def evaluate(self, evaluator: Any, params: Any, batches: list[dict]) -> dict[str, Any]:

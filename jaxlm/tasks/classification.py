@@ -75,7 +75,8 @@ class Classification(Task):
                                       **self._common(cfg, process_index, process_count))
 
     def eval_batches(self, cfg: Config, tokenizer: Any, source: Source, *, batch_size: int = 0,
-                     process_index: int = 0, process_count: int = 1) -> list[dict]:
+                     whole: bool = False, process_index: int = 0, process_count: int = 1
+                     ) -> list[dict]:
         from jaxlm.data.classification import classification_eval_batches
         size = batch_size or cfg.train.eval_batch_size or cfg.train.batch_size
         return classification_eval_batches(source, tokenizer, global_batch=size,

@@ -37,10 +37,12 @@ class CausalLM(Task):
                                 process_count=process_count)
 
     def eval_batches(self, cfg: Config, tokenizer: Any, source: Source, *, batch_size: int = 0,
-                     process_index: int = 0, process_count: int = 1) -> list[dict]:
+                     whole: bool = False, process_index: int = 0, process_count: int = 1
+                     ) -> list[dict]:
         from jaxlm.data.lm_data import lm_eval_batches
         return lm_eval_batches(cfg, tokenizer, source, batch_size=batch_size,
-                               process_index=process_index, process_count=process_count)
+                               max_batches=0 if whole else None, process_index=process_index,
+                               process_count=process_count)
 
     def evaluate(self, evaluator: Any, params: Any, batches: list[dict]) -> dict[str, Any]:
         return evaluator.mean_metrics(params, batches)

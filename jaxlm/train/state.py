@@ -71,7 +71,8 @@ class StateLayout:
     def of(cls, make_model: Callable[[], nnx.Module], tx: optax.GradientTransformation
            ) -> "StateLayout":
         """The layout of `make_model()`'s parameters trained with `tx` (abstract: no memory)."""
-        with nnx.use_eager_sharding(False):
+        with nnx.use_eager_sharding(False), jax.sharding.use_abstract_mesh(
+                jax.sharding.AbstractMesh((), ())):  # Flax's names are not mesh axes
             abstract_model = nnx.eval_shape(make_model)
         graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
         plain = jax.eval_shape(lambda: new_state(abstract_params.to_pure_dict(), tx, 0))

@@ -129,21 +129,33 @@ class CompiledSteps:
                             abstract, shardings)
 
 
+def no_mesh():
+    """A context without a mesh: building a model (or its abstract shape) must not place Flax's
+    partitioning names on the active mesh, where they are logical names, not mesh axes."""
+    return jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), ()))
+
+
 def compile_steps(make_model: Callable[[], nnx.Module], tx: optax.GradientTransformation,
                   loss_fn: LossFn, lr_schedule: optax.Schedule, mesh: Mesh, *, seed: int = 0,
                   grad_accum: int = 1, dropout: bool = False, rules: dict[str, Any] | None = None,
                   step_fn: Callable[..., tuple[TrainState, dict]] = train_step) -> CompiledSteps:
     """Sharded init / train / eval for a model: `make_model` builds a fresh (unsharded) model;
     `step_fn` (default `train_step`) may be a custom step with the same keyword arguments."""
-    layout = StateLayout.of(make_model, tx)
+    def unsharded_model() -> nnx.Module:
+        # Flax would place `nnx.with_partitioning` names on the mesh at creation; jaxlm maps
+        # them through its rules instead (state_shardings) and lets jit place the state
+        with nnx.use_eager_sharding(False), no_mesh():
+            return make_model()
+
+    layout = StateLayout.of(unsharded_model, tx)
 
     def init() -> TrainState:
-        return new_state(nnx.state(make_model(), nnx.Param).to_pure_dict(), tx, seed)
+        return new_state(nnx.state(unsharded_model(), nnx.Param).to_pure_dict(), tx, seed)
 
     abstract_state = jax.eval_shape(init)
     # the nnx layout keeps each variable's logical-axis metadata, which the shardings come from
     nnx_abstract = jax.eval_shape(lambda: checkpoint_dict(
-        new_state(nnx.state(make_model(), nnx.Param), tx, seed)))
+        new_state(nnx.state(unsharded_model(), nnx.Param), tx, seed)))
     shardings = state_shardings(nnx_abstract, mesh, rules)
     shardings = jax.tree.map(
         lambda v: v.get_value() if isinstance(v, nnx.Variable) and jax.tree.leaves(v) else v,
