@@ -155,14 +155,15 @@ def test_masked_pretraining_from_tfds_spec_resumes_exactly(tmp_path, data_dir):
     """A run stopped after its first checkpoint and resumed ends exactly where an uninterrupted
     one does: packed masked-LM data from a tfds: spec, position saved in the checkpoint."""
     from jaxlm.train.pretrain import pretrain
+    from jaxlm.train.trainer import stop_at
 
     cfg = _scenes_config(tmp_path, data_dir)
     full = pretrain(cfg, str(tmp_path / "full"), show_progress=False, peak_flops=1e12)
-    pretrain(cfg, str(tmp_path / "resumed"), show_progress=False, stop_after=4, peak_flops=1e12)
+    pretrain(cfg, str(tmp_path / "resumed"), show_progress=False, hooks=[stop_at(4)], peak_flops=1e12)
     resumed = pretrain(cfg, str(tmp_path / "resumed"), show_progress=False, peak_flops=1e12)
     assert resumed["resumed_from"] == 3 and resumed["step"] == 8
     assert resumed["train"]["loss"] == full["train"]["loss"]
     assert resumed["val"]["loss"] == full["val"]["loss"]
     same = jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)),
-                                        full["state"]["params"], resumed["state"]["params"]))
+                                        full["state"].params, resumed["state"].params))
     assert all(same)
