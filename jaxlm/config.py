@@ -3,88 +3,27 @@
 A config is a tree of dataclasses. Every key a user can write is a field here, so an unknown key is
 caught (with the closest valid key suggested) and a value of the wrong type is named before any work
 starts.
+
+This module holds the section dataclasses and the entry points (`load_config`, `config_from_dict`,
+`save_config`); the tables of choices and family presets live in `jaxlm.config_choices`, the value
+checks in `jaxlm.config_checks`, YAML reading and overrides in `jaxlm.config_loading`. Their public
+names are all importable from here.
 """
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
-import re
-import sys
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from jaxlm.errors import ConfigError
-
-# Old spellings still read, each with a one-line notice on stderr (once per process): old -> new.
-DEPRECATED_KEYS: dict[str, str] = {"train.objective": "train.task"}
-_noticed: set[str] = set()
-
-
-def deprecation_notice(old: str, new: str) -> None:
-    """Print `jaxlm: 'old' is deprecated; use 'new'.` on stderr, once per process per spelling."""
-    if old not in _noticed:
-        _noticed.add(old)
-        sys.stderr.write(f"jaxlm: '{old}' is deprecated; use '{new}'.\n")
-
-# Model families: the knobs that differ between GPT-2, Llama and BERT. A field left at None in the
-# model section takes the value of its family here.
-FAMILY_PRESETS: dict[str, dict[str, Any]] = {
-    "gpt2": dict(norm="layernorm", norm_position="pre", position="learned", mlp="gelu",
-                 activation="gelu_tanh", use_bias=True, tie_embeddings=True, type_vocab_size=0,
-                 causal=True, embed_norm=False, final_norm=True, norm_eps=1e-5),
-    "llama": dict(norm="rmsnorm", norm_position="pre", position="rope", mlp="swiglu",
-                  activation="silu", use_bias=False, tie_embeddings=False, type_vocab_size=0,
-                  causal=True, embed_norm=False, final_norm=True, norm_eps=1e-5),
-    "bert": dict(norm="layernorm", norm_position="post", position="learned", mlp="gelu",
-                 activation="gelu", use_bias=True, tie_embeddings=True, type_vocab_size=2,
-                 causal=False, embed_norm=True, final_norm=False, norm_eps=1e-12),
-}
-
-# Rotary scaling variants (model.rope_scaling.rope_type) and the keys each needs.
-ROPE_SCALING_KEYS: dict[str, tuple[str, ...]] = {
-    "linear": ("factor",),
-    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
-}
-
-CHOICES: dict[str, tuple[str, ...]] = {
-    "model.family": tuple(FAMILY_PRESETS),
-    "model.norm": ("layernorm", "rmsnorm"),
-    "model.norm_position": ("pre", "post"),
-    "model.position": ("learned", "rope", "none"),
-    "model.mlp": ("gelu", "swiglu"),
-    "model.activation": ("gelu", "gelu_tanh", "silu", "relu"),
-    "model.remat": ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable"),
-    "model.attention_impl": ("auto", "xla", "blockwise", "cudnn", "splash"),
-    "model.dtype": ("auto", "float32", "bfloat16", "float16"),
-    "model.param_dtype": ("float32", "bfloat16"),
-    "optim.name": ("adamw", "adafactor", "lion", "sgd"),
-    "optim.schedule": ("cosine", "linear", "constant"),
-    "train.task": ("causal", "masked", "classification"),
-    "train.on_nonfinite": ("stop", "skip"),
-    "finetune.pooling": ("first", "mean", "last"),
-    "distributed.initialize": ("auto", "always", "never"),
-    "finetune.best_mode": ("max", "min"),
-    "data.sampling": ("random_windows", "packed"),
-    "data.documents": ("file", "blank_line", "line"),
-    "data.on_invalid": ("report", "error"),
-    "data.packing": ("concat", "first_fit"),
-}
-
-
-def choices(path: str) -> tuple[str, ...]:
-    """The values config key `path` accepts. `model.attention_impl`: the built-in attention
-    implementations plus those registered with `jaxlm.models.attention.register_attention`."""
-    if path == "model.attention_impl":
-        attention = sys.modules.get("jaxlm.models.attention")  # registering imports it
-        if attention is not None:
-            return attention.attention_names()
-    return CHOICES[path]
+from jaxlm.config_checks import (DEPRECATED_KEYS, _noticed, bad_key, build_section,  # noqa: F401
+                                 check_fields, deprecation_notice, require_positive)
+from jaxlm.config_choices import CHOICES, FAMILY_PRESETS, ROPE_SCALING_KEYS, choices  # noqa: F401
+from jaxlm.config_loading import (load_yaml, migrate_raw, parse_override,  # noqa: F401
+                                  with_overrides)
 
 
 class _Section:
@@ -96,23 +35,11 @@ class _Section:
     def validate(self) -> None:
         """Raise a ConfigError naming the first bad key (its type, its choices, or a rule
         between keys); return None when the section is valid."""
-        _check_fields(self, self._section)
+        check_fields(self, self._section)
         self._check_rules()
 
     def _check_rules(self) -> None:
         """Checks between the section's keys (subclasses)."""
-
-
-def _bad(key: str, msg: str) -> None:
-    raise ConfigError(f"Config key '{key}': {msg}", culprit=key)
-
-
-def _require_positive(section: Any, prefix: str, keys: tuple[str, ...], *,
-                      zero_ok: bool = False) -> None:
-    for key in keys:
-        value = getattr(section, key)
-        if value < 0 or (value == 0 and not zero_ok):
-            _bad(f"{prefix}.{key}", f"must be {'>= 0' if zero_ok else 'positive'}, got {value}.")
 
 
 @dataclass
@@ -165,30 +92,30 @@ class ModelConfig(_Section):
         return self._resolve()
 
     def _check_rules(self) -> None:
-        _require_positive(self, "model", ("num_layers", "d_model", "num_heads", "max_len"))
-        _require_positive(self, "model", ("vocab_size", "num_kv_heads", "head_dim", "d_ff"),
-                          zero_ok=True)
+        require_positive(self, "model", ("num_layers", "d_model", "num_heads", "max_len"))
+        require_positive(self, "model", ("vocab_size", "num_kv_heads", "head_dim", "d_ff"),
+                         zero_ok=True)
         m = self._resolve()
         if m.num_heads % m.num_kv_heads:
-            _bad("model.num_kv_heads", f"{m.num_kv_heads} must divide model.num_heads="
-                 f"{m.num_heads}.")
+            bad_key("model.num_kv_heads", f"{m.num_kv_heads} must divide model.num_heads="
+                    f"{m.num_heads}.")
         if self.head_dim == 0 and m.d_model % m.num_heads:
-            _bad("model.num_heads", f"{m.num_heads} must divide model.d_model={m.d_model} "
-                 "(or set model.head_dim explicitly).")
+            bad_key("model.num_heads", f"{m.num_heads} must divide model.d_model={m.d_model} "
+                    "(or set model.head_dim explicitly).")
         if m.position == "rope" and m.head_dim % 2:
-            _bad("model.head_dim", f"RoPE needs an even head_dim, got {m.head_dim}.")
+            bad_key("model.head_dim", f"RoPE needs an even head_dim, got {m.head_dim}.")
         if m.rope_scaling:
             kind = m.rope_scaling.get("rope_type")
             if kind not in ROPE_SCALING_KEYS:
-                _bad("model.rope_scaling", "rope_type must be one of "
-                     f"{', '.join(ROPE_SCALING_KEYS)}, got {kind!r}.")
+                bad_key("model.rope_scaling", "rope_type must be one of "
+                        f"{', '.join(ROPE_SCALING_KEYS)}, got {kind!r}.")
             missing = [k for k in ROPE_SCALING_KEYS[kind] if k not in m.rope_scaling]
             if missing:
-                _bad("model.rope_scaling", f"'{kind}' scaling needs {', '.join(missing)}.")
+                bad_key("model.rope_scaling", f"'{kind}' scaling needs {', '.join(missing)}.")
         if not 0.0 <= m.dropout < 1.0:
-            _bad("model.dropout", f"must be in [0, 1), got {m.dropout}.")
+            bad_key("model.dropout", f"must be in [0, 1), got {m.dropout}.")
         if m.norm_eps is not None and m.norm_eps <= 0:
-            _bad("model.norm_eps", f"must be positive, got {m.norm_eps}.")
+            bad_key("model.norm_eps", f"must be positive, got {m.norm_eps}.")
 
     def _resolve(self) -> "ModelConfig":
         preset = FAMILY_PRESETS[self.family]
@@ -219,9 +146,9 @@ class MeshConfig(_Section):
         for key in ("data", "fsdp", "tensor"):
             v = getattr(self, key)
             if v == 0 or v < -1:
-                _bad(f"mesh.{key}", f"must be a positive size or -1 (the rest of the devices), "
-                     f"got {v}.")
-        _require_positive(self, "mesh", ("num_devices",), zero_ok=True)
+                bad_key(f"mesh.{key}", f"must be a positive size or -1 (the rest of the devices), "
+                        f"got {v}.")
+        require_positive(self, "mesh", ("num_devices",), zero_ok=True)
 
 
 @dataclass
@@ -245,11 +172,11 @@ class OptimConfig(_Section):
     grad_clip: float = 1.0  # 0: no clipping
 
     def _check_rules(self) -> None:
-        _require_positive(self, "optim", ("lr", "min_lr", "warmup_steps", "decay_steps", "eps",
+        require_positive(self, "optim", ("lr", "min_lr", "warmup_steps", "decay_steps", "eps",
                                           "weight_decay", "grad_clip"), zero_ok=True)
         for key in ("b1", "b2"):
             if not 0.0 <= getattr(self, key) < 1.0:
-                _bad(f"optim.{key}", f"must be in [0, 1), got {getattr(self, key)}.")
+                bad_key(f"optim.{key}", f"must be in [0, 1), got {getattr(self, key)}.")
 
 
 @dataclass
@@ -291,12 +218,12 @@ class DataConfig(_Section):
 
     def _check_rules(self) -> None:
         self.tokenizer.validate()
-        _require_positive(self, "data", ("seq_len",))
-        _require_positive(self, "data", ("prefetch",), zero_ok=True)
+        require_positive(self, "data", ("seq_len",))
+        require_positive(self, "data", ("prefetch",), zero_ok=True)
         if not 0.0 < self.val_fraction < 1.0 and not self.validation:
-            _bad("data.val_fraction", f"must be in (0, 1), got {self.val_fraction}.")
+            bad_key("data.val_fraction", f"must be in (0, 1), got {self.val_fraction}.")
         if not 0.0 <= self.mask_prob <= 1.0:
-            _bad("data.mask_prob", f"must be in [0, 1], got {self.mask_prob}.")
+            bad_key("data.mask_prob", f"must be in [0, 1], got {self.mask_prob}.")
 
 
 @dataclass
@@ -323,13 +250,13 @@ class TrainConfig(_Section):
     preemption_check_every: int = 10  # multi-host: steps between agreeing on SIGTERM/SIGINT
 
     def _check_rules(self) -> None:
-        _require_positive(self, "train", ("steps", "batch_size", "grad_accum", "log_every",
+        require_positive(self, "train", ("steps", "batch_size", "grad_accum", "log_every",
                                           "checkpoint_every", "keep_checkpoints",
                                           "preemption_check_every"))
-        _require_positive(self, "train", ("eval_batches", "eval_batch_size"), zero_ok=True)
+        require_positive(self, "train", ("eval_batches", "eval_batch_size"), zero_ok=True)
         if self.batch_size % self.grad_accum:
-            _bad("train.grad_accum", f"{self.grad_accum} must divide train.batch_size="
-                 f"{self.batch_size} (each micro-batch is batch_size / grad_accum rows).")
+            bad_key("train.grad_accum", f"{self.grad_accum} must divide train.batch_size="
+                    f"{self.batch_size} (each micro-batch is batch_size / grad_accum rows).")
 
     @property
     def objective(self) -> str:
@@ -394,8 +321,8 @@ class Config(_Section):
                 value.validate()
         m = self.model._resolve()
         if self.data.seq_len > m.max_len and m.position == "learned":
-            _bad("data.seq_len", f"{self.data.seq_len} exceeds model.max_len={m.max_len}, the "
-                 "number of learned positions. Raise model.max_len or lower data.seq_len.")
+            bad_key("data.seq_len", f"{self.data.seq_len} exceeds model.max_len={m.max_len}, the "
+                    "number of learned positions. Raise model.max_len or lower data.seq_len.")
 
     def resolved_data_root(self) -> str:
         """Where `{data_root}` points: data_root, else $JAXLM_DATA, else ../shared/data."""
@@ -406,176 +333,9 @@ class Config(_Section):
         return spec.replace("{data_root}", self.resolved_data_root())
 
 
-# ---------------------------------------------------------------------------------------------
-# Building configs from dicts, with clear errors
-
-
-def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-
-
-def _check_value(path: str, value: Any, hint: Any) -> Any:
-    """Coerce `value` to `hint` where lossless (int -> float), else raise a ConfigError."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _check_value(path, value, arg)
-            except ConfigError as e:
-                errors.append(e)
-        raise errors[0]
-    if dataclasses.is_dataclass(hint):
-        if not isinstance(value, dict):
-            raise ConfigError(f"Config key '{path}' must be a section (a mapping of keys), got "
-                              f"{value!r}. Write it as nested YAML keys, e.g. '{path}:\\n  key: value'.",
-                              culprit=path)
-        return _build(hint, value, path)
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"Config key '{path}' must be a list, got {value!r}. Write it as a "
-                              f"YAML list, e.g. --set {path}=[a,b].", culprit=path)
-        (item,) = typing.get_args(hint) or (Any,)
-        return [_check_value(f"{path}[{i}]", v, item) for i, v in enumerate(value)]
-    if origin is dict or hint is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"Config key '{path}' must be a mapping, got {value!r}.", culprit=path)
-        return dict(value)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):  # YAML 1.1 reads 3e-4 as
-            return float(value)  # a string; users write it so
-    elif hint is str:
-        if isinstance(value, str):
-            return value
-    elif hint is Any:
-        return value
-    tname = getattr(hint, "__name__", str(hint))
-    raise ConfigError(
-        f"Config key '{path}' must be of type {tname}, got {value!r} ({type(value).__name__}). "
-        f"Fix the value in the YAML file or pass e.g. --set {path}=<{tname}>.", culprit=path)
-
-
-def _build(cls: type, raw: dict, prefix: str = "") -> Any:
-    hints = _field_types(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in raw.items():
-        path = f"{prefix}.{key}" if prefix else str(key)
-        if path in DEPRECATED_KEYS:
-            new_path = DEPRECATED_KEYS[path]
-            deprecation_notice(path, new_path)
-            key = new_path.rsplit(".", 1)[-1]
-            if key in raw and raw[key] != value:
-                raise ConfigError(f"Config keys '{path}' (deprecated) and '{new_path}' disagree "
-                                  f"({value!r} vs {raw[key]!r}). Keep only '{new_path}'.",
-                                  culprit=new_path)
-            path = new_path
-        if key not in names:
-            valid = [f"{prefix}.{n}" if prefix else n for n in names]
-            close = difflib.get_close_matches(path, valid, n=1, cutoff=0.6)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"Unknown config key '{path}'.{hint} Valid keys here: "
-                              f"{', '.join(valid)}.", culprit=path)
-        kwargs[key] = _check_value(path, value, hints[key])
-    obj = cls(**kwargs)
-    for name in names:
-        path = f"{prefix}.{name}" if prefix else name
-        _check_choice(path, getattr(obj, name))
-    return obj
-
-
-def _check_choice(path: str, value: Any) -> None:
-    if path not in CHOICES or value is None:
-        return
-    allowed = choices(path)
-    if value not in allowed:
-        close = difflib.get_close_matches(str(value), allowed, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        extra = (" Register your own with jaxlm.models.attention.register_attention(name, fn)."
-                 if path == "model.attention_impl" else "")
-        raise ConfigError(f"Config key '{path}' is {value!r}, which is not one of "
-                          f"{', '.join(allowed)}.{hint}{extra}", culprit=path)
-
-
-def _check_fields(section: Any, prefix: str) -> None:
-    """Type and choice checks of a section's own keys (sub-sections validate themselves)."""
-    hints = _field_types(type(section))
-    for f in dataclasses.fields(section):
-        path = f"{prefix}.{f.name}" if prefix else f.name
-        value, hint = getattr(section, f.name), hints[f.name]
-        if dataclasses.is_dataclass(hint):
-            if not isinstance(value, hint):
-                raise ConfigError(f"Config key '{path}' must be a {hint.__name__}, got "
-                                  f"{value!r}.", culprit=path)
-            continue
-        _check_value(path, value, hint)
-        _check_choice(path, value)
-
-
-def _set_nested(raw: dict, dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = raw
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"Cannot set '{dotted}': '{part}' is a value, not a section.",
-                              culprit=dotted)
-    node[parts[-1]] = value
-
-
-def parse_override(item: str) -> tuple[str, Any]:
-    """`a.b=c` -> ('a.b', yaml-parsed c)."""
-    if "=" not in item:
-        raise ConfigError(f"Override '{item}' is not of the form key=value, e.g. "
-                          f"--set train.steps=100.", culprit=item)
-    key, text = item.split("=", 1)
-    try:
-        value = yaml.safe_load(text) if text != "" else ""
-    except yaml.YAMLError:
-        value = text
-    return key.strip(), value
-
-
-def load_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping with the safe loader."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"Config file '{p}' does not exist. Pass the path of a YAML file, e.g. "
-                          f"--config configs/shakespeare_char.yaml.", culprit=str(p))
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"Config file '{p}' is not valid YAML: {e}. Fix the syntax at the "
-                          f"position shown.", culprit=str(p)) from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"Config file '{p}' must hold a mapping of sections (model:, train:, "
-                          f"...), got a {type(raw).__name__}.", culprit=str(p))
-    return raw
-
-
 def config_from_dict(raw: dict, overrides: list[str] | None = None) -> Config:
     """Validate a raw dict (plus overrides) into a Config."""
-    raw = _deepcopy(raw)
-    for item in overrides or []:
-        key, value = parse_override(item)
-        _set_nested(raw, key, value)
-    cfg = _build(Config, raw)
+    cfg = build_section(Config, with_overrides(raw, overrides))
     validate(cfg)
     return cfg
 
@@ -584,28 +344,6 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     """Load a YAML config file (or the defaults when path is None) and apply overrides."""
     raw = load_yaml(path) if path else {}
     return config_from_dict(raw, overrides)
-
-
-def migrate_raw(raw: dict) -> dict:
-    """A copy of a raw config dict (e.g. an old run's config.yaml) with deprecated keys renamed
-    (DEPRECATED_KEYS), silently: for comparing saved configs with new ones."""
-    raw = _deepcopy(raw)
-    for old, new in DEPRECATED_KEYS.items():
-        *parents, leaf = old.split(".")
-        node = raw
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict) and leaf in node:
-            node.setdefault(new.rsplit(".", 1)[-1], node.pop(leaf))
-    return raw
-
-
-def _deepcopy(raw: Any) -> Any:
-    if isinstance(raw, dict):
-        return {k: _deepcopy(v) for k, v in raw.items()}
-    if isinstance(raw, list):
-        return [_deepcopy(v) for v in raw]
-    return raw
 
 
 def to_dict(cfg: Any) -> dict:
