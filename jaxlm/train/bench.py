@@ -90,7 +90,7 @@ def memory_stats(compiled: Any) -> dict[str, int]:
 
 def sharding_summary(steps: CompiledSteps, limit: int = 0) -> dict[str, str]:
     """Parameter path -> PartitionSpec, as the logical rules placed them."""
-    flat = jax.tree_util.tree_flatten_with_path(steps.state_sharding["params"])[0]
+    flat = jax.tree_util.tree_flatten_with_path(steps.state_sharding.params)[0]
     out = {}
     for path, sh in flat:
         name = "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
@@ -134,7 +134,7 @@ def bench(cfg: Config, *, steps: int = 10, warmup: int = 2, compile_only: bool =
     compiled = lower_and_compile(cfg, jsteps, mesh)
     compile_s = time.perf_counter() - t0
     B, T = cfg.train.batch_size, cfg.data.seq_len
-    n_params = count_params(jsteps.abstract_state["params"])
+    n_params = count_params(jsteps.abstract_state.params)
     res = BenchResult(
         params=n_params, devices=mesh.size, mesh=dict(mesh.shape),
         dtype=compute_dtype_name(mcfg), attention=attention_impl(mcfg), remat=mcfg.remat,
