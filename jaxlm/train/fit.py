@@ -100,14 +100,16 @@ def model_config(cfg: Config, tok: TextTokenizer, pre: Pretrained | None) -> Mod
     return out
 
 
-def prepare(cfg: Config, run_dir: str | None, overwrite: bool) -> Setup:
+def prepare(cfg: Config, run_dir: str | None, overwrite: bool, task: Task | None = None
+            ) -> Setup:
     """Everything before compiling; bad input fails here, before any training work."""
-    task_cls = task_for(cfg.train.task)
+    cfg.validate()  # a config built in Python is checked as a YAML one is
+    task_cls = type(task) if task is not None else task_for(cfg.train.task)
     run = Run.for_config(cfg, run_dir)
     mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, num_devices=cfg.mesh.num_devices)
     check_batch(cfg, mesh)
     sources = task_cls.open_sources(cfg)
-    task = task_cls.from_config(cfg, sources)
+    task = task if task is not None else task_cls.from_config(cfg, sources)
     init_from = cfg.finetune.init_from if task.name == "classification" else ""
     pre = load_pretrained(cfg.resolve_path(init_from)) if init_from else None
     run.prepare(cfg, overwrite)
@@ -217,11 +219,12 @@ def _loop(s: Setup, steps: CompiledSteps, hooks: Iterable[Hook], show_progress: 
 
 
 def train(cfg: Config, run_dir: str | None = None, *, overwrite: bool = False,
-          show_progress: bool = True, hooks: Iterable[Hook] = (),
+          show_progress: bool = True, hooks: Iterable[Hook] = (), task: Task | None = None,
           peak_flops: float | None = None) -> dict[str, Any]:
-    """Train (or resume) the task `cfg.train.task` names; returns the run summary (with the
-    final state under "state"). `hooks` are extra `jaxlm.train.trainer.Hook`s."""
-    s = prepare(cfg, run_dir, overwrite)
+    """Train (or resume) the task `cfg.train.task` names, or `task` (an instance of a Task
+    subclass of one's own: model, loss, data, metrics); returns the run summary (with the final
+    state under "state"). `hooks` are extra `jaxlm.train.trainer.Hook`s."""
+    s = prepare(cfg, run_dir, overwrite, task)
     tx, lr = _optimizer(s)
     with use_mesh(s.mesh, cfg.mesh.rules):
         steps = compile_steps(lambda: s.task.build_model(s.model_cfg, cfg.train.seed), tx,

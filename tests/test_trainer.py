@@ -1,0 +1,79 @@
+"""The trainer's loop and hooks, and tasks of one's own through the same driver as the CLI's."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxlm.config import config_from_dict
+from jaxlm.tasks import CausalLM, token_loss
+from jaxlm.train.fit import train
+from jaxlm.train.trainer import Hook, StepInfo, Trainer, stop_at
+
+
+class _FakeSteps:
+    """Stands in for CompiledSteps: counts dispatches; the 'state' is the step number."""
+
+    batch_sharding = None
+
+    def __init__(self):
+        self.dispatched = 0
+
+    def train(self, state, batch):
+        self.dispatched += 1
+        return state + 1, {"loss": float(state + 1)}
+
+
+def test_deferred_hooks_see_step_n_after_step_n_plus_1_is_dispatched(monkeypatch):
+    monkeypatch.setattr("jaxlm.train.trainer.put_batch", lambda b, s: b)
+    steps = _FakeSteps()
+    trainer = Trainer(steps, total_steps=7)
+    seen = []
+    trainer.add_hook(lambda t, i: seen.append(("deferred", i.step, steps.dispatched, i.state)),
+                     every=3, deferred=True)
+    trainer.add_hook(lambda t, i: seen.append(("now", i.step, steps.dispatched, i.state)),
+                     every=3)
+    final = trainer.fit(0, iter(lambda: {}, None))
+    assert final == 7
+    assert seen == [("now", 3, 3, 3), ("deferred", 3, 4, None), ("now", 6, 6, 6),
+                    ("deferred", 6, 7, None), ("now", 7, 7, 7), ("deferred", 7, 7, None)]
+
+
+def test_request_stop_and_stop_at_end_the_loop(monkeypatch):
+    monkeypatch.setattr("jaxlm.train.trainer.put_batch", lambda b, s: b)
+    trainer = Trainer(_FakeSteps(), total_steps=10, hooks=[stop_at(4)])
+    last = []
+    trainer.add_hook(lambda t, i: last.append(i.step), every=1, deferred=True)
+    assert trainer.fit(0, iter(lambda: {}, None)) == 4 and last[-1] == 4
+    assert Hook(lambda t, i: None, every=0).due(5, 5) and not Hook(
+        lambda t, i: None, every=0, at_end=False).due(5, 5)
+    assert isinstance(StepInfo(1, {}), StepInfo)
+
+
+class CausalWithConfidence(CausalLM):
+    """A task of one's own: causal LM whose loss also reports the mean top-1 probability."""
+
+    def loss(self, model, batch, dropout_rng):
+        loss, aux = token_loss(model, batch, dropout_rng)
+        top_BxT = jax.nn.log_softmax(model(batch["inputs"])).max(-1)
+        w_BxT = batch["weights"].astype(jnp.float32)
+        return loss, {**aux, "confidence": (jnp.exp(top_BxT) * w_BxT).sum()}
+
+
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_a_task_of_ones_own_logs_its_extra_metric(tmp_path, tiny_corpus, grad_accum):
+    cfg = config_from_dict({
+        "name": "own", "model": {"num_layers": 1, "d_model": 32, "num_heads": 2, "max_len": 32},
+        "data": {"train": f"text:{tiny_corpus}", "seq_len": 32},
+        "train": {"steps": 6, "batch_size": 16, "grad_accum": grad_accum, "log_every": 3,
+                  "eval_every": 6, "checkpoint_every": 6}})
+    summary = train(cfg, str(tmp_path / "run"), task=CausalWithConfidence(), show_progress=False,
+                    peak_flops=1e12)
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train_recs = [r for r in records if r["split"] == "train"]
+    assert [r["step"] for r in train_recs] == [3, 6]
+    assert all(0.0 < r["confidence"] <= 1.0 for r in train_recs)
+    val = summary["val"]
+    assert 0.0 < val["confidence"] <= 1.0 and np.isfinite(val["loss"])
+    assert summary["train"]["confidence"] == train_recs[-1]["confidence"]
