@@ -83,7 +83,7 @@ def merged_model_config(user: ModelConfig, pre: ModelConfig) -> ModelConfig:
 def _flat(state: Any) -> dict[str, tuple[int, ...]]:
     """{"a/b/c": shape} of an nnx.State or a plain nested dict of arrays (the train state's)."""
     if isinstance(state, nnx.State):
-        state = state.to_pure_dict()
+        state = nnx.to_pure_dict(state)
     flat = jax.tree_util.tree_leaves_with_path(state)
     return {"/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in k): tuple(v.shape)
             for k, v in flat}

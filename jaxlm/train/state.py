@@ -75,7 +75,7 @@ class StateLayout:
                 jax.sharding.AbstractMesh((), ())):  # Flax's names are not mesh axes
             abstract_model = nnx.eval_shape(make_model)
         graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
-        plain = jax.eval_shape(lambda: new_state(abstract_params.to_pure_dict(), tx, 0))
+        plain = jax.eval_shape(lambda: new_state(nnx.to_pure_dict(abstract_params), tx, 0))
         nnx_tree = jax.eval_shape(lambda: checkpoint_dict(new_state(abstract_params, tx, 0)))
         layout = cls(graphdef, abstract_params, plain, nnx_tree)
         la, lb = jax.tree.leaves(plain), jax.tree.leaves(layout.from_checkpoint(nnx_tree))

@@ -150,7 +150,7 @@ def compile_steps(make_model: Callable[[], nnx.Module], tx: optax.GradientTransf
     layout = StateLayout.of(unsharded_model, tx)
 
     def init() -> TrainState:
-        return new_state(nnx.state(unsharded_model(), nnx.Param).to_pure_dict(), tx, seed)
+        return new_state(nnx.to_pure_dict(nnx.state(unsharded_model(), nnx.Param)), tx, seed)
 
     abstract_state = jax.eval_shape(init)
     # the nnx layout keeps each variable's logical-axis metadata, which the shardings come from
