@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ import yaml
 from jaxlm.atomic import write_text_atomic
 from jaxlm.config import Config, ModelConfig, config_from_dict, migrate_raw, save_config, to_dict
 from jaxlm.errors import CheckpointError, ConfigError
+from jaxlm.run_describe import KEY_METRIC, describe  # noqa: F401  (KEY_METRIC re-exported)
 
 # Sections that must match for a run directory to be resumed with a config (mesh, step count,
 # logging and evaluation cadence may change between sessions).
@@ -43,9 +43,6 @@ RUN_FILES = ("config.yaml", "model.json", "tokenizer.json", "summary.json", "met
 # Checkpoint folders and the orbax item in each step folder that holds the parameters.
 CHECKPOINT_ITEMS = {"checkpoints": "state", "best": "params"}
 
-# The validation metric that says how good a run is, and which way is better, per task.
-KEY_METRIC = {"classification": ("accuracy", "max"), "causal": ("loss", "min"),
-              "masked": ("loss", "min")}
 
 
 @dataclass
@@ -65,11 +62,6 @@ class LoadedRun:
     def class_names(self) -> list[str]:
         """The classifier's label names, in logit order."""
         return list(self.head.get("class_names", []))
-
-    @property
-    def objective(self) -> str:
-        """The old name of `task`."""
-        return self.task
 
 
 class Run:
@@ -359,84 +351,13 @@ class Run:
     # --- description (jaxlm info, jaxlm runs) ---------------------------------------------
     def describe(self, *, count_params: bool = True) -> dict[str, Any]:
         """Everything `jaxlm info` shows about the run, as a JSON-ready dict, from its files alone
-        (no checkpoint restore).
+        (no checkpoint restore): see `jaxlm.run_describe.describe`."""
+        return describe(self, count_params=count_params)
 
-        kind is pretrain, finetune or converted; status is finished (summary.json at the last
-        step), partial (stopped or still running; rerunning the command resumes it) or imported.
-        """
-        if not Run.is_run_dir(self.path):
-            why = ("no config.yaml" if not self.config_path.is_file() else
-                   "a config.yaml, but no model.json, tokenizer, metrics or checkpoints")
-            raise CheckpointError(f"'{self.path}' is not a jaxlm run directory ({why}). Pass a "
-                                  "folder written by jaxlm pretrain, finetune or convert; `jaxlm "
-                                  "runs ROOT` lists the runs under a folder.",
-                                  culprit=str(self.path))
-        raw = self.raw_config()
-        spec = _read_json(self.model_spec_path) or {}
-        summary = self.summary() or {}
-        imported = _read_json(self.import_info_path)
-        train_cfg = raw.get("train", {}) or {}
-        task = (spec.get("task") or spec.get("objective") or train_cfg.get("task")
-                or train_cfg.get("objective") or "causal")
-        kind = ("converted" if imported is not None else
-                "finetune" if task == "classification" else "pretrain")
-        records = self.metric_records()
-        ckpts = self.checkpoint_steps()
-        done = max([r["step"] for r in records] + ckpts + [summary.get("step", 0)], default=0)
-        total = int(train_cfg.get("steps", 0) or 0)
-        if kind == "converted":
-            status = "imported"
-        elif summary and summary.get("step", 0) >= total:
-            status = "finished"
-        else:
-            status = "partial"
-        model = spec.get("model") or raw.get("model") or {}
-        params = summary.get("params")
-        if params is None and count_params and spec.get("model"):
-            params = _param_count(spec)
-        info: dict[str, Any] = {
-            "run_dir": str(self.path), "name": raw.get("name", self.path.name), "kind": kind,
-            "task": task, "status": status, "steps_done": done, "steps_total": total,
-            "model": {k: model.get(k) for k in ("family", "num_layers", "d_model", "num_heads",
-                                                "num_kv_heads", "d_ff", "vocab_size", "max_len")},
-            "params": params, "head": spec.get("head") or {},
-            "data": {k: (raw.get("data") or {}).get(k) for k in ("train", "validation", "seq_len")},
-            "batch_size": train_cfg.get("batch_size"),
-            "checkpoints": ckpts, "files": sorted(p.name + ("/" if p.is_dir() else "")
-                                                  for p in self.path.iterdir()),
-            "updated": _mtime(self.metrics_path) or _mtime(self.config_path),
-        }
-        if imported is not None:
-            info["imported_from"] = imported.get("source")
-        if kind == "finetune" and (raw.get("finetune") or {}).get("init_from"):
-            info["init_from"] = raw["finetune"]["init_from"]
-        info["last"] = {split: _last(records, split) for split in ("train", "val")}
-        info["best"] = self._best(records, task)
-        info["final"] = {s: _scalars(summary[s]) for s in ("validation", "test")
-                         if isinstance(summary.get(s), dict)}
-        for path in sorted(self.path.glob("eval_*.json")):
-            report = _read_json(path)
-            if isinstance(report, dict):
-                info["final"].setdefault(path.stem[len("eval_"):], _scalars(report))
-        for key in ("wall_s", "tokens_per_s", "compile_s"):
-            if summary.get(key) is not None:
-                info[key] = summary[key]
-        return info
-
-    def _best(self, records: list[dict], task: str) -> dict[str, Any] | None:
-        """The kept best checkpoint (fine-tuning), else the best logged validation value."""
-        kept = _read_json(self.best_dir / "best.json")
-        if isinstance(kept, dict) and "value" in kept:
-            return {"metric": kept.get("metric"), "value": kept["value"],
-                    "step": kept.get("step"), "kept": True}
-        metric, mode = KEY_METRIC.get(task, ("loss", "min"))
-        rows = [(int(r["step"]), float(r[metric])) for r in records
-                if r["split"] == "val" and isinstance(r.get(metric), (int, float))
-                and math.isfinite(r[metric])]
-        if not rows:
-            return None
-        step, value = (max if mode == "max" else min)(rows, key=lambda sv: sv[1])
-        return {"metric": metric, "value": value, "step": step, "kept": False}
+    def read_json(self, path: str | Path) -> Any:
+        """A JSON file of the run (a named path, or one relative to the run directory); None
+        when it is missing or unreadable (e.g. torn by a killed write)."""
+        return _read_json(self.path / path)
 
 
 def load_run(path: str | Path, checkpoint: str | int = "best") -> LoadedRun:
@@ -502,33 +423,6 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
-        return None
-
-
-def _mtime(path: Path) -> float | None:
-    return path.stat().st_mtime if path.exists() else None
-
-
-def _scalars(d: dict) -> dict[str, float]:
-    return {k: v for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
-def _last(records: list[dict], split: str) -> dict[str, Any]:
-    rows = [r for r in records if r["split"] == split]
-    return {k: v for k, v in rows[-1].items() if k != "split"} if rows else {}
-
-
-def _param_count(spec: dict) -> int | None:
-    """Parameters of a model.json spec, by abstract evaluation (no memory, no compile)."""
-    try:
-        from jaxlm.params import abstract_params
-
-        head = spec.get("head") or {}
-        kw = {k: head[k] for k in ("num_labels", "pooling", "pooler") if k in head}
-        task = spec.get("task") or spec["objective"]
-        abstract = abstract_params(ModelConfig(**spec["model"]), {task: kw})
-        return int(sum(math.prod(v.get_value().shape) for v in abstract.values()))
-    except Exception:  # an older or foreign spec: the count is a nicety, not a requirement
         return None
 
 

@@ -1,5 +1,6 @@
 """Reports over run directories for `jaxlm info`, `jaxlm runs` and `jaxlm plot`: the text of one
-run's description (`Run.describe`), the table of every run under a folder, and metric series.
+run's description (`Run.describe`, gathered by `jaxlm.run_describe`), the table of every run under
+a folder, and metric series.
 
 The run directory itself (its files, checkpoints and metrics) is `jaxlm.run.Run`.
 """
@@ -11,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from jaxlm.errors import CheckpointError
-from jaxlm.run import KEY_METRIC, Run
+from jaxlm.run import Run
+from jaxlm.run_describe import KEY_METRIC
 
 
 def series(records: list[dict], split: str, key: str) -> tuple[list[int], list[float]]:
