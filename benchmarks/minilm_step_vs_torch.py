@@ -86,14 +86,15 @@ def jax_worker(conn, model_dir: str, batch: int, seq_len: int) -> None:
     from jaxlm.models import build_model
     from jaxlm.sharding import make_mesh, use_mesh
     from jaxlm.tasks import LOSSES
+    from jaxlm.train.fit import model_config
     from jaxlm.train.flops import count_params
-    from jaxlm.train.init_from import finetune_model_config, init_from_pretrained, load_pretrained
+    from jaxlm.train.init_from import init_from_pretrained, load_pretrained
     from jaxlm.train.optim import build_optimizer
     from jaxlm.train.steps import compile_steps, put_batch
 
     cfg = load_config(CONFIG, [f"finetune.init_from=hf:{model_dir}"])
     pre = load_pretrained(cfg.finetune.init_from)
-    mcfg = finetune_model_config(cfg, pre, pre.tokenizer)
+    mcfg = model_config(cfg, pre.tokenizer, pre)
     ft = cfg.finetune
     tx, lr = build_optimizer(cfg.optim, cfg.train.steps)
     ids, mask, labels = make_batch(model_dir, batch, seq_len)
@@ -106,13 +107,13 @@ def jax_worker(conn, model_dir: str, batch: int, seq_len: int) -> None:
                               tx, LOSSES["classification"], lr, mesh, seed=0,
                               dropout=mcfg.dropout > 0)
         state = steps.init()
-        state["params"] = init_from_pretrained(state["params"], pre,
-                                               steps.state_sharding["params"], ft.pooler)
+        state = state.replace(params=init_from_pretrained(dict(state.params), pre,
+                                                          steps.state_sharding.params, ft.pooler))
         b = put_batch(host, steps.batch_sharding)
         t0 = time.perf_counter()
         state, m = steps.train(state, b)
         info = {"compile_s": time.perf_counter() - t0, "first_loss": float(m["loss"]),
-                "params": count_params(state["params"]), "devices": jax.device_count()}
+                "params": count_params(state.params), "devices": jax.device_count()}
     conn.send(info)
     while True:
         n = conn.recv()

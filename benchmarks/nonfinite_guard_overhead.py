@@ -2,7 +2,9 @@
 
 The guard (jaxlm.train.steps.train_step) checks the loss and gradient norm inside the step and
 runs the optimizer update under `lax.cond`, so a non-finite step keeps the old parameters and
-optimizer state; it adds no host sync. The baseline is the same step with `guard_nonfinite=False`.
+optimizer state; it adds no host sync. The baseline (`unguarded_step` here) is the same step built
+from the same helpers (`accumulate_gradients`, then a plain optax update), compiled by the same
+`compile_steps(..., step_fn=...)`.
 Both run in this process, alternated A B B A for --rounds rounds of --steps steps; the script
 prints the median step times and their ratio.
 
@@ -28,28 +30,50 @@ SHAPES = {"optimizer": dict(vocab=32000, layers=2, d=512, heads=8, seq=8, batch=
           "gpt": dict(vocab=8000, layers=6, d=384, heads=6, seq=256, batch=8)}
 
 
-def build(shape: dict, guard: bool):
-    from flax import nnx
+def unguarded_step(state, batch, *, layout, tx, loss_fn, lr_schedule, grad_accum=1,
+                   dropout=False):
+    """`jaxlm.train.steps.train_step` without the NaN/Inf guard: the same gradients (from
+    `accumulate_gradients`), gradient norm and metrics, then a plain optax update, always applied."""
+    import jax.numpy as jnp
+    import optax
 
+    from jaxlm.train.steps import accumulate_gradients
+
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
+    def loss_of(params, micro, k):
+        return loss_fn(layout.model(params), micro, k if dropout else None)
+
+    total, aux, grads = accumulate_gradients(loss_of, state.params, batch, key, grad_accum)
+    weight = jnp.maximum(aux["weight"], 1.0)
+    grads = jax.tree.map(lambda g, p: (g / weight).astype(p.dtype), grads, state.params)
+    grad_norm = optax.tree.norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new = state.replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state,
+                        step=state.step + 1)
+    means = {k: v / weight for k, v in aux.items() if k != "weight"}
+    return new, {"loss": total / weight, **means, "grad_norm": grad_norm,
+                 "lr": lr_schedule(state.step), "weight": aux["weight"],
+                 "nonfinite_steps": new.nonfinite_count,
+                 "nonfinite_last_step": new.nonfinite_last_step}
+
+
+def build(shape: dict, guard: bool, mesh):
+    """(jitted step, initial state, batch sharding): `compile_steps` with the library's
+    `train_step` (guarded) or `unguarded_step`."""
     from jaxlm.config import ModelConfig, OptimConfig
     from jaxlm.models import build_model
     from jaxlm.tasks import token_loss
     from jaxlm.train.optim import build_optimizer
-    from jaxlm.train.steps import train_step
+    from jaxlm.train.steps import compile_steps, train_step
 
     mcfg = ModelConfig(family="gpt2", vocab_size=shape["vocab"], num_layers=shape["layers"],
                        d_model=shape["d"], num_heads=shape["heads"],
                        max_len=shape["seq"]).resolved()
     tx, lr = build_optimizer(OptimConfig(lr=1e-3, weight_decay=0.1), 1000)
-    graphdef, params = nnx.split(build_model(mcfg), nnx.Param)
-    state = {"params": params, "opt_state": tx.init(params), "step": jax.numpy.zeros((), "int32"),
-             "rng": jax.random.key_data(jax.random.key(0)),
-             "nonfinite": {"count": jax.numpy.zeros((), "int32"),
-                           "last_step": jax.numpy.full((), -1, "int32")}}
-    step = jax.jit(lambda s, b: train_step(s, b, graphdef=graphdef, tx=tx, loss_fn=token_loss,
-                                           lr_schedule=lr, guard_nonfinite=guard),
-                   donate_argnums=(0,))
-    return step, state
+    steps = compile_steps(lambda: build_model(mcfg), tx, token_loss, lr, mesh,
+                          step_fn=train_step if guard else unguarded_step)
+    return steps.train, steps.init(), steps.batch_sharding
 
 
 def main() -> None:
@@ -64,18 +88,23 @@ def main() -> None:
     tokens = rng.integers(0, shape["vocab"], (shape["batch"], shape["seq"] + 1)).astype(np.int32)
     batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
              "weights": np.ones((shape["batch"], shape["seq"]), np.float32)}
+    from jaxlm.sharding import make_mesh, put_batch, use_mesh
+
+    mesh = make_mesh(1, 1, 1, devices=jax.devices()[:1])
     runs = {}
-    for guard in (True, False):
-        step, state = build(shape, guard)
-        state, m = step(state, batch)  # compile
-        jax.block_until_ready(m)
-        runs[guard] = [step, state, []]
+    with use_mesh(mesh):
+        for guard in (True, False):
+            step, state, sharding = build(shape, guard, mesh)
+            placed = put_batch(batch, sharding)
+            state, m = step(state, placed)  # compile
+            jax.block_until_ready(m)
+            runs[guard] = [step, state, [], placed]
     for _ in range(args.rounds):
         for guard in (True, False, False, True):
-            step, state, times = runs[guard]
+            step, state, times, placed = runs[guard]
             t0 = time.perf_counter()
             for _ in range(args.steps):
-                state, m = step(state, batch)
+                state, m = step(state, placed)
             jax.block_until_ready(m)
             times.append((time.perf_counter() - t0) / args.steps)
             runs[guard][1] = state

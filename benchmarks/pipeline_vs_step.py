@@ -47,34 +47,34 @@ def main() -> int:
     import jax
 
     from jaxlm.config import load_config
-    from jaxlm.data.lm_data import lm_batches, load_lm_sources, tokenizer_texts
+    from jaxlm.data.lm_data import lm_train_batches, load_lm_sources, tokenizer_texts
     from jaxlm.data.sources import parse_spec
     from jaxlm.data.tokenizer import TextTokenizer, train_tokenizer
     from jaxlm.models import build_model
     from jaxlm.sharding import make_mesh, use_mesh
     from jaxlm.tasks import LOSSES
     from jaxlm.train.optim import build_optimizer
-    from jaxlm.train.pretrain import model_config_for
+    from jaxlm.train.fit import model_config
     from jaxlm.train.steps import compile_steps, put_batch
 
     os.chdir(REPO)
     cfg = load_config(args.config, args.overrides)
     t0 = time.perf_counter()
-    train, val = load_lm_sources(cfg)
+    train, _ = load_lm_sources(cfg)
     k = cfg.data.tokenizer
     tok = TextTokenizer(train_tokenizer(tokenizer_texts(train), k.kind, k.vocab_size))
-    data = lm_batches(cfg, tok, train, val)
+    data = lm_train_batches(cfg, tok, train)
     setup_s = time.perf_counter() - t0
-    pipe_tps, tpb = time_pipeline(data.train, min(args.batches, cfg.train.steps - 1))
+    pipe_tps, tpb = time_pipeline(data, min(args.batches, cfg.train.steps - 1))
 
     # The same corpus as documents (blank-line blocks), packed: the pipeline for real corpora.
     spec = parse_spec(cfg.resolve_path(cfg.data.train))
     packed_cfg = dataclasses.replace(cfg, data=dataclasses.replace(
         cfg.data, train=f"{spec.kind}:{spec.target}?documents=blank_line", sampling="packed"))
-    ptrain, pval = load_lm_sources(packed_cfg)
-    packed_tps, _ = time_pipeline(lm_batches(packed_cfg, tok, ptrain, pval).train, args.batches)
+    ptrain, _ = load_lm_sources(packed_cfg)
+    packed_tps, _ = time_pipeline(lm_train_batches(packed_cfg, tok, ptrain), args.batches)
 
-    mcfg = model_config_for(cfg, tok)
+    mcfg = model_config(cfg, tok, None)
     mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor,
                      num_devices=cfg.mesh.num_devices)
     tx, lr = build_optimizer(cfg.optim, cfg.train.steps)
@@ -83,7 +83,7 @@ def main() -> int:
                               LOSSES[cfg.train.task], lr, mesh,
                               grad_accum=cfg.train.grad_accum, dropout=mcfg.dropout > 0,
                               rules=cfg.mesh.rules)
-        it = iter(data.train)
+        it = iter(data)
         device_batches = [put_batch(next(it), steps.batch_sharding) for _ in range(16)]
         state = steps.init()
         for b in device_batches[:3]:  # compile and warm up

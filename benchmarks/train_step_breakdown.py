@@ -42,9 +42,7 @@ def jax_parts(dtype: str, vocab: int, reps: int) -> dict[str, float]:
     from jaxlm.host_memory import reuse_freed_host_memory
     reuse_freed_host_memory()  # before JAX starts its backend threads
     import jax
-    from flax import nnx
 
-    from jaxlm.models import build_model
     from jaxlm.sharding import use_mesh
     from jaxlm.tasks import LOSSES
     from jaxlm.train.steps import train_compiler_options
@@ -52,17 +50,15 @@ def jax_parts(dtype: str, vocab: int, reps: int) -> dict[str, float]:
     steps, state, b, cfg, mesh = jaxlm_steps(vocab, dtype)
     loss_fn = LOSSES["causal"]
     with use_mesh(mesh):
-        graphdef, _ = nnx.split(nnx.eval_shape(lambda: build_model(cfg.model.resolved(), "causal")),
-                                nnx.Param)
         opts = train_compiler_options(mesh)
 
         def loss(p, bb):
-            total, aux = loss_fn(nnx.merge(graphdef, p), bb, None)
+            total, aux = loss_fn(steps.layout.model(p), bb, None)  # p: plain params
             return total / aux["weight"]
 
         fwd = jax.jit(loss, compiler_options=opts)
         grad = jax.jit(jax.value_and_grad(loss), compiler_options=opts)
-        params = state["params"]
+        params = state.params
         holder = {"state": state}
 
         def full():

@@ -137,7 +137,7 @@ def jax_worker(conn, vocab: int) -> None:
         state, m = steps.train(state, b)
         first_loss = float(m["loss"])
         info[dtype] = {"compile_s": time.perf_counter() - t0, "first_loss": first_loss,
-                       "params": count_params(state["params"]),
+                       "params": count_params(state.params),
                        "flops_per_token": flops_per_token(cfg.model.resolved(), MODEL["seq_len"])}
         runs[dtype] = [steps.train, state, b]
     conn.send({"devices": jax.device_count(), "info": info,
