@@ -53,15 +53,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *,
         raise DataError(f"{len(labels)} labels for {len(runs)} runs: give one label per run "
                         "(comma-separated, in the order of the run directories).",
                         culprit="--labels")
-    data = []
-    for run in runs:
-        info = Run(run).describe(count_params=False)
-        records = Run(run).metric_records()
-        if not records:
-            raise DataError(f"'{run}' has no metrics yet (metrics.jsonl is missing or empty). "
-                            "Plot it after its first logged step (train.log_every).",
-                            culprit=str(run))
-        data.append((info, records))
+    data = [_read_run(run) for run in runs]
     show_acc = any(info["task"] == "classification" for info, _ in data)
     panels = ["loss", "lr", "throughput"] + (["accuracy"] if show_acc else [])
     ncols = 2 if len(panels) == 4 else 3
@@ -70,40 +62,8 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *,
     ax = dict(zip(panels, axes.flat))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, ((info, records), label) in enumerate(zip(data, labels)):
-        c = colors[i % len(colors)]
-        xs, ys = series(records, "train", "loss")
-        if xs:
-            ax["loss"].plot(xs, _smooth(ys, smooth), color=c, lw=1.4, label=f"{label} train")
-        xs, ys = series(records, "val", "loss")
-        if xs:
-            ax["loss"].plot(xs, ys, color=c, lw=1.4, ls="--", marker="o", ms=3,
-                            label=f"{label} val")
-        xs, ys = series(records, "train", "lr")
-        ax["lr"].plot(xs, ys, color=c, lw=1.4, label=label)
-        xs, ys = series(records, "train", "tokens_per_s")
-        if xs:
-            ax["throughput"].plot(xs, _smooth(ys, smooth), color=c, lw=1.4, label=label)
-        if show_acc:
-            xs, ys = series(records, "val", "accuracy")
-            if xs and info["task"] == "classification":
-                ax["accuracy"].plot(xs, ys, color=c, lw=1.4, marker="o", ms=3, label=f"{label} val")
-                best = info["best"]
-                if best and best["metric"] == "accuracy":
-                    ax["accuracy"].scatter([best["step"]], [best["value"]], color=c, marker="*",
-                                           s=120, zorder=3)
-    titles = {"loss": "loss (train solid, validation dashed)", "lr": "learning rate",
-              "throughput": "throughput (tokens/s)",
-              "accuracy": "validation accuracy (* best kept)"}
-    for name, a in ax.items():
-        a.set_title(titles[name], fontsize=10)
-        a.set_xlabel("step")
-        a.grid(alpha=0.3)
-        if a.get_lines():
-            a.legend(fontsize=7)
-    if log_loss:
-        ax["loss"].set_yscale("log")
-    ax["lr"].ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
-    ax["throughput"].set_ylim(bottom=0)  # dips on a shared machine should not look like a cliff
+        _draw_run(ax, info, records, label, colors[i % len(colors)], smooth)
+    _style_panels(ax, log_loss)
     for a in list(axes.flat)[len(panels):]:
         a.set_visible(False)
     if title:
@@ -114,3 +74,56 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *,
     fig.savefig(out, dpi=dpi)
     plt.close(fig)
     return out
+
+
+def _read_run(run: Path) -> tuple[dict, list[dict]]:
+    """(Run.describe, metric records) of a run that has logged metrics."""
+    info = Run(run).describe(count_params=False)
+    records = Run(run).metric_records()
+    if not records:
+        raise DataError(f"'{run}' has no metrics yet (metrics.jsonl is missing or empty). "
+                        "Plot it after its first logged step (train.log_every).",
+                        culprit=str(run))
+    return info, records
+
+
+def _draw_run(ax: dict, info: dict, records: list[dict], label: str, c: str,
+              smooth: int) -> None:
+    """One run's curves, in colour `c`, on the panels `ax` (name -> matplotlib Axes)."""
+    xs, ys = series(records, "train", "loss")
+    if xs:
+        ax["loss"].plot(xs, _smooth(ys, smooth), color=c, lw=1.4, label=f"{label} train")
+    xs, ys = series(records, "val", "loss")
+    if xs:
+        ax["loss"].plot(xs, ys, color=c, lw=1.4, ls="--", marker="o", ms=3,
+                        label=f"{label} val")
+    xs, ys = series(records, "train", "lr")
+    ax["lr"].plot(xs, ys, color=c, lw=1.4, label=label)
+    xs, ys = series(records, "train", "tokens_per_s")
+    if xs:
+        ax["throughput"].plot(xs, _smooth(ys, smooth), color=c, lw=1.4, label=label)
+    if "accuracy" in ax:
+        xs, ys = series(records, "val", "accuracy")
+        if xs and info["task"] == "classification":
+            ax["accuracy"].plot(xs, ys, color=c, lw=1.4, marker="o", ms=3, label=f"{label} val")
+            best = info["best"]
+            if best and best["metric"] == "accuracy":
+                ax["accuracy"].scatter([best["step"]], [best["value"]], color=c, marker="*",
+                                       s=120, zorder=3)
+
+
+_TITLES = {"loss": "loss (train solid, validation dashed)", "lr": "learning rate",
+           "throughput": "throughput (tokens/s)", "accuracy": "validation accuracy (* best kept)"}
+
+
+def _style_panels(ax: dict, log_loss: bool) -> None:
+    for name, a in ax.items():
+        a.set_title(_TITLES[name], fontsize=10)
+        a.set_xlabel("step")
+        a.grid(alpha=0.3)
+        if a.get_lines():
+            a.legend(fontsize=7)
+    if log_loss:
+        ax["loss"].set_yscale("log")
+    ax["lr"].ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    ax["throughput"].set_ylim(bottom=0)  # dips on a shared machine should not look like a cliff

@@ -183,6 +183,28 @@ def export_hf(cfg: ModelConfig, params: nnx.State | dict, out_dir: str | Path, *
     flat = to_flat(params)
     task = task or task_of(flat) or (
         "masked" if cfg.family == "bert" else "causal")
+    groups, num_labels = _export_groups(cfg, flat, task, pooling)
+    bos = eos = None
+    if tokenizer is not None and cfg.family != "bert":
+        eos = tokenizer.sep_id
+        bos = tokenizer.cls_id if tokenizer.cls_id is not None else eos
+    hf_cfg = config_to_hf(cfg, task, num_labels=num_labels, id2label=id2label,
+                          bos_id=bos, eos_id=eos)
+    tensors = export_tensors(_select(flat, groups), cfg, groups)
+    out = _empty_folder(Path(out_dir), overwrite)
+    (out / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
+    _save_safetensors(tensors, out / "model.safetensors")
+    if tokenizer is not None:
+        tokenizer.save(out / "tokenizer.json")
+        (out / "tokenizer_config.json").write_text(
+            json.dumps(_tokenizer_config(tokenizer, cfg.max_len), indent=2) + "\n")
+    return out
+
+
+def _export_groups(cfg: ModelConfig, flat: dict, task: str,
+                   pooling: str | None) -> tuple[list[str], int]:
+    """(parameter groups the Hugging Face class holds, its num_labels) for `task`; a classifier
+    no Hugging Face class computes exactly is refused."""
     groups = ["backbone"]
     num_labels = 0
     if task == "classification":
@@ -206,26 +228,17 @@ def export_hf(cfg: ModelConfig, params: nnx.State | dict, out_dir: str | Path, *
         groups.append("mlm_head")
     elif not cfg.tie_embeddings:
         groups.append("lm_head")
-    bos = eos = None
-    if tokenizer is not None and cfg.family != "bert":
-        eos = tokenizer.sep_id
-        bos = tokenizer.cls_id if tokenizer.cls_id is not None else eos
-    hf_cfg = config_to_hf(cfg, task, num_labels=num_labels, id2label=id2label,
-                          bos_id=bos, eos_id=eos)
-    tensors = export_tensors(_select(flat, groups), cfg, groups)
-    out = Path(out_dir)
+    return groups, num_labels
+
+
+def _empty_folder(out: Path, overwrite: bool) -> Path:
+    """`out`, created; a non-empty one is refused unless `overwrite` (then emptied)."""
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise CheckpointError(f"Export folder '{out}' is not empty. Choose a new folder or "
                                   "pass --overwrite to replace its contents.", culprit=str(out))
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
-    _save_safetensors(tensors, out / "model.safetensors")
-    if tokenizer is not None:
-        tokenizer.save(out / "tokenizer.json")
-        (out / "tokenizer_config.json").write_text(
-            json.dumps(_tokenizer_config(tokenizer, cfg.max_len), indent=2) + "\n")
     return out
 
 

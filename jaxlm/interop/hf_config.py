@@ -65,6 +65,16 @@ def rope_settings(hf: dict, problems: list[str]) -> tuple[float, dict]:
 
 def config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
     """The jaxlm ModelConfig (every family knob resolved) for a Hugging Face config dict."""
+    _check_importable(hf, where)
+    problems: list[str] = []
+    cfg = _FROM_HF[hf["model_type"]](hf, problems)
+    if problems:
+        raise _unsupported(where, problems)
+    return cfg.resolved()
+
+
+def _check_importable(hf: dict, where: str) -> None:
+    """Refuse custom model code and model types jaxlm has no family for."""
     if hf.get("auto_map"):  # custom modeling code (trust_remote_code): never run, never guessed
         raise CheckpointError(
             f"'{where}' declares custom model code (auto_map: "
@@ -78,64 +88,70 @@ def config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
             f"'{where}' has model_type={model_type!r} (architectures: {archs}), which jaxlm cannot "
             f"import. Supported model types: {', '.join(SUPPORTED)} (BERT incl. MiniLM, GPT-2, "
             "Llama).", culprit=where)
-    problems: list[str] = []
-    if model_type == "bert":
-        if hf.get("position_embedding_type", "absolute") != "absolute":
-            problems.append(f"position_embedding_type={hf['position_embedding_type']!r}")
-        if hf.get("is_decoder") or hf.get("add_cross_attention"):
-            problems.append("is_decoder/add_cross_attention (a BERT decoder)")
-        d, h = hf["hidden_size"], hf["num_attention_heads"]
-        cfg = ModelConfig(
-            family="bert", vocab_size=hf["vocab_size"], num_layers=hf["num_hidden_layers"],
-            d_model=d, num_heads=h, head_dim=d // h, d_ff=hf["intermediate_size"],
-            max_len=hf.get("max_position_embeddings", 512),
-            dropout=float(hf.get("hidden_dropout_prob", 0.1)),
-            init_std=float(hf.get("initializer_range", 0.02)),
-            type_vocab_size=hf.get("type_vocab_size", 2),
-            norm_eps=float(hf.get("layer_norm_eps", 1e-12)),
-            activation=_activation(hf.get("hidden_act", "gelu"), "hidden_act", problems),
-            tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
-            pad_token_id=hf.get("pad_token_id") or 0)
-    elif model_type == "gpt2":
-        if not hf.get("scale_attn_weights", True):
-            problems.append("scale_attn_weights=false")
-        if hf.get("scale_attn_by_inverse_layer_idx"):
-            problems.append("scale_attn_by_inverse_layer_idx=true")
-        if hf.get("add_cross_attention"):
-            problems.append("add_cross_attention=true")
-        d = hf["n_embd"]
-        cfg = ModelConfig(
-            family="gpt2", vocab_size=hf["vocab_size"], num_layers=hf["n_layer"], d_model=d,
-            num_heads=hf["n_head"], head_dim=d // hf["n_head"], d_ff=hf.get("n_inner") or 4 * d,
-            max_len=hf.get("n_positions", 1024), dropout=float(hf.get("resid_pdrop", 0.1)),
-            init_std=float(hf.get("initializer_range", 0.02)),
-            norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
-            activation=_activation(hf.get("activation_function", "gelu_new"),
-                                   "activation_function", problems),
-            tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
-            pad_token_id=hf.get("pad_token_id") or 0)
-    else:
-        if bool(hf.get("attention_bias", False)) != bool(hf.get("mlp_bias", False)):
-            problems.append("attention_bias != mlp_bias (jaxlm has one use_bias switch)")
-        h = hf["num_attention_heads"]
-        theta, scaling = rope_settings(hf, problems)
-        cfg = ModelConfig(
-            family="llama", vocab_size=hf["vocab_size"], num_layers=hf["num_hidden_layers"],
-            d_model=hf["hidden_size"], num_heads=h,
-            num_kv_heads=hf.get("num_key_value_heads") or h,
-            head_dim=hf.get("head_dim") or hf["hidden_size"] // h,
-            d_ff=hf["intermediate_size"], max_len=hf.get("max_position_embeddings", 2048),
-            dropout=float(hf.get("attention_dropout", 0.0) or 0.0),
-            init_std=float(hf.get("initializer_range", 0.02)),
-            rope_theta=theta, rope_scaling=scaling,
-            norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-            activation=_activation(hf.get("hidden_act", "silu"), "hidden_act", problems),
-            use_bias=bool(hf.get("attention_bias", False)),
-            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            pad_token_id=hf.get("pad_token_id") or 0)
-    if problems:
-        raise _unsupported(where, problems)
-    return cfg.resolved()
+
+
+def _bert_from_hf(hf: dict, problems: list[str]) -> ModelConfig:
+    if hf.get("position_embedding_type", "absolute") != "absolute":
+        problems.append(f"position_embedding_type={hf['position_embedding_type']!r}")
+    if hf.get("is_decoder") or hf.get("add_cross_attention"):
+        problems.append("is_decoder/add_cross_attention (a BERT decoder)")
+    d, h = hf["hidden_size"], hf["num_attention_heads"]
+    return ModelConfig(
+        family="bert", vocab_size=hf["vocab_size"], num_layers=hf["num_hidden_layers"],
+        d_model=d, num_heads=h, head_dim=d // h, d_ff=hf["intermediate_size"],
+        max_len=hf.get("max_position_embeddings", 512),
+        dropout=float(hf.get("hidden_dropout_prob", 0.1)),
+        init_std=float(hf.get("initializer_range", 0.02)),
+        type_vocab_size=hf.get("type_vocab_size", 2),
+        norm_eps=float(hf.get("layer_norm_eps", 1e-12)),
+        activation=_activation(hf.get("hidden_act", "gelu"), "hidden_act", problems),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+        pad_token_id=hf.get("pad_token_id") or 0)
+
+
+def _gpt2_from_hf(hf: dict, problems: list[str]) -> ModelConfig:
+    if not hf.get("scale_attn_weights", True):
+        problems.append("scale_attn_weights=false")
+    if hf.get("scale_attn_by_inverse_layer_idx"):
+        problems.append("scale_attn_by_inverse_layer_idx=true")
+    if hf.get("add_cross_attention"):
+        problems.append("add_cross_attention=true")
+    d = hf["n_embd"]
+    return ModelConfig(
+        family="gpt2", vocab_size=hf["vocab_size"], num_layers=hf["n_layer"], d_model=d,
+        num_heads=hf["n_head"], head_dim=d // hf["n_head"], d_ff=hf.get("n_inner") or 4 * d,
+        max_len=hf.get("n_positions", 1024), dropout=float(hf.get("resid_pdrop", 0.1)),
+        init_std=float(hf.get("initializer_range", 0.02)),
+        norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
+        activation=_activation(hf.get("activation_function", "gelu_new"),
+                               "activation_function", problems),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+        pad_token_id=hf.get("pad_token_id") or 0)
+
+
+def _llama_from_hf(hf: dict, problems: list[str]) -> ModelConfig:
+    if bool(hf.get("attention_bias", False)) != bool(hf.get("mlp_bias", False)):
+        problems.append("attention_bias != mlp_bias (jaxlm has one use_bias switch)")
+    h = hf["num_attention_heads"]
+    theta, scaling = rope_settings(hf, problems)
+    return ModelConfig(
+        family="llama", vocab_size=hf["vocab_size"], num_layers=hf["num_hidden_layers"],
+        d_model=hf["hidden_size"], num_heads=h,
+        num_kv_heads=hf.get("num_key_value_heads") or h,
+        head_dim=hf.get("head_dim") or hf["hidden_size"] // h,
+        d_ff=hf["intermediate_size"], max_len=hf.get("max_position_embeddings", 2048),
+        dropout=float(hf.get("attention_dropout", 0.0) or 0.0),
+        init_std=float(hf.get("initializer_range", 0.02)),
+        rope_theta=theta, rope_scaling=scaling,
+        norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        activation=_activation(hf.get("hidden_act", "silu"), "hidden_act", problems),
+        use_bias=bool(hf.get("attention_bias", False)),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        pad_token_id=hf.get("pad_token_id") or 0)
+
+
+# Each supported model_type's reader: (config.json, problems found so far) -> ModelConfig.
+_FROM_HF = {"bert": _bert_from_hf, "gpt2": _gpt2_from_hf, "llama": _llama_from_hf}
 
 
 def default_task(hf: dict) -> str:
