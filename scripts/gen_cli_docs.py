@@ -66,7 +66,7 @@ EXAMPLES: dict[str, list[str]] = {
         "jaxlm bench --config configs/shakespeare_char.yaml --steps 20",
         "jaxlm bench --config configs/llama_1b_tpu.yaml --compile-only",
     ],
-    "info": ["jaxlm info runs/shakespeare_char"],
+    "info": ["jaxlm info --run runs/shakespeare_char", "jaxlm info runs/shakespeare_char --json"],
     "runs": ["jaxlm runs", "jaxlm runs runs/sst2 --json"],
 }
 

@@ -179,6 +179,13 @@ def test_in_process_run_raises_on_failure(runs_root, capsys):
 
     run(f"info {runs_root / 'pre'}")
     assert "pretrain (causal), finished" in capsys.readouterr().out
+    run(f"info --run {runs_root / 'pre'}")  # the flag every other command uses
+    assert "pretrain (causal), finished" in capsys.readouterr().out
+    two = ["info", str(runs_root / "pre"), "--run", str(runs_root / "sst2" / "ft")]
+    for args in (["info"], two):  # no run directory, or two that differ
+        with pytest.raises(RuntimeError, match="exit code 2"):
+            run(args)
+    assert "--run" in capsys.readouterr().err
     with pytest.raises(RuntimeError, match="exit code 2"):
         run(["info", str(runs_root / "missing")])
     with pytest.raises(RuntimeError, match="exit code 2"):
