@@ -19,7 +19,7 @@ ACT_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "ge
                "gelu_fast": "gelu_tanh", "relu": "relu", "silu": "silu", "swish": "silu"}
 ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}
 
-# The architecture each export writes, by (family, objective).
+# The architecture each export writes, by (family, task).
 EXPORT_ARCHITECTURES = {("bert", "classification"): "BertForSequenceClassification",
                         ("bert", "masked"): "BertForMaskedLM",
                         ("gpt2", "causal"): "GPT2LMHeadModel",
@@ -155,8 +155,8 @@ _FROM_HF = {"bert": _bert_from_hf, "gpt2": _gpt2_from_hf, "llama": _llama_from_h
 
 
 def default_task(hf: dict) -> str:
-    """The objective a checkpoint was saved for, from its `architectures` (base models: the
-    family's pretraining objective)."""
+    """The task a checkpoint was saved for, from its `architectures` (base models: the
+    family's pretraining task)."""
     archs = " ".join(hf.get("architectures") or [])
     if "ForSequenceClassification" in archs:
         return "classification"
@@ -206,19 +206,19 @@ def check_exportable(cfg: ModelConfig) -> None:
             f"trained with the '{cfg.family}' family defaults.", culprit="model")
 
 
-def config_to_hf(cfg: ModelConfig, objective: str, *, num_labels: int = 0,
+def config_to_hf(cfg: ModelConfig, task: str, *, num_labels: int = 0,
                  id2label: dict[int, str] | None = None, bos_id: int | None = None,
                  eos_id: int | None = None) -> dict:
     """A config.json dict that makes transformers build exactly this model."""
     cfg = cfg.resolved()
     check_exportable(cfg)
-    arch = EXPORT_ARCHITECTURES.get((cfg.family, objective))
+    arch = EXPORT_ARCHITECTURES.get((cfg.family, task))
     if arch is None:
         ok = ", ".join(f"{f}/{o}" for f, o in EXPORT_ARCHITECTURES)
         raise CheckpointError(
-            f"A '{cfg.family}' model trained for '{objective}' has no Hugging Face counterpart "
-            f"that computes the same outputs (exportable family/objective pairs: {ok}).",
-            culprit="objective")
+            f"A '{cfg.family}' model trained for '{task}' has no Hugging Face counterpart "
+            f"that computes the same outputs (exportable family/task pairs: {ok}).",
+            culprit="task")
     pad = cfg.pad_token_id if 0 <= cfg.pad_token_id < cfg.vocab_size else None
     common: dict[str, Any] = {"architectures": [arch], "vocab_size": cfg.vocab_size,
                               "initializer_range": cfg.init_std, "tie_word_embeddings":
@@ -252,7 +252,7 @@ def config_to_hf(cfg: ModelConfig, objective: str, *, num_labels: int = 0,
               "attention_bias": bool(cfg.use_bias), "mlp_bias": bool(cfg.use_bias),
               "attention_dropout": cfg.dropout}
     hf.update(common)
-    if objective == "classification":
+    if task == "classification":
         labels = id2label or {i: f"LABEL_{i}" for i in range(num_labels)}
         hf["id2label"] = {str(k): v for k, v in labels.items()}
         hf["label2id"] = {v: int(k) for k, v in labels.items()}
