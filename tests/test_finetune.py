@@ -63,7 +63,7 @@ def ft_config(data_root: Path, **sections):
 def _flat(state):
     """{"a/b/c": array} of an nnx.State or a plain nested dict (the train state's params)."""
     if isinstance(state, nnx.State):
-        state = state.to_pure_dict()
+        state = nnx.to_pure_dict(state)
     return {"/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in k): np.asarray(v)
             for k, v in jax.tree_util.tree_leaves_with_path(state)}
 
