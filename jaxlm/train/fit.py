@@ -202,6 +202,7 @@ def _loop(s: Setup, steps: CompiledSteps, hooks: Iterable[Hook], show_progress: 
     try:
         with guard:
             state = trainer.fit(state, iterator, start)
+        std.finish(state)
         ckpt.wait()
         summary = std.summary(int(jax.device_get(state.step)))
         _final_reports(s, steps, state, best, summary, logger)

@@ -159,6 +159,15 @@ class TrainingHooks:
             self.checkpointer.wait()
             raise self.guard.stopped(info.step, str(self.checkpointer.directory))
 
+    def finish(self, state: Any) -> None:
+        """After the loop: a fault seen by the last deferred read (a loop ended early) still
+        saves and stops, as one seen during the loop does."""
+        if self.fault:
+            step = int(jax.device_get(state.step))
+            self.save(step, state)
+            self.checkpointer.wait()
+            raise self.watch.stop(self.fault, step, str(self.checkpointer.directory))
+
     def summary(self, step: int) -> dict[str, Any]:
         """The loop's part of the run summary."""
         self.bar.close()
