@@ -159,6 +159,18 @@ def jax_worker(conn, vocab: int) -> None:
         conn.send((time.perf_counter() - t0, loss))
 
 
+def baseline_worker(conn, vocab: int, tree: str) -> None:
+    """`jax_worker` of another jaxlm source tree (e.g. `git worktree add /tmp/base v0.1.0`), run
+    from that tree's own copy of this script, so the two versions alternate in one run."""
+    import importlib.util
+
+    path = Path(tree).resolve() / "benchmarks" / "train_step_vs_torch.py"
+    spec = importlib.util.spec_from_file_location("baseline_train_step_vs_torch", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.jax_worker(conn, vocab)
+
+
 # ---------------------------------------------------------------------------------------- torch
 
 
@@ -222,12 +234,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--torch-optimizer", choices=("fused", "foreach"), default="fused")
     ap.add_argument("--torch-malloc", choices=("system", "jaxlm"), default="system",
                     help="glibc malloc settings of the PyTorch worker: its defaults, or jaxlm's")
+    ap.add_argument("--baseline", metavar="TREE",
+                    help="another jaxlm source tree to time in the same rounds (a regression "
+                         "check: prints this tree's jaxlm against it)")
     args = ap.parse_args(argv)
 
     ctx = mp.get_context("spawn")
     workers = {}
-    for name, target, extra in (("jaxlm", jax_worker, ()),
-                                ("torch", torch_worker, (args.torch_optimizer, args.torch_malloc))):
+    specs = [("jaxlm", jax_worker, ()),
+             ("torch", torch_worker, (args.torch_optimizer, args.torch_malloc))]
+    if args.baseline:
+        specs.append(("baseline", baseline_worker, (args.baseline,)))
+    for name, target, extra in specs:
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=target, args=(child, args.vocab, *extra), daemon=True)
         proc.start()
@@ -262,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                 ask(fw, ("run", dtype, args.steps))
     print(f"{args.warmup_rounds} warm-up round(s) done, not counted", flush=True)
     for r in range(args.rounds):
-        order = ("jaxlm", "torch") if r % 2 == 0 else ("torch", "jaxlm")
+        order = tuple(workers) if r % 2 == 0 else tuple(reversed(workers))
         for dtype in PRECISIONS:
             peaks[dtype].append(ask("jaxlm", ("peak", dtype, 0)))
             for fw in order:
@@ -287,6 +305,13 @@ def main(argv: list[str] | None = None) -> int:
         label = "float32" if dtype == "float32" else "bf16"
         print(f"{label:<10} {tj:12,.0f} {tt:12,.0f} {tj / tt:7.2f} {tj * fpt / peak:10.1%} "
               f"{tt * fpt / peak:10.1%} {peak / 1e9:13.0f}")
+    if args.baseline:
+        for dtype in PRECISIONS:
+            tj = B * T / statistics.median(times[("jaxlm", dtype)])
+            tb = B * T / statistics.median(times[("baseline", dtype)])
+            tt = B * T / statistics.median(times[("torch", dtype)])
+            print(f"{dtype}: baseline {args.baseline} {tb:,.0f} tok/s (vs torch {tb / tt:.2f}); "
+                  f"this tree / baseline {tj / tb:.3f}")
     print(f"(medians of {args.rounds} alternating rounds x {args.steps} steps after "
           f"{args.warmup_rounds} warm-up round(s); MFU = "
           f"{ji['float32']['flops_per_token'] / 1e6:.1f} MFLOP/token x tokens/s / the measured "

@@ -15,7 +15,7 @@ from jaxlm.data.lm_data import encode_stream, lm_eval_batches
 from jaxlm.evaluation import Evaluator, evaluate_run
 from jaxlm.generation.scoring import bleu_rouge
 from jaxlm.run import Run
-from jaxlm.tasks import CausalLM, token_loss
+from jaxlm.tasks import CausalLMTask, token_loss
 from jaxlm.train.pretrain import pretrain
 
 
@@ -130,7 +130,7 @@ def test_evaluation_reproduces_the_training_validation_loss(trained):
 
     model, tok, _ = load_run(run_dir)
     cfg = Run(run_dir).config()
-    val_src = CausalLM.open_sources(cfg)["validation"]
+    val_src = CausalLMTask.open_sources(cfg)["validation"]
     evaluator, params = Evaluator.for_model(model, token_loss)
     # other batch sizes score the same rows: sums, not per-batch means
     for batch_size in (0, 5):

@@ -40,7 +40,7 @@ def test_minilm_imports_with_pooler_and_a_few_steps_lower_the_loss(minilm_dir, d
     from jaxlm.models import build_model
     from jaxlm.sharding import make_mesh, use_mesh
     from jaxlm.tasks import LOSSES
-    from jaxlm.tasks import Classification
+    from jaxlm.tasks import ClassificationTask
     from jaxlm.train.fit import model_config
     from jaxlm.train.init_from import init_from_pretrained, load_pretrained
     from jaxlm.train.optim import build_optimizer
@@ -55,7 +55,7 @@ def test_minilm_imports_with_pooler_and_a_few_steps_lower_the_loss(minilm_dir, d
     assert (mcfg.family, mcfg.num_layers, mcfg.d_model, mcfg.vocab_size) == ("bert", 6, 384, 30522)
     assert mcfg.dropout == 0.1
 
-    splits = Classification.open_sources(cfg)
+    splits = ClassificationTask.open_sources(cfg)
     assert [len(splits[s]) for s in ("train", "validation", "test")] == [6920, 872, 1821]
     host = classification_eval_batches(splits["train"], pre.tokenizer, seq_len=32,
                                        global_batch=16, buckets=[32])[0]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxlm.config import config_from_dict
-from jaxlm.tasks import CausalLM, token_loss
+from jaxlm.tasks import CausalLMTask, token_loss
 from jaxlm.train.fit import train
 from jaxlm.train.trainer import Hook, StepInfo, Trainer, stop_at
 
@@ -51,7 +51,7 @@ def test_request_stop_and_stop_at_end_the_loop(monkeypatch):
     assert isinstance(StepInfo(1, {}), StepInfo)
 
 
-class CausalWithConfidence(CausalLM):
+class CausalWithConfidence(CausalLMTask):
     """A task of one's own: causal LM whose loss also reports the mean top-1 probability."""
 
     def loss(self, model, batch, dropout_rng):

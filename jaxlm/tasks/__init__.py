@@ -6,15 +6,16 @@ A new kind of training registers a `Task` subclass here and reuses the trainer a
 from __future__ import annotations
 
 from jaxlm.tasks.base import Task, unknown_task
-from jaxlm.tasks.classification import Classification
-from jaxlm.tasks.language_model import CausalLM, MaskedLM
+from jaxlm.tasks.classification import ClassificationTask
+from jaxlm.tasks.language_model import CausalLMTask, MaskedLMTask
 from jaxlm.tasks.losses import (LOSSES, LossFn, classification_loss, cross_entropy_and_hit,
                                 token_loss)
 
-__all__ = ["TASKS", "Task", "CausalLM", "MaskedLM", "Classification", "task_for", "LOSSES",
-           "LossFn", "token_loss", "classification_loss", "cross_entropy_and_hit"]
+__all__ = ["TASKS", "Task", "CausalLMTask", "MaskedLMTask", "ClassificationTask", "task_for",
+           "LOSSES", "LossFn", "token_loss", "classification_loss", "cross_entropy_and_hit"]
 
-TASKS: dict[str, type[Task]] = {t.name: t for t in (CausalLM, MaskedLM, Classification)}
+TASKS: dict[str, type[Task]] = {t.name: t for t in (CausalLMTask, MaskedLMTask,
+                                                    ClassificationTask)}
 
 
 def task_for(name: str) -> type[Task]:

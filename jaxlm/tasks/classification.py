@@ -15,7 +15,7 @@ from jaxlm.tasks.losses import classification_loss
 
 
 @dataclass
-class Classification(Task):
+class ClassificationTask(Task):
     """Labels for whole sequences (`labels` [B]); `class_names` fix the logit order."""
 
     name: ClassVar[str] = "classification"
@@ -39,13 +39,13 @@ class Classification(Task):
         return out
 
     @classmethod
-    def from_config(cls, cfg: Config, sources: dict[str, Source]) -> "Classification":
+    def from_config(cls, cfg: Config, sources: dict[str, Source]) -> "ClassificationTask":
         ft = cfg.finetune
         return cls(list(sources["train"].label_names), ft.pooling, ft.pooler,
                    ft.best_metric, ft.best_mode)
 
     @classmethod
-    def from_head(cls, head: dict, cfg: Config | None = None) -> "Classification":
+    def from_head(cls, head: dict, cfg: Config | None = None) -> "ClassificationTask":
         names = [str(n) for n in head.get("class_names")
                  or range(int(head.get("num_labels") or 0))]
         return cls(names, head.get("pooling", "first"), bool(head.get("pooler", False)))

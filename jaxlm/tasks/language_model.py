@@ -12,7 +12,7 @@ from jaxlm.tasks.base import Task
 from jaxlm.tasks.losses import token_loss
 
 
-class CausalLM(Task):
+class CausalLMTask(Task):
     """Predict every next token; validation reports loss, perplexity and token accuracy."""
 
     name: ClassVar[str] = "causal"
@@ -48,7 +48,7 @@ class CausalLM(Task):
         return evaluator.mean_metrics(params, batches)
 
 
-class MaskedLM(CausalLM):
+class MaskedLMTask(CausalLMTask):
     """Predict masked tokens (80/10/10 corruption, `data.mask_prob`) with a bidirectional model."""
 
     name: ClassVar[str] = "masked"
