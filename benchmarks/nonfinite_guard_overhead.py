@@ -32,30 +32,20 @@ SHAPES = {"optimizer": dict(vocab=32000, layers=2, d=512, heads=8, seq=8, batch=
 
 def unguarded_step(state, batch, *, layout, tx, loss_fn, lr_schedule, grad_accum=1,
                    dropout=False):
-    """`jaxlm.train.steps.train_step` without the NaN/Inf guard: the same gradients (from
-    `accumulate_gradients`), gradient norm and metrics, then a plain optax update, always applied."""
-    import jax.numpy as jnp
+    """`jaxlm.train.steps.train_step` without the NaN/Inf guard: the same gradients, norm and
+    metrics (the library's `mean_gradients` / `step_metrics`), then a plain optax update, always
+    applied."""
     import optax
 
-    from jaxlm.train.steps import accumulate_gradients
+    from jaxlm.train.steps import mean_gradients, step_metrics
 
-    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-
-    def loss_of(params, micro, k):
-        return loss_fn(layout.model(params), micro, k if dropout else None)
-
-    total, aux, grads = accumulate_gradients(loss_of, state.params, batch, key, grad_accum)
-    weight = jnp.maximum(aux["weight"], 1.0)
-    grads = jax.tree.map(lambda g, p: (g / weight).astype(p.dtype), grads, state.params)
-    grad_norm = optax.tree.norm(grads)
+    total, aux, grads, weight = mean_gradients(state, batch, layout=layout, loss_fn=loss_fn,
+                                               grad_accum=grad_accum, dropout=dropout)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new = state.replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state,
                         step=state.step + 1)
-    means = {k: v / weight for k, v in aux.items() if k != "weight"}
-    return new, {"loss": total / weight, **means, "grad_norm": grad_norm,
-                 "lr": lr_schedule(state.step), "weight": aux["weight"],
-                 "nonfinite_steps": new.nonfinite_count,
-                 "nonfinite_last_step": new.nonfinite_last_step}
+    return new, step_metrics(new, total, aux, weight, optax.tree.norm(grads),
+                             lr_schedule(state.step))
 
 
 def build(shape: dict, guard: bool, mesh):

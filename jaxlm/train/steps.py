@@ -22,8 +22,8 @@ from jaxlm.sharding import batch_sharding, put_batch, replicated, state_sharding
 from jaxlm.tasks.losses import LossFn
 from jaxlm.train.state import StateLayout, TrainState, checkpoint_dict, new_state
 
-__all__ = ["TrainState", "train_step", "accumulate_gradients", "apply_if_finite", "compile_steps",
-           "CompiledSteps", "put_batch"]
+__all__ = ["TrainState", "train_step", "accumulate_gradients", "mean_gradients", "step_metrics",
+           "apply_if_finite", "compile_steps", "CompiledSteps", "put_batch"]
 
 # (params, micro-batch, rng key) -> (loss sum, aux sums); see jaxlm.tasks.losses
 ParamsLoss = Callable[[Any, dict, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
@@ -68,10 +68,10 @@ def apply_if_finite(finite: jax.Array, tx: optax.GradientTransformation, params:
     return jax.lax.cond(finite, update, lambda ops: ops[:2], (params, opt_state, grads))
 
 
-def train_step(state: TrainState, batch: dict, *, layout: StateLayout,
-               tx: optax.GradientTransformation, loss_fn: LossFn, lr_schedule: optax.Schedule,
-               grad_accum: int = 1, dropout: bool = False) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer update on `batch`; metrics are means per scored target (see LossFn)."""
+def mean_gradients(state: TrainState, batch: dict, *, layout: StateLayout, loss_fn: LossFn,
+                   grad_accum: int = 1, dropout: bool = False
+                   ) -> tuple[jax.Array, dict[str, jax.Array], Any, jax.Array]:
+    """(loss sum, aux sums, gradients of the mean loss per scored target, total weight)."""
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
     def loss_of(params, micro, k):
@@ -82,6 +82,24 @@ def train_step(state: TrainState, batch: dict, *, layout: StateLayout,
     # in each parameter's dtype: the float32 weight (and float32 micro-batch sums) would otherwise
     # promote bfloat16 gradients, and with them the optimizer moments, after one step
     grads = jax.tree.map(lambda g, p: (g / weight).astype(p.dtype), grads, state.params)
+    return total, aux, grads, weight
+
+
+def step_metrics(new: TrainState, total: jax.Array, aux: dict, weight: jax.Array,
+                 grad_norm: jax.Array, lr: jax.Array) -> dict[str, jax.Array]:
+    """A step's metrics: the loss and every aux sum as means per scored target (see LossFn)."""
+    means = {k: v / weight for k, v in aux.items() if k != "weight"}
+    return {"loss": total / weight, **means, "grad_norm": grad_norm, "lr": lr,
+            "weight": aux["weight"], "nonfinite_steps": new.nonfinite_count,
+            "nonfinite_last_step": new.nonfinite_last_step}
+
+
+def train_step(state: TrainState, batch: dict, *, layout: StateLayout,
+               tx: optax.GradientTransformation, loss_fn: LossFn, lr_schedule: optax.Schedule,
+               grad_accum: int = 1, dropout: bool = False) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer update on `batch`, skipped (but counted) when anything is NaN/Inf."""
+    total, aux, grads, weight = mean_gradients(state, batch, layout=layout, loss_fn=loss_fn,
+                                               grad_accum=grad_accum, dropout=dropout)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
     params, opt_state = apply_if_finite(finite, tx, state.params, state.opt_state, grads)
@@ -89,11 +107,7 @@ def train_step(state: TrainState, batch: dict, *, layout: StateLayout,
         params=params, opt_state=opt_state, step=state.step + 1,
         nonfinite_count=state.nonfinite_count + jnp.where(finite, 0, 1).astype(jnp.int32),
         nonfinite_last_step=jnp.where(finite, state.nonfinite_last_step, state.step + 1))
-    means = {k: v / weight for k, v in aux.items() if k != "weight"}
-    return new, {"loss": total / weight, **means, "grad_norm": grad_norm,
-                 "lr": lr_schedule(state.step), "weight": aux["weight"],
-                 "nonfinite_steps": new.nonfinite_count,
-                 "nonfinite_last_step": new.nonfinite_last_step}
+    return new, step_metrics(new, total, aux, weight, grad_norm, lr_schedule(state.step))
 
 
 def train_compiler_options(mesh: Mesh) -> dict[str, str] | None:
