@@ -13,10 +13,10 @@ from typing import Any, Callable
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from jaxlm.metrics import perplexity
-from jaxlm.sharding import batch_sharding, put_batch, shard_params
+from jaxlm.sharding import put_batch, rows_sharding, shard_params
 from jaxlm.tasks.losses import LossFn
 
 
@@ -53,9 +53,8 @@ class Evaluator:
         if mesh is None:
             return cls(merge, loss_fn), params
         params, shardings = shard_params(params, mesh, rules)
-        rows = batch_sharding(mesh, 2, rules)
         return cls(merge, loss_fn, params_sharding=shardings,
-                   batch_sharding=NamedSharding(mesh, PartitionSpec(rows.spec[0]))), params
+                   batch_sharding=rows_sharding(mesh, rules)), params
 
     def _put(self, batch: dict) -> dict:
         return batch if self.batch_sharding is None else put_batch(batch, self.batch_sharding)

@@ -204,6 +204,20 @@ def state_shardings(state: Any, mesh: Mesh, rules: dict[str, Any] | None = None)
                                             is_leaf=lambda v: isinstance(v, nnx.Variable))
 
 
+def named_shardings(state: Any, mesh: Mesh, rules: dict[str, Any] | None = None) -> Any:
+    """`state_shardings` with each Variable replaced by its NamedSharding (what jit and
+    device_put take); a Variable holding no array (optax.MaskedNode) stays, to match the state."""
+    return jax.tree.map(
+        lambda v: v.get_value() if isinstance(v, nnx.Variable) and jax.tree.leaves(v) else v,
+        state_shardings(state, mesh, rules), is_leaf=lambda v: isinstance(v, nnx.Variable))
+
+
+def rows_sharding(mesh: Mesh, rules: dict[str, Any] | None = None) -> NamedSharding:
+    """The batch axis only: leaves of a batch differ in rank (labels [B], tokens [B, T]), so jit
+    takes this prefix spec and broadcasts it over each leaf."""
+    return NamedSharding(mesh, P(batch_sharding(mesh, 2, rules).spec[0]))
+
+
 def batch_sharding(mesh: Mesh, ndim: int = 2, rules: dict[str, Any] | None = None) -> NamedSharding:
     """Sharding for a [batch, ...] input array."""
     rules = {**DEFAULT_RULES, **(rules or {})}
@@ -218,9 +232,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def data_parallel_size(mesh: Mesh, rules: dict[str, Any] | None = None) -> int:
     """How many ways the batch is split (the batch must divide by it)."""
     rules = {**DEFAULT_RULES, **(rules or {})}
-    target = rules.get("batch")
-    axes = (target,) if isinstance(target, str) else tuple(target or ())
-    return math.prod(mesh.shape[a] for a in axes)
+    return math.prod(mesh.shape[a] for a in _mesh_axes_of("batch", rules))
 
 
 def put_batch(batch: dict, sharding: NamedSharding) -> dict:
@@ -234,9 +246,7 @@ def put_batch(batch: dict, sharding: NamedSharding) -> dict:
 def shard_params(params: Any, mesh: Mesh, rules: dict[str, Any] | None = None) -> tuple[Any, Any]:
     """(params placed on `mesh` by their logical axes, the shardings used: a prefix tree of
     `params`), as training places them; for evaluation and generation of loaded models."""
-    shardings = jax.tree.map(lambda v: v.get_value() if isinstance(v, nnx.Variable) else v,
-                             state_shardings(params, mesh, rules),
-                             is_leaf=lambda v: isinstance(v, nnx.Variable))
+    shardings = named_shardings(params, mesh, rules)
     return jax.device_put(params, shardings), shardings
 
 

@@ -7,6 +7,7 @@ metrics and what "best" means. The trainer (`jaxlm.train.fit`) and the evaluator
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Iterator
 
 import jax
@@ -17,8 +18,8 @@ from jaxlm.data.sources import Source
 from jaxlm.errors import ConfigError
 
 
-class Task:
-    """Base class; subclasses set `name` and implement the methods that raise here."""
+class Task(ABC):
+    """Base class; subclasses set `name` and implement the abstract methods."""
 
     name: ClassVar[str] = ""
     # validation metric that picks the kept best checkpoint (None: keep no best checkpoint)
@@ -28,9 +29,9 @@ class Task:
     final_splits: tuple[str, ...] = ()
 
     @classmethod
+    @abstractmethod
     def open_sources(cls, cfg: Config) -> dict[str, Source]:
         """The dataset splits (at least "train"; "validation" and "test" when available)."""
-        raise NotImplementedError
 
     @classmethod
     def from_config(cls, cfg: Config, sources: dict[str, Source]) -> "Task":
@@ -59,30 +60,30 @@ class Task:
         """Keyword arguments of `build_model` for the head."""
         return {}
 
+    @abstractmethod
     def loss(self, model: Any, batch: dict, dropout_rng: jax.Array | None
              ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """(loss sum, aux sums); see `jaxlm.tasks.losses`."""
-        raise NotImplementedError
 
     def tokenizer_texts(self, source: Source) -> Iterator[str]:
         """Texts a new tokenizer is trained on."""
         return source.texts()
 
+    @abstractmethod
     def train_batches(self, cfg: Config, tokenizer: Any, sources: dict[str, Source], *,
                       process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
         """This host's training batches, a checkpointable iterator source (`iter()` it)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def eval_batches(self, cfg: Config, tokenizer: Any, source: Source, *, batch_size: int = 0,
                      whole: bool = False, process_index: int = 0, process_count: int = 1
                      ) -> list[dict]:
         """Every example of `source` once, as fixed host batches (padding rows weigh 0); at most
         `train.eval_batches` batches when the config caps validation, unless `whole`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def evaluate(self, evaluator: Any, params: Any, batches: list[dict]) -> dict[str, Any]:
         """The evaluation report of `params` on `batches` (scalars are logged)."""
-        raise NotImplementedError
 
 
 def unknown_task(name: str, known: list[str]) -> ConfigError:

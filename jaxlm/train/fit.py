@@ -145,7 +145,7 @@ def _optimizer(s: Setup):
                            freeze_backbone=ft.freeze_backbone and finetuning)
 
 
-def _best_keeper(s: Setup, steps: CompiledSteps) -> BestKeeper | None:
+def _best_keeper(s: Setup) -> BestKeeper | None:
     if s.task.best_metric is None:
         return None
     return BestKeeper(s.run.path, s.task.best_metric, s.task.best_mode)
@@ -184,7 +184,7 @@ def _loop(s: Setup, steps: CompiledSteps, hooks: Iterable[Hook], show_progress: 
                                process_count=pc) if "validation" in s.sources else None)
     ckpt = s.run.checkpointer(keep=t.keep_checkpoints, async_save=t.async_checkpointing)
     state, start = restore_or_init(steps, ckpt, iterator, s)
-    best = _best_keeper(s, steps)
+    best = _best_keeper(s)
     logger = MetricsLogger(s.run.path, resumed_from=start)
     T, B = cfg.data.seq_len, t.batch_size
     std = TrainingHooks(

@@ -132,7 +132,7 @@ class TrainingHooks:
         if self.on_eval:
             self._timed(lambda: self.on_eval(info.step, info.state, self.last_eval))
         self.bar.write(f"step {info.step}: " + ", ".join(
-            f"val {k} {v:.4f}" for k, v in self.last_eval.items() if k != "tokens"))
+            f"val {k} {v:.4f}" for k, v in self.last_eval.items()))
 
     def save(self, step: int, state: Any) -> None:
         """Checkpoint the state and the data position at `step`."""

@@ -15,10 +15,11 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding
 
 from jaxlm.evaluation import Evaluator
-from jaxlm.sharding import batch_sharding, put_batch, replicated, state_shardings
+from jaxlm.checkpoint import abstract_with_shardings
+from jaxlm.sharding import named_shardings, put_batch, replicated, rows_sharding
 from jaxlm.tasks.losses import LossFn
 from jaxlm.train.state import StateLayout, TrainState, checkpoint_dict, new_state
 
@@ -137,10 +138,8 @@ class CompiledSteps:
     def checkpoint_target(self) -> Any:
         """Abstract arrays with this mesh's shardings, in the checkpoint layout: orbax's
         restore target."""
-        abstract = self.layout.to_checkpoint(self.abstract_state)
-        shardings = self.layout.to_checkpoint(self.state_sharding)
-        return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            abstract, shardings)
+        return abstract_with_shardings(self.layout.to_checkpoint(self.abstract_state),
+                                       self.layout.to_checkpoint(self.state_sharding))
 
 
 def no_mesh():
@@ -157,7 +156,7 @@ def compile_steps(make_model: Callable[[], nnx.Module], tx: optax.GradientTransf
     `step_fn` (default `train_step`) may be a custom step with the same keyword arguments."""
     def unsharded_model() -> nnx.Module:
         # Flax would place `nnx.with_partitioning` names on the mesh at creation; jaxlm maps
-        # them through its rules instead (state_shardings) and lets jit place the state
+        # them through its rules instead (named_shardings) and lets jit place the state
         with nnx.use_eager_sharding(False), no_mesh():
             return make_model()
 
@@ -170,15 +169,8 @@ def compile_steps(make_model: Callable[[], nnx.Module], tx: optax.GradientTransf
     # the nnx layout keeps each variable's logical-axis metadata, which the shardings come from
     nnx_abstract = jax.eval_shape(lambda: checkpoint_dict(
         new_state(nnx.state(unsharded_model(), nnx.Param), tx, seed)))
-    shardings = state_shardings(nnx_abstract, mesh, rules)
-    shardings = jax.tree.map(
-        lambda v: v.get_value() if isinstance(v, nnx.Variable) and jax.tree.leaves(v) else v,
-        shardings, is_leaf=lambda v: isinstance(v, nnx.Variable))
-    shardings = layout.from_checkpoint(shardings)
-    in_batch = batch_sharding(mesh, 2, rules)
-    # Leaves of a batch differ in rank (labels [B] vs tokens [B, T]): a prefix spec that jit
-    # broadcasts over each leaf.
-    batch_prefix = NamedSharding(mesh, PartitionSpec(in_batch.spec[0]))
+    shardings = layout.from_checkpoint(named_shardings(nnx_abstract, mesh, rules))
+    batch_prefix = rows_sharding(mesh, rules)
     train = jax.jit(
         lambda s, b: step_fn(s, b, layout=layout, tx=tx, loss_fn=loss_fn, lr_schedule=lr_schedule,
                              grad_accum=grad_accum, dropout=dropout),
