@@ -20,7 +20,8 @@ from typing import Any
 import yaml
 
 from jaxlm.config_checks import (DEPRECATED_KEYS, _noticed, bad_key, build_section,  # noqa: F401
-                                 check_fields, deprecation_notice, require_positive)
+                                 check_fields, deprecation_notice, require_positive,
+                                 template_fields)
 from jaxlm.config_choices import CHOICES, FAMILY_PRESETS, ROPE_SCALING_KEYS, choices  # noqa: F401
 from jaxlm.config_loading import (load_yaml, migrate_raw, parse_override,  # noqa: F401
                                   with_overrides)
@@ -272,17 +273,57 @@ class TrainConfig(_Section):
 
 @dataclass
 class FinetuneConfig(_Section):
-    """Sequence classification on top of a (pretrained) backbone."""
+    """Fine-tuning (classification, generative) from a pretrained checkpoint or from scratch."""
 
     _section = "finetune"
 
-    init_from: str = ""  # pretraining run dir, its checkpoints/STEP dir, or hf:DIR; empty: scratch
+    init_from: str = ""  # a run dir, its checkpoints/STEP dir, or hf:DIR; empty: scratch
     pooling: str = "first"  # first token, mean of tokens, or last non-pad token
     pooler: bool = False  # BERT's dense+tanh pooler before the classifier
     freeze_backbone: bool = False
     backbone_lr_scale: float = 1.0  # backbone learning rate = this x optim.lr
-    best_metric: str = "accuracy"  # validation metric that chooses the kept "best" checkpoint
-    best_mode: str = "max"
+    # validation metric that chooses the kept "best" checkpoint ("": the task's own, accuracy for
+    # classifiers, loss for generative fine-tuning); best_mode "": max, but min for loss/perplexity
+    best_metric: str = ""
+    best_mode: str = ""
+
+    def best(self, default: str) -> tuple[str, str]:
+        """(metric, mode) that choose the best checkpoint, defaults filled in."""
+        metric = self.best_metric or default
+        return metric, self.best_mode or ("min" if metric in LOWER_IS_BETTER else "max")
+
+
+LOWER_IS_BETTER = ("loss", "perplexity")
+
+
+@dataclass
+class GenerativeConfig(_Section):
+    """Generative fine-tuning (`train.task: generative`): records become (prompt, target) texts
+    through templates naming their fields; the loss covers the target and an end token only."""
+
+    _section = "generative"
+
+    prompt_template: str = "{input}\n"  # Python format string over the record's fields
+    target_template: str = "{output}"
+    # auto: wrap the prompt in the tokenizer's chat template when the checkpoint carries one
+    chat_template: str = "auto"
+    packing: bool = True  # several examples per row (segment ids keep them apart), else one
+    overlong: str = "error"  # prompt + target + end > seq_len: error, truncate_left or skip
+    validate_with: str = "loss"  # validation: target loss only, or also generate and score
+    max_new_tokens: int = 0  # 0: the longest training target (+ end token)
+    temperature: float = 0.0  # 0: greedy
+    top_k: int = 0
+    top_p: float = 1.0
+    max_labels: int = 50  # targets with at most this many distinct values are also scored as labels
+
+    def _check_rules(self) -> None:
+        require_positive(self, "generative", ("max_new_tokens", "top_k", "temperature"),
+                         zero_ok=True)
+        require_positive(self, "generative", ("max_labels",))
+        if not 0.0 < self.top_p <= 1.0:
+            bad_key("generative.top_p", f"must be in (0, 1], got {self.top_p}.")
+        template_fields(self.prompt_template, "generative.prompt_template")
+        template_fields(self.target_template, "generative.target_template")
 
 
 @dataclass
@@ -312,6 +353,7 @@ class Config(_Section):
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    generative: GenerativeConfig = field(default_factory=GenerativeConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def _check_rules(self) -> None:

@@ -43,6 +43,34 @@ def require_positive(section: Any, prefix: str, keys: tuple[str, ...], *,
             bad_key(f"{prefix}.{key}", f"must be {'>= 0' if zero_ok else 'positive'}, got {value}.")
 
 
+def _unwrap_override(value: Any, hint: Any) -> Any:
+    """A `--set` value (config_loading.Override): the text as typed for a str key, else the
+    YAML-parsed value."""
+    if type(value).__name__ != "Override":
+        return value
+    args = typing.get_args(hint)
+    if hint is str or (str in args and value.value is not None
+                       and not isinstance(value.value, (str, bool, int, float))):
+        return value.text
+    return value.value
+
+
+def template_fields(template: str, key: str) -> list[str]:
+    """The record fields a `{field}` format template names (a ConfigError naming `key` for a
+    template Python cannot format, e.g. an unclosed brace or a positional `{}`)."""
+    import string
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as e:
+        bad_key(key, f"{template!r} is not a valid template ({e}); name record fields in braces, "
+                "e.g. 'Question: {question}\\nAnswer:', and write a literal brace as {{ or }}.")
+    for name in names:
+        if not name.isidentifier():
+            bad_key(key, f"{template!r} has the placeholder {{{name}}}; placeholders name record "
+                    "fields, e.g. {input}, and cannot be empty, indexed or carry conversions.")
+    return names
+
+
 def _check_union(path: str, value: Any, hint: Any) -> Any:
     args = typing.get_args(hint)
     if value is None and type(None) in args:
@@ -78,6 +106,7 @@ def _check_container(path: str, value: Any, hint: Any, origin: Any) -> Any:
 
 def check_value(path: str, value: Any, hint: Any) -> Any:
     """Coerce `value` to `hint` where lossless (int -> float), else raise a ConfigError."""
+    value = _unwrap_override(value, hint)
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         return _check_union(path, value, hint)

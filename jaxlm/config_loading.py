@@ -2,6 +2,7 @@
 keys of a saved config. `jaxlm.config.config_from_dict` turns the result into a checked Config."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,15 @@ import yaml
 
 from jaxlm.config_checks import DEPRECATED_KEYS
 from jaxlm.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Override:
+    """A `--set` value: YAML-parsed, and as typed. A key of type str takes the text as typed, so
+    `--set generative.prompt_template="Q: {question}"` is not read as a YAML mapping."""
+
+    value: Any
+    text: str
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -46,7 +56,7 @@ def with_overrides(raw: dict, overrides: list[str] | None) -> dict:
     raw = _deepcopy(raw)
     for item in overrides or []:
         key, value = parse_override(item)
-        _set_nested(raw, key, value)
+        _set_nested(raw, key, Override(value, item.split("=", 1)[1]))
     return raw
 
 

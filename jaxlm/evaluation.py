@@ -28,7 +28,7 @@ class Evaluator:
 
     def __init__(self, model_of: Callable[[Any], Any], loss_fn: LossFn, *,
                  params_sharding: Any = None, batch_sharding: Any = None):
-        self.batch_sharding = batch_sharding
+        self.model_of, self.batch_sharding = model_of, batch_sharding
         shardings = ({} if batch_sharding is None else
                      {"in_shardings": (params_sharding, batch_sharding)})
 

@@ -57,7 +57,13 @@ def perplexity(mean_loss: float) -> float:
 
 
 def format_report(report: dict) -> str:
-    """A plain-text table for the terminal."""
+    """A plain-text table for the terminal: a classification report, a generation report
+    (with its per-label table when the targets are labels), or a language model's loss."""
+    if "exact_match" in report:
+        return format_generation_report(report)
+    if "per_class" not in report:
+        return (f"loss {report['loss']:.4f}  perplexity {report['perplexity']:.3f}  "
+                f"({report.get('tokens', 0):,} tokens)")
     lines = []
     if "loss" in report:
         lines.append(f"loss {report['loss']:.4f}")
@@ -71,4 +77,24 @@ def format_report(report: dict) -> str:
     lines.append("confusion matrix (rows: true, columns: predicted)")
     for name, row in zip(report["class_names"], report["confusion_matrix"]):
         lines.append(f"{name:<{width}}  " + " ".join(f"{v:6d}" for v in row))
+    return "\n".join(lines)
+
+
+def format_generation_report(report: dict) -> str:
+    """Loss on the targets, then the generation metrics; the label table when there is one."""
+    lines = [f"target loss {report['loss']:.4f}  perplexity {report['perplexity']:.3f}  "
+             f"token accuracy {report['token_accuracy']:.4f}  ({report['tokens']:,} tokens)",
+             f"exact match {report['exact_match']:.4f}  BLEU {report['bleu']:.2f}  "
+             f"ROUGE-1 {report['rouge1']:.2f}  ROUGE-2 {report['rouge2']:.2f}  "
+             f"ROUGE-L {report['rougeL']:.2f}  (n={report['examples']})"]
+    if "per_class" in report:
+        lines.append(f"as labels: accuracy {report['accuracy']:.4f}  macro F1 "
+                     f"{report['macro_f1']:.4f}  ({report['outside_labels']} outputs outside the "
+                     "label set)")
+        table = {"n": report["examples"], "accuracy": report["accuracy"],
+                 "macro_precision": float("nan"), "macro_recall": float("nan"),
+                 "macro_f1": report["macro_f1"], "per_class": report["per_class"],
+                 "class_names": report["class_names"],
+                 "confusion_matrix": report["confusion_matrix"]}
+        lines.extend(format_report(table).splitlines()[1:])
     return "\n".join(lines)

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 # The validation metric that says how good a run is, and which way is better, per task.
 KEY_METRIC = {"classification": ("accuracy", "max"), "causal": ("loss", "min"),
+              "generative": ("loss", "min"),
               "masked": ("loss", "min")}
 
 _MODEL_KEYS = ("family", "num_layers", "d_model", "num_heads", "num_kv_heads", "d_ff",

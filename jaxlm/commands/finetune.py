@@ -1,4 +1,6 @@
-"""`jaxlm finetune`: train a sequence classifier, from scratch or from a pretrained backbone."""
+"""`jaxlm finetune`: train a sequence classifier (train.task: classification) or teach a causal LM
+to generate each record's target (train.task: generative), from scratch or from a pretrained
+checkpoint."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +10,7 @@ from jaxlm.commands import add_config_args
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register `jaxlm finetune` and its options on the subcommand parsers."""
-    p = sub.add_parser("finetune", help="fine-tune a text classifier (resumes a run directory)",
+    p = sub.add_parser("finetune", help="fine-tune a classifier or a generative model (resumes a run directory)",
                        description=__doc__)
     add_config_args(p)
     p.add_argument("--init-from", help="pretraining run dir (or RUN_DIR/checkpoints/STEP), or "
@@ -37,8 +39,10 @@ def run(args: argparse.Namespace) -> int:
     if "best" in summary:
         parts.append(f"best val {summary['best']['metric']} {summary['best']['value']:.4f} "
                      f"at step {summary['best']['step']}")
-    if "test" in summary:
-        parts.append(f"test accuracy {summary['test']['accuracy']:.4f}")
+    test = summary.get("test", {})
+    for key in ("accuracy", "exact_match", "bleu"):
+        if key in test:
+            parts.append(f"test {key.replace('_', ' ')} {test[key]:.4f}")
     parts.append(f"wall {summary['wall_s']:.1f}s")
     parts.append(f"run dir {summary['run_dir']}")
     print("done: " + ", ".join(parts))

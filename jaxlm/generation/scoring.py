@@ -53,3 +53,34 @@ def bleu_rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[st
             sums[k] += scores[k].fmeasure
     n = max(len(predictions), 1)
     return {"bleu": float(bleu.score), **{k: 100.0 * v / n for k, v in sums.items()}}
+
+
+def normalize(text: str) -> str:
+    """Text compared for exact match: surrounding whitespace off, inner runs of it as one space."""
+    return " ".join(text.split())
+
+
+def generation_report(predictions: Sequence[str], references: Sequence[str],
+                      labels: Sequence[str] | None = None) -> dict:
+    """Exact match (fraction), BLEU and ROUGE-1/2/L (0-100) of generations; when the references
+    are a closed set of `labels`, also accuracy, macro-F1 and the per-label report, with any
+    generation outside the set counted as a wrong prediction."""
+    from jaxlm.metrics import classification_report
+
+    preds, refs = [normalize(p) for p in predictions], [normalize(r) for r in references]
+    n = max(len(refs), 1)
+    report = {"exact_match": sum(p == r for p, r in zip(preds, refs)) / n,
+              **bleu_rouge(preds, refs), "examples": len(refs)}
+    if labels:
+        names = [normalize(x) for x in labels]
+        index = {name: i for i, name in enumerate(names)}
+        other = len(names)  # any generation that is not a label
+        cls = classification_report([index[r] for r in refs],
+                                    [index.get(p, other) for p in preds], other + 1,
+                                    names + ["(other)"])
+        macro = [cls["per_class"][name]["f1"] for name in names]
+        report.update(accuracy=cls["accuracy"], macro_f1=sum(macro) / len(macro),
+                      per_class={k: v for k, v in cls["per_class"].items()},
+                      confusion_matrix=cls["confusion_matrix"], class_names=cls["class_names"],
+                      outside_labels=sum(1 for p in preds if p not in index))
+    return report

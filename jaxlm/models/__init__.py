@@ -55,8 +55,8 @@ class Classifier(nnx.Module):
 def build_model(cfg: ModelConfig, task: str = "causal", *, seed: int = 0,
                 num_labels: int = 0, pooling: str = "first", pooler: bool = False,
                 **deprecated: str) -> nnx.Module:
-    """Build an unsharded model (eager sharding off) for `task` (causal, masked or
-    classification); shard its state with `jaxlm.sharding`. `cfg` is validated first
+    """Build an unsharded model (eager sharding off) for `task` (causal or generative: a causal
+    LM; masked; classification); shard its state with `jaxlm.sharding`. `cfg` is validated first
     (`ModelConfig.validate`: a ConfigError names a bad field)."""
     if "objective" in deprecated:  # the old keyword
         from jaxlm.config import deprecation_notice
@@ -66,7 +66,7 @@ def build_model(cfg: ModelConfig, task: str = "causal", *, seed: int = 0,
         raise TypeError(f"build_model() got unexpected keyword arguments {sorted(deprecated)}")
     rngs = nnx.Rngs(seed)
     with nnx.use_eager_sharding(False):
-        if task == "causal":
+        if task in ("causal", "generative"):  # generative fine-tuning trains a causal LM
             return CausalLM(cfg, rngs)
         if task == "masked":
             return MaskedLM(cfg, rngs)

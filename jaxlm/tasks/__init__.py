@@ -7,15 +7,17 @@ from __future__ import annotations
 
 from jaxlm.tasks.base import Task, unknown_task
 from jaxlm.tasks.classification import ClassificationTask
+from jaxlm.tasks.generative import GenerativeTask
 from jaxlm.tasks.language_model import CausalLMTask, MaskedLMTask
 from jaxlm.tasks.losses import (LOSSES, LossFn, classification_loss, cross_entropy_and_hit,
                                 token_loss)
 
-__all__ = ["TASKS", "Task", "CausalLMTask", "MaskedLMTask", "ClassificationTask", "task_for",
+__all__ = ["TASKS", "Task", "CausalLMTask", "MaskedLMTask", "ClassificationTask", "GenerativeTask",
+           "task_for",
            "LOSSES", "LossFn", "token_loss", "classification_loss", "cross_entropy_and_hit"]
 
 TASKS: dict[str, type[Task]] = {t.name: t for t in (CausalLMTask, MaskedLMTask,
-                                                    ClassificationTask)}
+                                                    ClassificationTask, GenerativeTask)}
 
 
 def task_for(name: str) -> type[Task]:

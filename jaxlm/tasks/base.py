@@ -27,6 +27,8 @@ class Task(ABC):
     best_mode: str = "max"
     # splits evaluated with the final (best) parameters when training ends
     final_splits: tuple[str, ...] = ()
+    # starts from finetune.init_from (a pretrained checkpoint) when one is given
+    finetunes: ClassVar[bool] = False
 
     @classmethod
     @abstractmethod
@@ -47,6 +49,11 @@ class Task(ABC):
     def head(self) -> dict[str, Any]:
         """The head settings saved in model.json (empty for language models)."""
         return {}
+
+    def prepare(self, cfg: Config, tokenizer: Any, sources: dict[str, Source],
+                pretrained: Any = None) -> None:
+        """Look at the data once the tokenizer exists (and the pretrained checkpoint, when
+        fine-tuning from one), before the run's model.json is written from `head`."""
 
     def check_model(self, model_cfg: ModelConfig) -> None:
         """Refuse a model this task cannot train (ConfigError)."""
@@ -80,6 +87,12 @@ class Task(ABC):
                      ) -> list[dict]:
         """Every example of `source` once, as fixed host batches (padding rows weigh 0); at most
         `train.eval_batches` batches when the config caps validation, unless `whole`."""
+
+    def validation_batches(self, cfg: Config, tokenizer: Any, source: Source, *,
+                           process_index: int = 0, process_count: int = 1) -> list[dict]:
+        """The batches validated on during training (by default `eval_batches`)."""
+        return self.eval_batches(cfg, tokenizer, source, process_index=process_index,
+                                 process_count=process_count)
 
     @abstractmethod
     def evaluate(self, evaluator: Any, params: Any, batches: list[dict]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ class ClassificationTask(Task):
     best_metric: str | None = "accuracy"
     best_mode: str = "max"
     final_splits: tuple[str, ...] = ("validation", "test")
+    finetunes: ClassVar[bool] = True
 
     @classmethod
     def open_sources(cls, cfg: Config) -> dict[str, Source]:
@@ -42,7 +43,7 @@ class ClassificationTask(Task):
     def from_config(cls, cfg: Config, sources: dict[str, Source]) -> "ClassificationTask":
         ft = cfg.finetune
         return cls(list(sources["train"].label_names), ft.pooling, ft.pooler,
-                   ft.best_metric, ft.best_mode)
+                   *ft.best("accuracy"))
 
     @classmethod
     def from_head(cls, head: dict, cfg: Config | None = None) -> "ClassificationTask":

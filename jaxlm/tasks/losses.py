@@ -78,4 +78,5 @@ LOSSES: dict[str, LossFn] = {
     "causal": token_loss,
     "masked": token_loss,
     "classification": classification_loss,
+    "generative": token_loss,  # the target tokens weigh 1, the prompt 0
 }

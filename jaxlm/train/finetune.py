@@ -1,5 +1,5 @@
-"""`jaxlm finetune`: supervised fine-tuning (sequence classification), from scratch or from a
-pretrained backbone (`finetune.init_from`: a pretraining run or a Hugging Face checkpoint).
+"""`jaxlm finetune`: supervised fine-tuning (sequence classification, or generative: a causal LM
+taught to write each record's target), from scratch or from a pretrained backbone (`finetune.init_from`: a pretraining run or a Hugging Face checkpoint).
 
 The same trainer as pretraining with another task: validation runs during training, the best
 checkpoint by `finetune.best_metric` is kept in RUN_DIR/best and used for the final reports.
@@ -12,14 +12,14 @@ from jaxlm.config import Config
 from jaxlm.train.fit import train, with_task
 from jaxlm.train.trainer import Hook
 
-FINETUNE_TASKS = ("classification",)
+FINETUNE_TASKS = ("classification", "generative")
 
 
 def finetune(cfg: Config, run_dir: str | None = None, *, overwrite: bool = False,
              show_progress: bool = True, hooks: Iterable[Hook] = (),
              peak_flops: float | None = None) -> dict[str, Any]:
     """Fine-tune (or resume fine-tuning); returns the run summary. A config whose train.task is a
-    pretraining task fine-tunes a classifier (the caller's config is not changed)."""
+    pretraining task fine-tunes a classifier (as 0.1.0 did) (the caller's config is not changed)."""
     if cfg.train.task not in FINETUNE_TASKS:
         cfg = with_task(cfg, "classification")
     return train(cfg, run_dir, overwrite=overwrite, show_progress=show_progress, hooks=hooks,

@@ -66,19 +66,17 @@ def check_batch(cfg: Config, mesh: Any) -> None:
 
 
 def run_tokenizer(cfg: Config, run: Run, task: Task, train_src: Any,
-                  pre: Pretrained | None) -> TextTokenizer:
-    """The run's saved tokenizer (resume), the checkpoint's, a given file, or a new one."""
-    if run.tokenizer_path.is_file():
+                  pre: Pretrained | None, overwrite: bool = False) -> TextTokenizer:
+    """The run's saved tokenizer (resume), the checkpoint's, a given file, or a new one; saved
+    into the run directory by `prepare` once the run directory is accepted."""
+    if run.tokenizer_path.is_file() and not overwrite:
         return run.tokenizer()
     t = cfg.data.tokenizer
     if pre is not None:
-        tok = pre.tokenizer
-    elif t.path:
-        tok = TextTokenizer(load_tokenizer(cfg.resolve_path(t.path)))
-    else:
-        tok = TextTokenizer(train_tokenizer(task.tokenizer_texts(train_src), t.kind, t.vocab_size))
-    run.save_tokenizer(tok)
-    return tok
+        return pre.tokenizer
+    if t.path:
+        return TextTokenizer(load_tokenizer(cfg.resolve_path(t.path)))
+    return TextTokenizer(train_tokenizer(task.tokenizer_texts(train_src), t.kind, t.vocab_size))
 
 
 def model_config(cfg: Config, tok: TextTokenizer, pre: Pretrained | None) -> ModelConfig:
@@ -110,12 +108,15 @@ def prepare(cfg: Config, run_dir: str | None, overwrite: bool, task: Task | None
     check_batch(cfg, mesh)
     sources = task_cls.open_sources(cfg)
     task = task if task is not None else task_cls.from_config(cfg, sources)
-    init_from = cfg.finetune.init_from if task.name == "classification" else ""
+    init_from = cfg.finetune.init_from if task.finetunes else ""
     pre = load_pretrained(cfg.resolve_path(init_from)) if init_from else None
-    run.prepare(cfg, overwrite)
-    tok = run_tokenizer(cfg, run, task, sources["train"], pre)
+    tok = run_tokenizer(cfg, run, task, sources["train"], pre, overwrite)
     mcfg = model_config(cfg, tok, pre)
     task.check_model(mcfg)
+    task.prepare(cfg, tok, sources, pre)
+    run.prepare(cfg, overwrite)  # the first write: bad input above leaves the run untouched
+    if not run.tokenizer_path.is_file():
+        run.save_tokenizer(tok)
     run.write_model_spec(mcfg, task.name, **task.head)
     return Setup(cfg, run, mesh, task, sources, tok, mcfg, pre)
 
@@ -133,13 +134,14 @@ def restore_or_init(steps: CompiledSteps, ckpt: Any, iterator: Any, s: Setup
     state = steps.init()
     if s.pretrained is not None:
         params = init_from_pretrained(dict(state.params), s.pretrained,
-                                      steps.state_sharding.params, s.cfg.finetune.pooler)
+                                      steps.state_sharding.params,
+                                      s.cfg.finetune.pooler and s.task.name == "classification")
         state = state.replace(params=params)
     return state, 0
 
 
 def _optimizer(s: Setup):
-    ft, finetuning = s.cfg.finetune, s.task.name == "classification"
+    ft, finetuning = s.cfg.finetune, s.task.finetunes
     return build_optimizer(s.cfg.optim, s.cfg.train.steps,
                            backbone_lr_scale=ft.backbone_lr_scale if finetuning else 1.0,
                            freeze_backbone=ft.freeze_backbone and finetuning)
@@ -163,7 +165,7 @@ def _final_reports(s: Setup, steps: CompiledSteps, state: TrainState, best: Best
         summary["best"] = best.best
     for split in s.task.final_splits:
         if split in s.sources:
-            batches = s.task.eval_batches(s.cfg, s.tokenizer, s.sources[split],
+            batches = s.task.eval_batches(s.cfg, s.tokenizer, s.sources[split], whole=True,
                                           process_index=jax.process_index(),
                                           process_count=jax.process_count())
             summary[split] = s.task.evaluate(steps.eval, params, batches)
@@ -180,8 +182,8 @@ def _loop(s: Setup, steps: CompiledSteps, hooks: Iterable[Hook], show_progress: 
     pi, pc = jax.process_index(), jax.process_count()
     iterator = iter(s.task.train_batches(cfg, s.tokenizer, s.sources, process_index=pi,
                                          process_count=pc))
-    val = (s.task.eval_batches(cfg, s.tokenizer, s.sources["validation"], process_index=pi,
-                               process_count=pc) if "validation" in s.sources else None)
+    val = (s.task.validation_batches(cfg, s.tokenizer, s.sources["validation"], process_index=pi,
+                                     process_count=pc) if "validation" in s.sources else None)
     ckpt = s.run.checkpointer(keep=t.keep_checkpoints, async_save=t.async_checkpointing)
     state, start = restore_or_init(steps, ckpt, iterator, s)
     best = _best_keeper(s)
@@ -233,8 +235,10 @@ def train(cfg: Config, run_dir: str | None = None, *, overwrite: bool = False,
                               grad_accum=cfg.train.grad_accum, dropout=s.model_cfg.dropout > 0,
                               rules=cfg.mesh.rules)
         summary = _loop(s, steps, hooks, show_progress, peak_flops)
+    if s.task.finetunes:
+        summary["init_from"] = cfg.finetune.init_from or None
     if s.task.name == "classification":
-        summary.update(init_from=cfg.finetune.init_from or None, classes=s.task.class_names)
+        summary["classes"] = s.task.class_names
     if jax.process_index() == 0:
         s.run.write_summary({k: v for k, v in summary.items() if k != "state"})
         for split in s.task.final_splits:

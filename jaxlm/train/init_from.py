@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from jaxlm.config import Config, ModelConfig
+from jaxlm.data.templates import find_chat_template
 from jaxlm.data.tokenizer import TextTokenizer
 from jaxlm.errors import CheckpointError, ConfigError
 
@@ -32,7 +33,8 @@ class Pretrained:
     backbone: Any  # nnx.State of the backbone's parameters (host or device arrays)
     tokenizer: TextTokenizer
     source: str
-    extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. a HF pooler
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # a HF pooler, an LM head
+    chat_template: str | None = None  # the checkpoint's (Hugging Face tokenizer_config.json)
 
 
 def load_pretrained(init_from: str) -> Pretrained:
@@ -51,8 +53,12 @@ def load_pretrained(init_from: str) -> Pretrained:
     extra = {}
     if "head" in params and "pooler" in params["head"]:
         extra["pooler"] = params["head"]["pooler"]
+    if "lm_head" in params:
+        extra["lm_head"] = params["lm_head"]
     return Pretrained(model=mcfg.resolved(), backbone=params["backbone"], tokenizer=tok,
-                      source=source, extra=extra)
+                      source=source, extra=extra,
+                      chat_template=find_chat_template(Path(init_from).expanduser())
+                      if Path(init_from).expanduser().exists() else None)
 
 
 def merged_model_config(user: ModelConfig, pre: ModelConfig) -> ModelConfig:
@@ -117,10 +123,14 @@ def graft(target: Any, loaded: Any, shardings: Any | None = None) -> Any:
 
 
 def init_from_pretrained(params: Any, pre: Pretrained, shardings: Any, use_pooler: bool) -> Any:
-    """Classifier params with the pretrained backbone (and a pretrained BERT pooler when the head
-    has one) copied in; everything else keeps its fresh initialisation."""
+    """Params with the pretrained backbone copied in, and the pretrained BERT pooler when a
+    classifier's head has one, and the LM head when both models are causal LMs with an untied
+    one; everything else keeps its fresh initialisation."""
     check_backbone_shapes(params["backbone"], pre.backbone, pre.source)
     params["backbone"] = graft(params["backbone"], pre.backbone, shardings["backbone"])
+    if "lm_head" in params and "lm_head" in pre.extra:
+        check_backbone_shapes(params["lm_head"], pre.extra["lm_head"], pre.source)
+        params["lm_head"] = graft(params["lm_head"], pre.extra["lm_head"], shardings["lm_head"])
     if use_pooler and "pooler" in pre.extra:
         head = params["head"]
         head["pooler"] = graft(head["pooler"], pre.extra["pooler"], shardings["head"]["pooler"])

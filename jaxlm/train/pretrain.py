@@ -18,6 +18,6 @@ def pretrain(cfg: Config, run_dir: str | None = None, *, overwrite: bool = False
     if cfg.train.task not in PRETRAIN_TASKS:
         raise ConfigError(f"train.task={cfg.train.task} is not a pretraining task: `jaxlm "
                           f"pretrain` trains {' or '.join(PRETRAIN_TASKS)}. Use `jaxlm finetune` "
-                          "for classification.", culprit="train.task")
+                          "for classification and generative fine-tuning.", culprit="train.task")
     return train(cfg, run_dir, overwrite=overwrite, show_progress=show_progress, hooks=hooks,
                  peak_flops=peak_flops)
