@@ -22,9 +22,11 @@ from jaxlm.params import ParamPath
 from jaxlm.run import LoadedRun, Run
 
 def write_run(run_dir: str | Path, cfg: ModelConfig, params: nnx.State, tok: TextTokenizer,
-              info: dict[str, Any], *, task: str, overwrite: bool = False, seed: int = 0) -> Path:
+              info: dict[str, Any], *, task: str, overwrite: bool = False, seed: int = 0,
+              chat_template: str | None = None) -> Path:
     """A run directory holding these parameters as a step-0 checkpoint ({"params", "step",
-    "rng"}, no optimizer state), the tokenizer, a config.yaml and hf_import.json (provenance)."""
+    "rng"}, no optimizer state), the tokenizer (and its chat template, when the checkpoint has
+    one, for generative fine-tuning), a config.yaml and hf_import.json (provenance)."""
     run_dir = Path(run_dir)
     run = Run(run_dir)
     if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
@@ -40,6 +42,10 @@ def write_run(run_dir: str | Path, cfg: ModelConfig, params: nnx.State, tok: Tex
     run.prepare(run_cfg, overwrite=overwrite)
     run.import_info_path.unlink(missing_ok=True)
     run.save_tokenizer(tok)
+    if chat_template:
+        from jaxlm.atomic import write_text_atomic
+        from jaxlm.data.templates import CHAT_TEMPLATE_FILE
+        write_text_atomic(run.path / CHAT_TEMPLATE_FILE, chat_template)
     state = {"params": params, "step": jnp.zeros((), jnp.int32),
              "rng": jax.random.key_data(jax.random.key(seed))}
     ckpt = run.checkpointer(keep=1, async_save=False)
@@ -106,7 +112,9 @@ def convert_hf_to_run(src: str | Path, out: str | Path, *, task: str | None = No
             "pooler": kw.get("pooler", False), "pooling": kw.get("pooling"), "fresh": fresh,
             "unused": unused, "ignored": info["ignored"],
             "tokenizer_changes": info["tokenizer_changes"]}
-    write_run(out, cfg, state, tok, meta, task=task, overwrite=overwrite, seed=seed)
+    from jaxlm.data.templates import find_chat_template
+    write_run(out, cfg, state, tok, meta, task=task, overwrite=overwrite, seed=seed,
+              chat_template=find_chat_template(info["source"]))
     n_params = sum(int(np.prod(v.get_value().shape)) for _, v in nnx.to_flat_state(state))
     return {**meta, "params": n_params, "family": cfg.family, "run_dir": str(out)}
 
