@@ -45,7 +45,7 @@ _LAZY: dict[str, str] = {
     "pretrain": "jaxlm.train.pretrain", "finetune": "jaxlm.train.finetune",
     "Evaluator": "jaxlm.evaluation",
     **dict.fromkeys(("Task", "TASKS", "task_for", "CausalLMTask", "MaskedLMTask",
-                     "ClassificationTask", "LOSSES"), "jaxlm.tasks"),
+                     "ClassificationTask", "GenerativeTask", "LOSSES"), "jaxlm.tasks"),
     # trained runs: load, evaluate, generate
     **dict.fromkeys(("Run", "load_run"), "jaxlm.run"),
     "evaluate": "jaxlm.evaluation:evaluate_run",  # a run on a dataset (`jaxlm evaluate`)
@@ -105,8 +105,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names abov
                                         xla_attention)
     from jaxlm.run import Run, load_run
     from jaxlm.sharding import make_mesh, use_mesh
-    from jaxlm.tasks import (LOSSES, TASKS, CausalLMTask, ClassificationTask, MaskedLMTask,
-                             Task, task_for)
+    from jaxlm.tasks import (LOSSES, TASKS, CausalLMTask, ClassificationTask, GenerativeTask,
+                             MaskedLMTask, Task, task_for)
     from jaxlm.evaluation import Evaluator
     from jaxlm.train.finetune import finetune
     from jaxlm.train.optim import build_optimizer
