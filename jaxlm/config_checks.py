@@ -44,13 +44,15 @@ def require_positive(section: Any, prefix: str, keys: tuple[str, ...], *,
 
 
 def _unwrap_override(value: Any, hint: Any) -> Any:
-    """A `--set` value (config_loading.Override): the text as typed for a str key, else the
-    YAML-parsed value."""
+    """A `--set` value (config_loading.Override): the YAML-parsed value, except that a str key
+    given something YAML reads as a mapping, list, number or bool takes the text as typed."""
     if type(value).__name__ != "Override":
         return value
     args = typing.get_args(hint)
+    if isinstance(value.value, str):
+        return value.value  # YAML quoting and escapes apply: --set 'k="a\\nb"'
     if hint is str or (str in args and value.value is not None
-                       and not isinstance(value.value, (str, bool, int, float))):
+                       and not isinstance(value.value, (bool, int, float))):
         return value.text
     return value.value
 
