@@ -62,3 +62,20 @@ def test_floats_written_the_way_users_write_them():
     assert config_from_dict({}, ["optim.lr=3e-4"]).optim.lr == pytest.approx(3e-4)
     with pytest.raises(ConfigError, match="optim.lr' must be of type float"):
         config_from_dict({}, ["optim.lr=fast"])
+
+
+def test_set_keeps_string_values_as_typed_and_templates_are_checked():
+    from jaxlm.config import load_config
+    cfg = load_config(None, ["generative.prompt_template=Q: {question}",  # YAML: a mapping
+                             'generative.target_template="{answer}\\n"',  # quoted: escapes apply
+                             "name=123", "optim.lr=3e-4", "data.labels=[a, b]", "model.norm=null"])
+    assert cfg.generative.prompt_template == "Q: {question}"
+    assert cfg.generative.target_template == "{answer}\n"
+    assert cfg.name == "123" and cfg.optim.lr == 3e-4 and cfg.data.labels == ["a", "b"]
+    assert cfg.model.norm is None
+    for bad, key in (("generative.prompt_template=Q: {}", "prompt_template"),
+                     ("generative.target_template={a.b}", "target_template"),
+                     ("generative.prompt_template={oops", "prompt_template"),
+                     ("generative.overlong=cut", "overlong")):
+        with pytest.raises(ConfigError, match=key):
+            load_config(None, [bad])
