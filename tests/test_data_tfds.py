@@ -167,3 +167,15 @@ def test_masked_pretraining_from_tfds_spec_resumes_exactly(tmp_path, data_dir):
     same = jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)),
                                         full["state"].params, resumed["state"].params))
     assert all(same)
+
+
+def test_tfds_examples_as_records_for_generative_fine_tuning(sst2_tfds, data_dir, monkeypatch):
+    from jaxlm.data.records import open_records
+    from jaxlm.data.sources import parse_spec
+
+    monkeypatch.setenv("TFDS_DATA_DIR", str(sst2_tfds))
+    records = open_records(parse_spec("tfds:local_sst2"), "validation")
+    first = (data_dir / "sst2" / "dev.txt").read_text().splitlines()[0].split(maxsplit=1)
+    assert len(records) == 872 and sorted(records.fields()) == ["label", "text"]
+    assert records[0] == {"label": first[0], "text": first[1]}  # a ClassLabel as its name
+    assert records.where(3) == "tfds:local_sst2 [validation] #3"
