@@ -83,8 +83,9 @@ class Evaluator:
 
 
 def _default_source(run: Any, task: Any, split: str):
-    """The split to evaluate when no --data is given: for language models, the validation the
-    run used (so the result matches the run's own); for classifiers, test, else validation."""
+    """The split to evaluate when no --data is given: `split` when the run's data has it, else
+    test, else validation (a language model's: the validation the run used, so the result matches
+    the run's own)."""
     sources = task.open_sources(run.cfg)
     for name in ((split, "test", "validation") if split != "train" else ("train",)):
         if name in sources:
@@ -101,33 +102,45 @@ def _fit_batch(size: int, mesh: Mesh) -> int:
 
 
 def evaluate_run(run_dir: str, spec: str | None = None, *, split: str = "test",
-                 checkpoint: str | int = "best", batch_size: int = 0) -> dict[str, Any]:
+                 checkpoint: str | int = "best", batch_size: int = 0,
+                 generation: dict[str, Any] | None = None) -> dict[str, Any]:
     """`jaxlm evaluate`: a run's task evaluation (a classifier's report; a language model's loss
-    and perplexity) on a dataset spec, by default the run's own test or validation split.
-    batch_size 0: the run's evaluation batch size."""
-    from jaxlm.data.sources import SourceOptions, open_source
-    from jaxlm.errors import DataError
+    and perplexity; a generative model's target loss and generation scores, with "predictions")
+    on a dataset spec, by default the run's own test or validation split.
+    batch_size 0: the run's evaluation batch size. generation: overrides of a generative run's
+    saved settings (max_new_tokens, temperature, top_k, top_p, seed; None values keep them)."""
+    from jaxlm.errors import ConfigError, DataError
     from jaxlm.run import load_run
     from jaxlm.sharding import mesh_for_run
     from jaxlm.tasks import task_for
 
     run = load_run(run_dir, checkpoint)
     task = task_for(run.task).from_head(run.head, run.cfg)
+    overrides = {k: v for k, v in (generation or {}).items() if v is not None}
+    if overrides:
+        if not hasattr(task, "set_generation"):
+            raise ConfigError(f"Generation settings ({', '.join(sorted(overrides))}) were given, "
+                              f"but '{run_dir}' holds a {run.task} model, which evaluate scores "
+                              "without generating. Leave them out.", culprit=sorted(overrides)[0])
+        task.set_generation(**overrides)
     whole = spec is not None
     if spec is None:
         source, split = _default_source(run, task, split)
         spec = source.name
+        whole = split in task.final_splits  # as the run's final report on it
     else:
-        labels = run.class_names or None
-        source = open_source(spec, split, SourceOptions.from_config(run.cfg.data), labels)
+        source = task.open_source(run.cfg, spec, split, run.class_names or None)
         if run.task == "classification" and source.label_names is None:
             raise DataError(f"{source.name} has no labels to evaluate against.", culprit=spec)
     mesh = mesh_for_run(run.cfg.mesh)
     evaluator, params = Evaluator.for_model(run.model, task.loss, mesh, run.cfg.mesh.rules)
-    # the run's own validation as it was run (train.eval_batches caps it); other data in whole
+    # a language model's own validation as it was run (train.eval_batches caps it); the splits
+    # a fine-tuning run reported at the end, and other data, in whole
     batches = task.eval_batches(run.cfg, run.tokenizer, source, whole=whole, batch_size=_fit_batch(
         batch_size or run.cfg.train.eval_batch_size or run.cfg.train.batch_size, mesh))
     report = task.evaluate(evaluator, params, batches)
+    if getattr(batches, "generate", False):
+        report["generation"] = task.generation
     report.update({"data": spec, "split": getattr(source, "split", split),
                    "checkpoint": run.checkpoint, "task": run.task})
     return report

@@ -1,4 +1,5 @@
-"""Batched prediction with a loaded classifier run.
+"""Batched prediction with a loaded fine-tuned run: a classifier's class probabilities
+(`predict_proba`), a generative run's generated answers (`generate_records`).
 
 Used by `jaxlm evaluate` and `jaxlm predict`, and by researchers who want a trained model back in
 Python: `run = Run("runs/sst2").load(); probs = predict_proba(run, ["a fine film"])` (`jaxlm.run`).
@@ -6,7 +7,7 @@ Python: `run = Run("runs/sst2").load(); probs = predict_proba(run, ["a fine film
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -59,3 +60,28 @@ def predict_proba(run: LoadedRun, texts: Sequence[str], batch_size: int = 64) ->
     logits = logits.astype(np.float64) - logits.max(-1, keepdims=True)
     probs = np.exp(logits)
     return (probs / probs.sum(-1, keepdims=True)).astype(np.float32)
+
+
+def generate_records(run: LoadedRun, lines: Sequence[str], *, batch_size: int = 64,
+                     generation: dict[str, Any] | None = None, name: str = "input"
+                     ) -> list[tuple[Any, str]]:
+    """(input, generated output) for each non-blank line of a generative run's input: a JSON
+    object is a record, other text the value of the one field the prompt template names
+    (`jaxlm.data.generative.prompt_records`). Prompts are encoded exactly as in training and
+    decoded with the run's generation settings, overridden by `generation` (max_new_tokens,
+    temperature, top_k, top_p, seed), on the run's mesh when it fits the devices here."""
+    if run.task != "generative":
+        raise CheckpointError(f"'{run.run_dir}' holds a {run.task} model, not a generative one "
+                              "(train.task: generative).", culprit=str(run.run_dir))
+    from jaxlm.data.generative import encode_prompts, prompt_records
+    from jaxlm.sharding import mesh_for_run
+    from jaxlm.tasks import GenerativeTask
+
+    task = GenerativeTask.from_head(run.head, run.cfg)
+    task.set_generation(**(generation or {}))
+    records = prompt_records(lines, task.templates, name)
+    prompts = encode_prompts([r for _, r in records], run.tokenizer, task.templates)
+    mesh = mesh_for_run(run.cfg.mesh if run.cfg is not None else None)
+    outputs = task.complete(run.model, run.tokenizer, prompts, batch_size=batch_size, mesh=mesh,
+                            rules=run.cfg.mesh.rules if run.cfg is not None else None)
+    return [(given, out) for (given, _), out in zip(records, outputs)]

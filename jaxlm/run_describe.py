@@ -37,7 +37,7 @@ def describe(run: Run, *, count_params: bool = True) -> dict[str, Any]:
     task = (spec.get("task") or spec.get("objective") or train_cfg.get("task")
             or train_cfg.get("objective") or "causal")
     kind = ("converted" if imported is not None else
-            "finetune" if task == "classification" else "pretrain")
+            "finetune" if task in ("classification", "generative") else "pretrain")
     records = run.metric_records()
     ckpts = run.checkpoint_steps()
     total = int(train_cfg.get("steps", 0) or 0)

@@ -108,6 +108,27 @@ def format_table(rows: list[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
+# the generation scores `jaxlm info` shows beside the loss (generative runs)
+GENERATION_KEYS = ("exact_match", "bleu", "rougeL")
+
+
+def _generative_head(head: dict[str, Any]) -> list[str]:
+    """A generative run's templates, label set and generation settings, one line each."""
+    t = head.get("templates") or {}
+    chat = ", inside the checkpoint's chat template" if t.get("chat") else ""
+    lines = [_label("templates") + f"prompt {t.get('prompt')!r} -> target {t.get('target')!r}"
+             f"{chat}"]
+    labels = head.get("labels") or []
+    if labels:
+        shown = ", ".join(map(str, labels[:10])) + (" ..." if len(labels) > 10 else "")
+        lines.append(_label("labels") + f"{len(labels)} targets: {shown}")
+    s = head.get("sampling") or {}
+    how = ("greedy" if not s.get("temperature") else
+           f"temperature {s['temperature']}, top_k {s.get('top_k', 0)}, top_p {s.get('top_p', 1.0)}")
+    lines.append(_label("generation") + f"up to {head.get('max_new_tokens')} new tokens, {how}")
+    return lines
+
+
 def _label(name: str) -> str:
     return f"{name + ':':13}"
 
@@ -129,6 +150,8 @@ def format_info(info: dict[str, Any]) -> str:
     if head.get("class_names"):
         lines.append(_label("classes") + f"{', '.join(map(str, head['class_names']))} "
                      f"(pooling {head.get('pooling')}{', pooler' if head.get('pooler') else ''})")
+    if info["task"] == "generative":
+        lines.extend(_generative_head(head))
     data = info["data"]
     if data.get("train"):
         lines.append(_label("data") + f"{data['train']}"
@@ -141,7 +164,7 @@ def format_info(info: dict[str, Any]) -> str:
         if last:
             shown = ", ".join(f"{k} {_fmt_num(v)}" for k, v in last.items()
                               if k in ("loss", "accuracy", "perplexity", "macro_f1", "lr",
-                                       "tokens_per_s") and v is not None)
+                                       "tokens_per_s") + GENERATION_KEYS and v is not None)
             lines.append(_label(f"last {split}") + f"{shown} (step {last['step']})")
     if info["best"]:
         b = info["best"]
@@ -150,7 +173,8 @@ def format_info(info: dict[str, Any]) -> str:
                      f"{b['step']} ({how})")
     for split, scalars in info["final"].items():
         shown = ", ".join(f"{k} {_fmt_num(v)}" for k, v in scalars.items()
-                          if k in ("accuracy", "macro_f1", "loss", "perplexity", "n", "tokens"))
+                          if k in ("accuracy", "macro_f1", "loss", "perplexity", "n", "tokens")
+                          + GENERATION_KEYS)
         lines.append(_label(f"final {split}") + shown)
     if info.get("tokens_per_s"):
         lines.append(_label("throughput") + f"{info['tokens_per_s']:,.0f} tokens/s (median), wall "

@@ -57,3 +57,22 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
     return value
+
+
+def add_generation_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    """--max-new-tokens / --temperature / --top-k / --top-p / --seed for commands that generate
+    with a generative run's saved settings (unset: the run's own, greedy unless trained
+    otherwise)."""
+    p.add_argument("--max-new-tokens", type=positive_int, default=None, metavar="N",
+                   help=f"{prefix}tokens to generate at most (default: the run's)")
+    p.add_argument("--temperature", type=float, default=None, metavar="T",
+                   help=f"{prefix}0 = greedy (default: the run's)")
+    p.add_argument("--top-k", type=int, default=None, metavar="K", help="0 = off")
+    p.add_argument("--top-p", type=float, default=None, metavar="P", help="1.0 = off")
+    p.add_argument("--seed", type=int, default=None, metavar="S", help="sampling seed")
+
+
+def generation_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The generation settings given on the command line (see `add_generation_args`)."""
+    return {k: getattr(args, k) for k in ("max_new_tokens", "temperature", "top_k", "top_p",
+                                          "seed") if getattr(args, k, None) is not None}

@@ -2,7 +2,11 @@
 
 Classifiers: loss, accuracy, macro and per-class precision/recall/F1 and the confusion matrix.
 Language models: loss and perplexity, on the data and batches the run validated on unless
---data / --batch-size say otherwise. Printed as a table and written as JSON.
+--data / --batch-size say otherwise. Generative runs: the loss on the targets, and an answer
+generated for every prompt (with the run's saved settings unless --max-new-tokens, --temperature,
+--top-k, --top-p or --seed say otherwise) scored by exact match, BLEU and ROUGE (and accuracy and
+macro-F1 when the targets are labels); the JSON report holds every prediction. Printed as a table
+and written as JSON.
 """
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from jaxlm.commands import checkpoint_arg, positive_int
+from jaxlm.commands import add_generation_args, checkpoint_arg, generation_args, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int, default=None,
                    help="rows per batch (default: the run's evaluation batch size, so a language "
                         "model's loss matches the validation loss the run logged)")
-    p.add_argument("--out", help="JSON file for the report (default: RUN/eval_<split>.json)")
+    p.add_argument("--out", help="JSON file for the report (default: RUN/eval_<split>.json, "
+                   "the split evaluated)")
+    add_generation_args(p, "generative runs: ")
     p.set_defaults(func=run)
 
 
@@ -34,15 +40,13 @@ def run(args: argparse.Namespace) -> int:
     from jaxlm.metrics import format_report
     from jaxlm.run import Run, check_output_path
 
-    out = Path(args.out) if args.out else Run(args.run).eval_path(args.split)
-    check_output_path(out, "--out")
+    if args.out:
+        check_output_path(args.out, "--out")
     report = evaluate_run(args.run, args.data, split=args.split, checkpoint=args.checkpoint,
-                          batch_size=args.batch_size or 0)
+                          batch_size=args.batch_size or 0, generation=generation_args(args))
+    out = Path(args.out) if args.out else Run(args.run).eval_path(report["split"])
+    check_output_path(out, "--out")
     out.write_text(json.dumps(report, indent=2))
-    if "accuracy" in report and "per_class" in report:
-        print(format_report(report))
-    else:
-        print(f"loss {report['loss']:.4f}  perplexity {report['perplexity']:.3f}  "
-              f"({report['tokens']:,} tokens)")
+    print(format_report(report))
     print(f"wrote {out}")
     return 0

@@ -1,7 +1,8 @@
 """`jaxlm generate`: continue prompts with a trained causal LM, streaming the text as it comes.
 
 With --reference-file (one reference per line, aligned with the prompts) the generations are
-scored with BLEU (sacrebleu) and ROUGE-1/2/L (rouge-score).
+scored with BLEU (sacrebleu) and ROUGE-1/2/L (rouge-score). A generative fine-tuning run continues
+the text exactly as given; `jaxlm predict` builds its prompts with the run's templates instead.
 """
 from __future__ import annotations
 
@@ -65,10 +66,10 @@ def run(args: argparse.Namespace) -> int:
     if checkpoint is None:  # (--step, the older spelling)
         checkpoint = args.step if getattr(args, "step", None) is not None else "latest"
     lm = load_model(args.run, checkpoint=checkpoint)
-    if lm.task != "causal":
+    if lm.task not in ("causal", "generative"):  # a generative run is a fine-tuned causal LM
         raise ConfigError(f"'{args.run}' holds a '{lm.task}' model; generation needs a causal "
-                          "language model (a run trained with train.task=causal, or a "
-                          "GPT-2/Llama checkpoint).", culprit=str(args.run))
+                          "language model (a run trained with train.task=causal or generative, "
+                          "or a GPT-2/Llama checkpoint).", culprit=str(args.run))
     mesh = mesh_for_run(lm.cfg.mesh if lm.cfg is not None else None)
     rules = lm.cfg.mesh.rules if lm.cfg is not None else None
     gen = Generator(lm.model, lm.tokenizer, mesh=mesh, rules=rules, batch_size=args.batch_size)

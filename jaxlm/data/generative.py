@@ -143,12 +143,12 @@ def encode_pairs(source: RecordSource, tok: TextTokenizer, templates: Templates,
     """
     keep, prompts, targets = _template_texts(source, templates, special_tokens(tok), on_invalid)
     lead, end = leading_specials(tok), end_id(tok)
-    p_ids = tok.encode_batch(prompts)
+    p_ids = _prompt_ids(tok, prompts)
     t_ids = tok.encode_batch(targets)
     out, too_long, no_room = Pairs(), [], []
     limit = seq_len + 1
     for k, (p, t) in enumerate(zip(p_ids, t_ids)):
-        p, t = lead + p, t + [end]
+        t = t + [end]
         if len(p) + len(t) > limit:
             room = limit - len(t) - len(lead)
             if overlong != "truncate_left" or room < 1:
@@ -160,6 +160,59 @@ def encode_pairs(source: RecordSource, tok: TextTokenizer, templates: Templates,
         out.prompts.append(prompts[k])
         out.targets.append(targets[k])
     _overlong_report(source, too_long, no_room, overlong, seq_len, out)
+    return out
+
+
+def _prompt_ids(tok: TextTokenizer, prompts: list[str]) -> list[list[int]]:
+    """Prompt texts as the token ids an example starts with (the leading specials, then the
+    text's tokens): one encoding for training, evaluation and prediction."""
+    lead = leading_specials(tok)
+    return [lead + p for p in tok.encode_batch(prompts)]
+
+
+def encode_prompts(records: Sequence[dict[str, str]], tok: TextTokenizer,
+                   templates: Templates) -> list[list[int]]:
+    """The prompt token ids of records (fields the target template names may be absent), exactly
+    as training encodes them (before any generative.overlong truncation)."""
+    special = special_tokens(tok)
+    return _prompt_ids(tok, [templates.prompt_text(r, special) for r in records])
+
+
+def prompt_records(lines: Sequence[str], templates: Templates, name: str = "input"
+                   ) -> list[tuple[Any, dict[str, str]]]:
+    """(input as given, record) for each non-blank line of a prediction input: a line holding a
+    JSON object is the record; any other line is the value of the one field the prompt template
+    names. Every record needs the fields the prompt template names (a DataError otherwise)."""
+    import json
+
+    from jaxlm.data.records import as_text
+
+    fields, out = templates.prompt_fields, []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            given: Any = json.loads(line)
+        except ValueError:
+            given = None
+        if isinstance(given, dict):
+            record = {str(k): as_text(v) for k, v in given.items() if v is not None}
+        elif len(fields) == 1:
+            given, record = line, {fields[0]: line}
+        else:
+            raise DataError(
+                f"{name}:{n} is plain text, but the run's prompt template {templates.prompt!r} "
+                f"names {len(fields)} fields ({', '.join(fields) or 'none'}), so a plain line "
+                "cannot fill it. Give one JSON object per line with those fields, e.g. "
+                f"{json.dumps({f: '...' for f in fields})}.", culprit=f"{name}:{n}")
+        missing = [f for f in fields if f not in record]
+        if missing:
+            raise DataError(
+                f"{name}:{n} lacks the field{'s' if len(missing) > 1 else ''} "
+                f"{', '.join(map(repr, missing))} that the run's prompt template "
+                f"{templates.prompt!r} names (the record has {', '.join(record) or 'no fields'}). "
+                "Give every input those fields.", culprit=f"{name}:{n}")
+        out.append((given, record))
     return out
 
 

@@ -39,12 +39,25 @@ class Templates:
         prompt, target = self.prompt.format(**record), self.target.format(**record)
         if self.chat is None:
             return prompt, target
-        head = render_chat(self.chat, [{"role": "user", "content": prompt}], special, True)
+        head = self.prompt_text(record, special)
         full = render_chat(self.chat, [{"role": "user", "content": prompt},
                                        {"role": "assistant", "content": target}], special, False)
         if not full.startswith(head):  # a template that re-renders earlier turns differently
             return head, target
         return head, full[len(head):]
+
+    def prompt_text(self, record: dict[str, str], special: dict[str, str]) -> str:
+        """The prompt text alone (what generation starts from), as `texts` gives it: the target
+        template's fields may be absent."""
+        prompt = self.prompt.format(**record)
+        if self.chat is None:
+            return prompt
+        return render_chat(self.chat, [{"role": "user", "content": prompt}], special, True)
+
+    @property
+    def prompt_fields(self) -> list[str]:
+        """The record fields the prompt template names, in order of first use."""
+        return list(dict.fromkeys(template_fields(self.prompt, "generative.prompt_template")))
 
     def missing(self, record: dict[str, str]) -> list[str]:
         """Fields the templates name that the record lacks."""

@@ -129,10 +129,16 @@ def export_run(run: str | Path | LoadedRun, out: str | Path, *, checkpoint: str 
     if not isinstance(run, LoadedRun):
         run = Run(run).load(checkpoint)
     names = run.class_names
+    # a generative fine-tuning run is a causal LM: GPT2LMHeadModel / LlamaForCausalLM
+    task = "causal" if run.task == "generative" else run.task
     path = export_hf(run.model_cfg, nnx.state(run.model, nnx.Param), out, tokenizer=run.tokenizer,
-                     task=run.task,
+                     task=task,
                      pooling=run.head.get("pooling") if run.task == "classification" else None,
                      id2label=dict(enumerate(names)) if names else None, overwrite=overwrite)
+    chat = (run.head.get("templates") or {}).get("chat") if run.task == "generative" else None
+    if chat:  # the turn markers the run was fine-tuned with, for tokenizer.apply_chat_template
+        from jaxlm.data.templates import CHAT_TEMPLATE_FILE
+        (path / CHAT_TEMPLATE_FILE).write_text(chat, encoding="utf-8")
     hf_cfg = json.loads((path / "config.json").read_text())
     return {"out": str(path), "architecture": hf_cfg["architectures"][0],
             "checkpoint": run.checkpoint, "family": run.model_cfg.family}

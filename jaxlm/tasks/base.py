@@ -36,6 +36,14 @@ class Task(ABC):
         """The dataset splits (at least "train"; "validation" and "test" when available)."""
 
     @classmethod
+    def open_source(cls, cfg: Config, spec: str, split: str,
+                    labels: list[str] | None = None) -> Source:
+        """One split of a dataset spec given on the command line (`jaxlm evaluate --data`),
+        read as this task reads its data."""
+        from jaxlm.data.sources import SourceOptions, open_source
+        return open_source(spec, split, SourceOptions.from_config(cfg.data), labels)
+
+    @classmethod
     def from_config(cls, cfg: Config, sources: dict[str, Source]) -> "Task":
         """The task for a config and its opened sources."""
         return cls()

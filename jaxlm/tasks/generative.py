@@ -66,6 +66,15 @@ class GenerativeTask(Task):
         return out
 
     @classmethod
+    def open_source(cls, cfg: Config, spec: str, split: str,
+                    labels: list[str] | None = None) -> Source:
+        """One split of a dataset spec, as records (`jaxlm.data.records`)."""
+        from jaxlm.data.records import open_records
+        from jaxlm.data.sources import SourceOptions, parse_spec
+        parsed = parse_spec(spec, SourceOptions.from_config(cfg.data))
+        return open_records(parsed, parsed.split or split)
+
+    @classmethod
     def from_config(cls, cfg: Config, sources: dict[str, Source]) -> "GenerativeTask":
         g = cfg.generative
         metric, mode = cfg.finetune.best("loss")
@@ -97,6 +106,11 @@ class GenerativeTask(Task):
     def head(self) -> dict[str, Any]:
         return {"templates": dataclasses.asdict(self.templates), "labels": self.labels,
                 "max_new_tokens": self.max_new_tokens, "sampling": self.sampling}
+
+    @property
+    def generation(self) -> dict[str, Any]:
+        """The generation settings in use: max_new_tokens and the sampling keys."""
+        return {"max_new_tokens": self.max_new_tokens, **self.sampling}
 
     def check_model(self, model_cfg: ModelConfig) -> None:
         if not model_cfg.causal:
@@ -193,12 +207,40 @@ class GenerativeTask(Task):
     def predict(self, model: Any, tokenizer: Any, pairs: Any, count: int | None = None,
                 batch_size: int = 32) -> list[str]:
         """Generated targets for the first `count` prompts of `pairs` (greedy by default)."""
+        count = len(pairs) if count is None else count
+        return self.complete(model, tokenizer, [pairs.prompt_ids(i) for i in range(count)],
+                             batch_size=batch_size)
+
+    def complete(self, model: Any, tokenizer: Any, prompts: list[list[int]], *,
+                 batch_size: int = 32, mesh: Any = None, rules: dict | None = None) -> list[str]:
+        """The generated target of each prompt (token ids, `jaxlm.data.generative.
+        encode_prompts`): batched KV-cache decoding with the task's settings, up to the end
+        token or `max_new_tokens`; on `mesh`, the parameters are sharded as in training."""
         from jaxlm.data.generative import end_id
         from jaxlm.generate import Generator
 
-        count = len(pairs) if count is None else count
-        gen = Generator(model, tokenizer, batch_size=batch_size)
-        ids = gen.generate_ids([pairs.prompt_ids(i) for i in range(count)],
-                               max_new_tokens=self.max_new_tokens, stop_ids=[end_id(tokenizer)],
-                               **self.sampling)
+        if not prompts:
+            return []
+        gen = Generator(model, tokenizer, mesh=mesh, rules=rules, batch_size=batch_size)
+        ids = gen.generate_ids(prompts, max_new_tokens=self.max_new_tokens,
+                               stop_ids=[end_id(tokenizer)], **self.sampling)
         return [tokenizer.decode(x) for x in ids]
+
+    def set_generation(self, *, max_new_tokens: int | None = None, **sampling: Any) -> None:
+        """Override the saved generation settings (None keeps one): max_new_tokens, and the
+        sampling keys temperature, top_k, top_p and seed (a ConfigError for a bad value)."""
+        from jaxlm.generation.sampling import Sampling
+
+        unknown = sorted(set(sampling) - {"temperature", "top_k", "top_p", "seed"})
+        if unknown:
+            raise ConfigError(f"Unknown generation settings {', '.join(unknown)}; the settings "
+                              "are max_new_tokens, temperature, top_k, top_p and seed.",
+                              culprit=unknown[0])
+        if max_new_tokens is not None:
+            if max_new_tokens < 1:
+                raise ConfigError(f"max_new_tokens must be at least 1, got {max_new_tokens}.",
+                                  culprit="max_new_tokens")
+            self.max_new_tokens = int(max_new_tokens)
+        merged = {**self.sampling, **{k: v for k, v in sampling.items() if v is not None}}
+        Sampling(merged.get("temperature", 0.0), merged.get("top_k", 0), merged.get("top_p", 1.0))
+        self.sampling = merged
