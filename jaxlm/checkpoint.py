@@ -138,6 +138,17 @@ def read_params(item_dir: str | Path, key: str | None = "params"
     return flat
 
 
+def read_frozen_base(base_dir: Path) -> dict[tuple[str | int, ...], np.ndarray]:
+    """{param path: numpy array} of a LoRA run's frozen base (RUN_DIR/base, written once by
+    `jaxlm.train.frozen`), checked against its manifest."""
+    ok, why = check_step_dir(base_dir)
+    if ok is not True:
+        raise CheckpointError(f"The frozen base parameters of a LoRA run, '{base_dir}', are "
+                              f"damaged or missing ({why}). Restore the folder from a backup.",
+                              culprit=str(base_dir))
+    return read_params(Path(base_dir) / "params", key=None)
+
+
 def set_aside(path: Path) -> Path:
     """Move a damaged or unfinished checkpoint folder into `DIR.corrupt/` (never delete it)."""
     dest_dir = path.parent.with_name(path.parent.name + ".corrupt")

@@ -272,6 +272,36 @@ class TrainConfig(_Section):
 
 
 @dataclass
+class LoRAConfig(_Section):
+    """Low-rank adapters (`jaxlm.models.lora`): the matched dense layers stay frozen and learn
+    W + (alpha / rank) * A @ B; only the adapters and the task head are trained."""
+
+    _section = "finetune.lora"
+
+    rank: int = 0  # 0: off (full fine-tuning)
+    alpha: float = 16.0  # the update is scaled by alpha / rank, as in PEFT
+    dropout: float = 0.0  # on the adapters' input
+    # groups "attention" (q/k/v/o projections) and "mlp", or fnmatch globs over module paths,
+    # e.g. "backbone.layers.*.attn.[qv]_proj"
+    targets: list[str] = field(default_factory=lambda: ["attention"])
+    train_lm_head: bool = False  # also train a causal LM's own (untied) output projection
+
+    def _check_rules(self) -> None:
+        if self.rank < 0:
+            bad_key("finetune.lora.rank", f"must be a positive adapter rank (e.g. 8), or 0 to "
+                    f"fine-tune without LoRA; got {self.rank}.")
+        require_positive(self, "finetune.lora", ("alpha",))
+        if not 0.0 <= self.dropout < 1.0:
+            bad_key("finetune.lora.dropout", f"must be in [0, 1), got {self.dropout}.")
+        if not self.targets:
+            bad_key("finetune.lora.targets", "is empty: name the layers to adapt, e.g. "
+                    "[attention] or [attention, mlp].")
+        if not self.rank and (self.targets != ["attention"] or self.train_lm_head):
+            bad_key("finetune.lora.rank", "is 0 (LoRA off), but other finetune.lora keys are "
+                    "set: give a positive rank (e.g. 8) to fine-tune with adapters.")
+
+
+@dataclass
 class FinetuneConfig(_Section):
     """Fine-tuning (classification, generative) from a pretrained checkpoint or from scratch."""
 
@@ -286,6 +316,14 @@ class FinetuneConfig(_Section):
     # classifiers, loss for generative fine-tuning); best_mode "": max, but min for loss/perplexity
     best_metric: str = ""
     best_mode: str = ""
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+
+    def _check_rules(self) -> None:
+        self.lora.validate()
+        if self.lora.rank and self.freeze_backbone:
+            bad_key("finetune.freeze_backbone", "is true with LoRA (finetune.lora.rank="
+                    f"{self.lora.rank}), which already keeps the backbone frozen and trains "
+                    "adapters inside it: set freeze_backbone to false.")
 
     def best(self, default: str) -> tuple[str, str]:
         """(metric, mode) that choose the best checkpoint, defaults filled in."""

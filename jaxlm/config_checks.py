@@ -51,7 +51,8 @@ def _unwrap_override(value: Any, hint: Any) -> Any:
     args = typing.get_args(hint)
     if isinstance(value.value, str):
         return value.value  # YAML quoting and escapes apply: --set 'k="a\\nb"'
-    if hint is str or (str in args and value.value is not None
+    is_union = typing.get_origin(hint) in (typing.Union, types.UnionType)  # not list[str]
+    if hint is str or (is_union and str in args and value.value is not None
                        and not isinstance(value.value, (bool, int, float))):
         return value.text
     return value.value

@@ -15,6 +15,7 @@ from flax import nnx
 from jaxlm.config import ModelConfig
 from jaxlm.errors import CheckpointError
 from jaxlm.models import build_model
+from jaxlm.models.lora import apply_lora
 
 ParamPath = tuple[str | int, ...]
 
@@ -24,13 +25,15 @@ def path_str(path: ParamPath) -> str:
     return ".".join(map(str, path))
 
 
-def abstract_params(cfg: ModelConfig, tasks: dict[str, dict]) -> dict[ParamPath, nnx.Variable]:
+def abstract_params(cfg: ModelConfig, tasks: dict[str, dict],
+                    lora: dict | None = None) -> dict[ParamPath, nnx.Variable]:
     """Abstract Params (shapes + logical-axis metadata) of the models named in `tasks`
-    ({task: build_model kwargs}), merged: the backbone is shared, heads differ by root."""
+    ({task: build_model kwargs}; with `lora`'s adapters), merged: the backbone is shared, heads
+    differ by root."""
     out: dict[ParamPath, nnx.Variable] = {}
     for task, kw in tasks.items():
         with nnx.use_eager_sharding(False):
-            model = nnx.eval_shape(lambda: build_model(cfg, task, **kw))
+            model = nnx.eval_shape(lambda: apply_lora(build_model(cfg, task, **kw), lora))
         out.update(dict(nnx.to_flat_state(nnx.state(model, nnx.Param))))
     return out
 
@@ -102,14 +105,14 @@ def model_kwargs(cfg: ModelConfig, flat: dict[ParamPath, Any], task: str,
 
 
 def model_from_params(cfg: ModelConfig, task: str, head: dict, flat: dict[ParamPath, Any], *,
-                      where: str = "The checkpoint") -> nnx.Module:
+                      where: str = "The checkpoint", lora: dict | None = None) -> nnx.Module:
     """The model for `task` (with `head`'s num_labels / pooling / pooler) holding exactly the
     parameters in `flat`, on the default device; any unexpected, missing or misshapen parameter is
     a CheckpointError that starts with `where`. The model is assembled from an abstract one, so
-    no random initialisation is computed and thrown away."""
+    no random initialisation is computed and thrown away. `lora`: model.json's adapters."""
     kw = ({k: head[k] for k in ("num_labels", "pooling", "pooler") if k in head}
           if task == "classification" else {})
-    abstract = abstract_params(cfg, {task: kw})
+    abstract = abstract_params(cfg, {task: kw}, lora)
     unknown = [path_str(p) for p in flat if p not in abstract]
     missing = [path_str(p) for p in abstract if p not in flat]
     bad = [f"{path_str(p)} {list(a.shape)} vs {list(abstract[p].get_value().shape)}"
@@ -125,6 +128,7 @@ def model_from_params(cfg: ModelConfig, task: str, head: dict, flat: dict[ParamP
             f"{'; '.join(parts)}. The run directory was modified or mixes two runs.",
             culprit=where)
     with nnx.use_eager_sharding(False):
-        graphdef = nnx.graphdef(nnx.eval_shape(lambda: build_model(cfg, task, **kw)))
+        graphdef = nnx.graphdef(nnx.eval_shape(lambda: apply_lora(build_model(cfg, task, **kw),
+                                                                  lora)))
     with jax.default_device(jax.devices()[0]):
         return nnx.merge(graphdef, to_state(flat, abstract))

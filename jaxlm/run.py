@@ -34,11 +34,12 @@ from jaxlm.run_describe import KEY_METRIC, describe  # noqa: F401  (KEY_METRIC r
 # Sections that must match for a run directory to be resumed with a config (mesh, step count,
 # logging and evaluation cadence may change between sessions).
 IDENTITY_KEYS = ("model", "data", "optim", "train.task", "train.batch_size", "train.seed",
-                 "train.grad_accum")
+                 "train.grad_accum", "finetune.lora")
 
 # What a run directory holds: nothing but training (and `--overwrite`) may replace these.
 RUN_FILES = ("config.yaml", "model.json", "tokenizer.json", "summary.json", "metrics.jsonl",
-             "hf_import.json", "checkpoints", "checkpoints.corrupt", "best", "tensorboard")
+             "hf_import.json", "checkpoints", "checkpoints.corrupt", "best", "tensorboard",
+             "base", "base.partial")
 
 # Checkpoint folders and the orbax item in each step folder that holds the parameters.
 CHECKPOINT_ITEMS = {"checkpoints": "state", "best": "params"}
@@ -92,6 +93,7 @@ class Run:
     best_dir = property(lambda self: self.path / "best")
     tensorboard_dir = property(lambda self: self.path / "tensorboard")
     import_info_path = property(lambda self: self.path / "hf_import.json")
+    base_dir = property(lambda self: self.path / "base")  # a LoRA run's frozen base
 
     def eval_path(self, split: str) -> Path:
         """Where `jaxlm evaluate` writes its report on `split`."""
@@ -187,10 +189,13 @@ class Run:
                                   f"jaxlm ({e}). It was written by another version or edited by "
                                   "hand.", culprit=str(self.config_path)) from None
 
-    def write_model_spec(self, model_cfg: ModelConfig, task: str, **head: Any) -> None:
-        """model.json: the resolved model config, task and head, so inference and export need no
-        other run or config."""
+    def write_model_spec(self, model_cfg: ModelConfig, task: str, *, lora: dict | None = None,
+                         **head: Any) -> None:
+        """model.json: the resolved model config, task and head (and the LoRA adapters' settings,
+        `jaxlm.models.lora.lora_spec`), so inference and export need no other run or config."""
         spec = {"task": task, "model": dataclasses.asdict(model_cfg), "head": head}
+        if lora:
+            spec["lora"] = lora
         write_text_atomic(self.model_spec_path, json.dumps(spec, indent=2))
 
     def model_spec(self) -> dict:
@@ -328,7 +333,10 @@ class Run:
                 else self._spec_from_config(cfg, flat, tok))
         model_cfg = ModelConfig(**spec["model"]).resolved()
         head = dict(spec.get("head") or {})
-        model = model_from_params(model_cfg, spec["task"], head, flat,
+        if spec.get("lora"):  # a LoRA run's checkpoints hold adapters and heads; the base: base/
+            from jaxlm.checkpoint import read_frozen_base
+            flat = {**read_frozen_base(self.base_dir), **flat}
+        model = model_from_params(model_cfg, spec["task"], head, flat, lora=spec.get("lora"),
                                   where=f"The checkpoint in '{self.path}' ({which})")
         return LoadedRun(self.path, cfg, model_cfg, spec["task"], head, tok, model, which)
 

@@ -14,15 +14,18 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 import jax
+from flax import nnx
 
 from jaxlm.config import Config, ModelConfig
 from jaxlm.data.tokenizer import TextTokenizer, load_tokenizer, train_tokenizer
 from jaxlm.errors import ConfigError
+from jaxlm.models.lora import apply_lora, join_adapters, lora_spec, split_adapters, trainable
 from jaxlm.run import Run
 from jaxlm.sharding import data_parallel_size, make_mesh, use_mesh
 from jaxlm.tasks import Task, task_for
 from jaxlm.train.best import BestKeeper
 from jaxlm.train.flops import count_params, flops_per_token, measure_peak_flops
+from jaxlm.train.frozen import restore_frozen, save_frozen
 from jaxlm.train.hooks import TrainingHooks
 from jaxlm.train.init_from import Pretrained, init_from_pretrained, load_pretrained, merged_model_config
 from jaxlm.train.logger import MetricsLogger
@@ -114,11 +117,28 @@ def prepare(cfg: Config, run_dir: str | None, overwrite: bool, task: Task | None
     mcfg = model_config(cfg, tok, pre)
     task.check_model(mcfg)
     task.prepare(cfg, tok, sources, pre)
+    check_lora(cfg, task, mcfg)
     run.prepare(cfg, overwrite)  # the first write: bad input above leaves the run untouched
     if not run.tokenizer_path.is_file():
         run.save_tokenizer(tok)
-    run.write_model_spec(mcfg, task.name, **task.head)
+    run.write_model_spec(mcfg, task.name, lora=lora_spec(cfg.finetune.lora), **task.head)
     return Setup(cfg, run, mesh, task, sources, tok, mcfg, pre)
+
+
+def check_lora(cfg: Config, task: Task, mcfg: ModelConfig) -> None:
+    """Refuse LoRA on a pretraining task, and targets or a rank that do not fit the model (an
+    abstract build: no memory)."""
+    if not cfg.finetune.lora.rank:
+        return
+    if not task.finetunes:
+        raise ConfigError(
+            f"finetune.lora.rank={cfg.finetune.lora.rank} asks for LoRA, but train.task "
+            f"'{task.name}' is pretraining, which trains every weight from the start. Use LoRA "
+            "with a fine-tuning task (jaxlm finetune: classification, generative), or set "
+            "finetune.lora.rank to 0.", culprit="finetune.lora.rank")
+    with nnx.use_eager_sharding(False):
+        nnx.eval_shape(lambda: apply_lora(task.build_model(mcfg, cfg.train.seed),
+                                          cfg.finetune.lora, seed=cfg.train.seed))
 
 
 def restore_or_init(steps: CompiledSteps, ckpt: Any, iterator: Any, s: Setup
@@ -130,13 +150,18 @@ def restore_or_init(steps: CompiledSteps, ckpt: Any, iterator: Any, s: Setup
         tree, data_state, step = found
         if data_state.get("iterator") is not None:
             iterator.set_state(data_state["iterator"])
-        return steps.layout.from_checkpoint(tree), step
+        frozen = (None if steps.layout.trained is None else
+                  restore_frozen(s.run.path, steps.layout, steps.state_sharding.params))
+        return steps.layout.from_checkpoint(tree, frozen), step
     state = steps.init()
-    if s.pretrained is not None:
-        params = init_from_pretrained(dict(state.params), s.pretrained,
-                                      steps.state_sharding.params,
+    if s.pretrained is not None:  # into the plain model's parameters: adapters stay as built
+        params, adapters = split_adapters(state.params)
+        params = init_from_pretrained(params, s.pretrained,
+                                      split_adapters(steps.state_sharding.params)[0],
                                       s.cfg.finetune.pooler and s.task.name == "classification")
-        state = state.replace(params=params)
+        state = state.replace(params=join_adapters(params, adapters))
+    if steps.layout.trained is not None:  # LoRA: the frozen base, once per run
+        save_frozen(s.run.path, steps.layout, state)
     return state, 0
 
 
@@ -161,7 +186,8 @@ def _final_reports(s: Setup, steps: CompiledSteps, state: TrainState, best: Best
     params = state.params
     if best is not None and best.best is not None:
         target = steps.checkpoint_target()["params"]
-        params = steps.layout.plain_params(best.restore(target))
+        frozen = None if steps.layout.trained is None else steps.layout.split(params)[1]
+        params = steps.layout.params_from_checkpoint(best.restore(target), frozen)
         summary["best"] = best.best
     for split in s.task.final_splits:
         if split in s.sources:
@@ -195,7 +221,8 @@ def _loop(s: Setup, steps: CompiledSteps, hooks: Iterable[Hook], show_progress: 
         peak_flops=peak_flops or measure_peak_flops(s.model_cfg.dtype) * s.mesh.size,
         on_nonfinite=t.on_nonfinite, show_progress=show_progress,
         evaluate=(lambda p: s.task.evaluate(steps.eval, p, val)) if val else None,
-        on_eval=(lambda step, st, m: best.offer(step, steps.layout.nnx_params(st.params), m))
+        on_eval=(lambda step, st, m: best.offer(step, steps.layout.checkpoint_params(st.params),
+                                                m))
         if best else None)
     trainer = Trainer(steps, t.steps)
     guard = PreemptionGuard(t.preemption_check_every)
@@ -214,6 +241,8 @@ def _loop(s: Setup, steps: CompiledSteps, hooks: Iterable[Hook], show_progress: 
         ckpt.close()
         if best is not None:
             best.close()
+    if steps.layout.trained is not None:
+        summary["trainable_params"] = count_params(steps.layout.split(state.params)[0])
     summary.update(params=count_params(state.params), resumed_from=start,
                    run_dir=str(s.run.path), vocab_size=s.model_cfg.vocab_size,
                    devices=s.mesh.size, mesh=dict(s.mesh.shape))
@@ -229,11 +258,14 @@ def train(cfg: Config, run_dir: str | None = None, *, overwrite: bool = False,
     state under "state"). `hooks` are extra `jaxlm.train.trainer.Hook`s."""
     s = prepare(cfg, run_dir, overwrite, task)
     tx, lr = _optimizer(s)
+    lora = cfg.finetune.lora if s.task.finetunes else None
     with use_mesh(s.mesh, cfg.mesh.rules):
-        steps = compile_steps(lambda: s.task.build_model(s.model_cfg, cfg.train.seed), tx,
-                              s.task.loss, lr, s.mesh, seed=cfg.train.seed,
-                              grad_accum=cfg.train.grad_accum, dropout=s.model_cfg.dropout > 0,
-                              rules=cfg.mesh.rules)
+        steps = compile_steps(
+            lambda: apply_lora(s.task.build_model(s.model_cfg, cfg.train.seed), lora,
+                               seed=cfg.train.seed), tx,
+            s.task.loss, lr, s.mesh, seed=cfg.train.seed, grad_accum=cfg.train.grad_accum,
+            dropout=s.model_cfg.dropout > 0 or bool(lora and lora.rank and lora.dropout),
+            rules=cfg.mesh.rules, trainable=trainable(lora))
         summary = _loop(s, steps, hooks, show_progress, peak_flops)
     if s.task.finetunes:
         summary["init_from"] = cfg.finetune.init_from or None

@@ -5,6 +5,9 @@
 gradients hold NaN/Inf. A skipped update still counts as a step; the state records how many were
 skipped and the last one. The check is inside the jitted step, so it costs no host sync: the loop
 reads the counter with the metrics (`train.on_nonfinite` says whether it then stops).
+
+When only a part of the parameters trains (LoRA: `StateLayout.trained`), gradients are taken
+with respect to that part alone and the optimizer sees only it; the frozen rest passes through.
 """
 from __future__ import annotations
 
@@ -18,10 +21,11 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from jaxlm.evaluation import Evaluator
+from jaxlm.models.lora import adapter_dropout
 from jaxlm.checkpoint import abstract_with_shardings
 from jaxlm.sharding import named_shardings, put_batch, replicated, rows_sharding
 from jaxlm.tasks.losses import LossFn
-from jaxlm.train.state import StateLayout, TrainState, checkpoint_dict, new_state
+from jaxlm.train.state import StateLayout, TrainState, new_state
 
 __all__ = ["TrainState", "train_step", "accumulate_gradients", "mean_gradients", "step_metrics",
            "apply_if_finite", "compile_steps", "CompiledSteps", "put_batch"]
@@ -72,17 +76,21 @@ def apply_if_finite(finite: jax.Array, tx: optax.GradientTransformation, params:
 def mean_gradients(state: TrainState, batch: dict, *, layout: StateLayout, loss_fn: LossFn,
                    grad_accum: int = 1, dropout: bool = False
                    ) -> tuple[jax.Array, dict[str, jax.Array], Any, jax.Array]:
-    """(loss sum, aux sums, gradients of the mean loss per scored target, total weight)."""
+    """(loss sum, aux sums, gradients of the mean loss per scored target, total weight); the
+    gradients are those of the trained parameters (`layout.split`) only."""
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    trained, frozen = layout.split(state.params)
 
     def loss_of(params, micro, k):
-        return loss_fn(layout.model(params), micro, k if dropout else None)
+        k = k if dropout else None
+        with adapter_dropout(k):
+            return loss_fn(layout.model(layout.join(params, frozen)), micro, k)
 
-    total, aux, grads = accumulate_gradients(loss_of, state.params, batch, key, grad_accum)
+    total, aux, grads = accumulate_gradients(loss_of, trained, batch, key, grad_accum)
     weight = jnp.maximum(aux["weight"], 1.0)
     # in each parameter's dtype: the float32 weight (and float32 micro-batch sums) would otherwise
     # promote bfloat16 gradients, and with them the optimizer moments, after one step
-    grads = jax.tree.map(lambda g, p: (g / weight).astype(p.dtype), grads, state.params)
+    grads = jax.tree.map(lambda g, p: (g / weight).astype(p.dtype), grads, trained)
     return total, aux, grads, weight
 
 
@@ -103,9 +111,10 @@ def train_step(state: TrainState, batch: dict, *, layout: StateLayout,
                                                grad_accum=grad_accum, dropout=dropout)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
-    params, opt_state = apply_if_finite(finite, tx, state.params, state.opt_state, grads)
+    trained, frozen = layout.split(state.params)
+    trained, opt_state = apply_if_finite(finite, tx, trained, state.opt_state, grads)
     new = state.replace(
-        params=params, opt_state=opt_state, step=state.step + 1,
+        params=layout.join(trained, frozen), opt_state=opt_state, step=state.step + 1,
         nonfinite_count=state.nonfinite_count + jnp.where(finite, 0, 1).astype(jnp.int32),
         nonfinite_last_step=jnp.where(finite, state.nonfinite_last_step, state.step + 1))
     return new, step_metrics(new, total, aux, weight, grad_norm, lr_schedule(state.step))
@@ -151,25 +160,29 @@ def no_mesh():
 def compile_steps(make_model: Callable[[], nnx.Module], tx: optax.GradientTransformation,
                   loss_fn: LossFn, lr_schedule: optax.Schedule, mesh: Mesh, *, seed: int = 0,
                   grad_accum: int = 1, dropout: bool = False, rules: dict[str, Any] | None = None,
-                  step_fn: Callable[..., tuple[TrainState, dict]] = train_step) -> CompiledSteps:
+                  step_fn: Callable[..., tuple[TrainState, dict]] = train_step,
+                  trainable: Any = None) -> CompiledSteps:
     """Sharded init / train / eval for a model: `make_model` builds a fresh (unsharded) model;
-    `step_fn` (default `train_step`) may be a custom step with the same keyword arguments."""
+    `step_fn` (default `train_step`) may be a custom step with the same keyword arguments;
+    `trainable` (an nnx filter; None: everything) limits what trains (`StateLayout.of`)."""
     def unsharded_model() -> nnx.Module:
         # Flax would place `nnx.with_partitioning` names on the mesh at creation; jaxlm maps
         # them through its rules instead (named_shardings) and lets jit place the state
         with nnx.use_eager_sharding(False), no_mesh():
             return make_model()
 
-    layout = StateLayout.of(unsharded_model, tx)
+    layout = StateLayout.of(unsharded_model, tx, trainable)
 
     def init() -> TrainState:
-        return new_state(nnx.to_pure_dict(nnx.state(unsharded_model(), nnx.Param)), tx, seed)
+        return new_state(nnx.to_pure_dict(nnx.state(unsharded_model(), nnx.Param)), tx, seed,
+                         lambda p: layout.split(p)[0])
 
     abstract_state = jax.eval_shape(init)
     # the nnx layout keeps each variable's logical-axis metadata, which the shardings come from
-    nnx_abstract = jax.eval_shape(lambda: checkpoint_dict(
-        new_state(nnx.state(unsharded_model(), nnx.Param), tx, seed)))
-    shardings = layout.from_checkpoint(named_shardings(nnx_abstract, mesh, rules))
+    params_sharding = layout.plain_params(named_shardings(layout.abstract_params, mesh, rules))
+    shardings = layout.from_checkpoint(
+        named_shardings(layout.nnx, mesh, rules),
+        None if layout.trained is None else layout.split(params_sharding)[1])
     batch_prefix = rows_sharding(mesh, rules)
     train = jax.jit(
         lambda s, b: step_fn(s, b, layout=layout, tx=tx, loss_fn=loss_fn, lr_schedule=lr_schedule,
