@@ -35,6 +35,10 @@ from jaxlm.run_describe import KEY_METRIC, describe  # noqa: F401  (KEY_METRIC r
 # logging and evaluation cadence may change between sessions).
 IDENTITY_KEYS = ("model", "data", "optim", "train.task", "train.batch_size", "train.seed",
                  "train.grad_accum", "finetune.lora")
+# ... and, per task, the settings that change what its examples are
+TASK_IDENTITY_KEYS = {"generative": ("generative.prompt_template", "generative.target_template",
+                                     "generative.chat_template", "generative.packing",
+                                     "generative.overlong")}
 
 # What a run directory holds: nothing but training (and `--overwrite`) may replace these.
 RUN_FILES = ("config.yaml", "model.json", "tokenizer.json", "summary.json", "metrics.jsonl",
@@ -140,7 +144,8 @@ class Run:
         run_dir = self.path
         old = migrate_raw(_read_yaml(self.config_path))  # train.objective -> train.task
         new = to_dict(cfg)
-        diffs = [k for k in IDENTITY_KEYS if _pick(old, k) != _pick(new, k)]
+        keys = IDENTITY_KEYS + TASK_IDENTITY_KEYS.get(cfg.train.task, ())
+        diffs = [k for k in keys if _pick(old, k) != _pick(new, k)]
         if diffs and not self.checkpoint_steps("checkpoints") + self.checkpoint_steps("best"):
             # a start that failed before its first checkpoint: nothing to lose, start again
             # (its tokenizer and model spec came from the old config, so they go too)

@@ -90,9 +90,11 @@ class GenerativeTask(Task):
                               "them), so freezing the backbone leaves little or nothing to train. "
                               "Lower finetune.backbone_lr_scale instead.",
                               culprit="finetune.freeze_backbone")
-        return cls(Templates(g.prompt_template, g.target_template), [], g.max_new_tokens,
+        task = cls(Templates(g.prompt_template, g.target_template), [], g.max_new_tokens,
                    {"temperature": g.temperature, "top_k": g.top_k, "top_p": g.top_p},
                    g.validate_with == "generate", metric, mode)
+        task.init_from = cfg.finetune.init_from  # named by check_model when it is the culprit
+        return task
 
     @classmethod
     def from_head(cls, head: dict, cfg: Config | None = None) -> "GenerativeTask":
@@ -113,12 +115,21 @@ class GenerativeTask(Task):
         return {"max_new_tokens": self.max_new_tokens, **self.sampling}
 
     def check_model(self, model_cfg: ModelConfig) -> None:
-        if not model_cfg.causal:
-            raise ConfigError("train.task: generative needs a causal language model (GPT-2 or "
-                              f"Llama family), and this {model_cfg.family} model is bidirectional: "
-                              "it cannot generate left to right. Start from a causal run or "
-                              "checkpoint (finetune.init_from), or set model.family: gpt2 / llama.",
-                              culprit="train.task")
+        if model_cfg.causal:
+            return
+        init_from = getattr(self, "init_from", "")
+        if init_from:
+            raise ConfigError(f"finetune.init_from '{init_from}' holds a {model_cfg.family} "
+                              "model, which is bidirectional (a masked LM): it cannot generate "
+                              "left to right, so train.task: generative cannot start from it. "
+                              "Start from a causal (GPT-2 or Llama) run or checkpoint, e.g. "
+                              "hf:gpt2, or fine-tune a classifier from it (train.task: "
+                              "classification).", culprit="finetune.init_from")
+        raise ConfigError("train.task: generative needs a causal language model (GPT-2 or "
+                          f"Llama family), and this {model_cfg.family} model is bidirectional: "
+                          "it cannot generate left to right. Set model.family: gpt2 or llama, "
+                          "or start from a causal run or checkpoint (finetune.init_from).",
+                          culprit="model.family")
 
     def build_model(self, model_cfg: ModelConfig, seed: int = 0):
         from jaxlm.models import build_model
