@@ -160,3 +160,4 @@ def test_bad_lora_settings_exit_2_naming_the_culprit(sst, tmp_path, capsys, comm
     err = capsys.readouterr().err
     assert "finetune.lora" in err and culprit in err, err
     assert not (tmp_path / "run").exists()  # refused before the run directory is written
+
