@@ -78,7 +78,8 @@ def load_params(source: str | Path, *, checkpoint: str | int = "latest"
 
     checkpoint, for run directories: "latest", "best" (a fine-tuning run's best validation
     checkpoint) or a step. info: source, task, heads, num_labels, id2label, pooler, pooling, and
-    "checkpoint" for runs.
+    "checkpoint" for runs. A LoRA run's adapters are merged into its weights (so fine-tuning can
+    start from it).
     """
     kind, where, checkpoint = _source(source, checkpoint)
     if kind == "hf":
@@ -86,8 +87,10 @@ def load_params(source: str | Path, *, checkpoint: str | int = "latest"
         return import_hf(where)
     from flax import nnx
 
+    from jaxlm.models.lora import merge_lora
+
     loaded = where.load(checkpoint)
-    params = nnx.state(loaded.model, nnx.Param)
+    params = nnx.state(merge_lora(loaded.model), nnx.Param)  # a LoRA run: W + scale * A @ B
     head = loaded.head
     names = head.get("class_names")
     roots = {p[0] for p, _ in nnx.to_flat_state(params)}

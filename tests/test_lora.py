@@ -161,3 +161,13 @@ def test_bad_lora_settings_exit_2_naming_the_culprit(sst, tmp_path, capsys, comm
     assert "finetune.lora" in err and culprit in err, err
     assert not (tmp_path / "run").exists()  # refused before the run directory is written
 
+
+
+def test_a_lora_run_as_init_from_gives_its_merged_weights(lora_run):
+    run, _ = lora_run
+    merged = merge_lora(load_run(run).model)
+    want = _flat(nnx.to_pure_dict(nnx.state(merged.backbone, nnx.Param)))
+    got = _flat(nnx.to_pure_dict(load_pretrained(str(run)).backbone))
+    assert set(got) == set(want) and not any("lora" in k for k in got)
+    for k in want:
+        assert np.array_equal(got[k], want[k]), k
