@@ -250,6 +250,19 @@ def _loop(s: Setup, steps: CompiledSteps, hooks: Iterable[Hook], show_progress: 
     return summary
 
 
+def compile_task_steps(s: Setup) -> CompiledSteps:
+    """The task's model (with LoRA adapters when finetune.lora asks), optimizer and compiled
+    steps; call within `use_mesh(s.mesh, ...)`."""
+    cfg, (tx, lr) = s.cfg, _optimizer(s)
+    lora = cfg.finetune.lora if s.task.finetunes else None
+    return compile_steps(
+        lambda: apply_lora(s.task.build_model(s.model_cfg, cfg.train.seed), lora,
+                           seed=cfg.train.seed), tx,
+        s.task.loss, lr, s.mesh, seed=cfg.train.seed, grad_accum=cfg.train.grad_accum,
+        dropout=s.model_cfg.dropout > 0 or bool(lora and lora.rank and lora.dropout),
+        rules=cfg.mesh.rules, trainable=trainable(lora))
+
+
 def train(cfg: Config, run_dir: str | None = None, *, overwrite: bool = False,
           show_progress: bool = True, hooks: Iterable[Hook] = (), task: Task | None = None,
           peak_flops: float | None = None) -> dict[str, Any]:
@@ -257,15 +270,8 @@ def train(cfg: Config, run_dir: str | None = None, *, overwrite: bool = False,
     subclass of one's own: model, loss, data, metrics); returns the run summary (with the final
     state under "state"). `hooks` are extra `jaxlm.train.trainer.Hook`s."""
     s = prepare(cfg, run_dir, overwrite, task)
-    tx, lr = _optimizer(s)
-    lora = cfg.finetune.lora if s.task.finetunes else None
     with use_mesh(s.mesh, cfg.mesh.rules):
-        steps = compile_steps(
-            lambda: apply_lora(s.task.build_model(s.model_cfg, cfg.train.seed), lora,
-                               seed=cfg.train.seed), tx,
-            s.task.loss, lr, s.mesh, seed=cfg.train.seed, grad_accum=cfg.train.grad_accum,
-            dropout=s.model_cfg.dropout > 0 or bool(lora and lora.rank and lora.dropout),
-            rules=cfg.mesh.rules, trainable=trainable(lora))
+        steps = compile_task_steps(s)
         summary = _loop(s, steps, hooks, show_progress, peak_flops)
     if s.task.finetunes:
         summary["init_from"] = cfg.finetune.init_from or None
