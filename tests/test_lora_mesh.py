@@ -72,3 +72,29 @@ def test_lora_with_mixed_precision_and_grad_accum_keeps_the_base_frozen():
     changed = _changed(before, after)
     assert changed and all("lora" in k or k[0] == "lm_head" for k in changed)
     assert {str(v.dtype) for v in _flat(after).values()} == {"float32"}  # params stay float32
+
+
+def test_adapter_dropout_acts_only_inside_a_train_step_and_is_seeded():
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from jaxlm.config import LoRAConfig, ModelConfig
+    from jaxlm.models import build_model
+    from jaxlm.models.lora import LoRALinear, adapter_dropout, apply_lora
+
+    cfg = ModelConfig(family="llama", vocab_size=64, num_layers=1, d_model=32, num_heads=4,
+                      max_len=16)
+    model = apply_lora(build_model(cfg, "causal"), LoRAConfig(rank=4, dropout=0.5))
+    for _, node in nnx.iter_graph(model):
+        if isinstance(node, LoRALinear):
+            node.lora.lora_b.set_value(jnp.ones_like(node.lora.lora_b[...]) * 0.1)
+    tokens = jnp.arange(16).reshape(2, 8)
+    plain = np.asarray(model(tokens))
+    assert np.array_equal(plain, np.asarray(model(tokens)))
+    with adapter_dropout(jax.random.key(0)):
+        dropped = np.asarray(model(tokens))
+        again = np.asarray(model(tokens))
+    with adapter_dropout(jax.random.key(1)):
+        other = np.asarray(model(tokens))
+    assert np.abs(dropped - plain).max() > 1e-3 and np.array_equal(dropped, again)
+    assert np.abs(other - dropped).max() > 1e-3
