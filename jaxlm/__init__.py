@@ -29,10 +29,12 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 _LAZY: dict[str, str] = {
     # configs
     **dict.fromkeys(("Config", "ModelConfig", "OptimConfig", "TrainConfig", "DataConfig",
-                     "MeshConfig", "load_config", "config_from_dict"), "jaxlm.config"),
+                     "MeshConfig", "LoRAConfig", "load_config", "config_from_dict"),
+                    "jaxlm.config"),
     "ConfigError": "jaxlm.errors", "JaxlmError": "jaxlm.errors",
     # models, attention, sharding
     "build_model": "jaxlm.models",
+    **dict.fromkeys(("apply_lora", "merge_lora"), "jaxlm.models.lora"),
     **dict.fromkeys(("register_attention", "attention_names", "AttentionFn", "xla_attention"),
                     "jaxlm.models.attention"),
     **dict.fromkeys(("make_mesh", "use_mesh"), "jaxlm.sharding"),
@@ -94,13 +96,14 @@ sys.modules[__name__].__class__ = _Package
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names above are lazy
-    from jaxlm.config import (Config, DataConfig, MeshConfig, ModelConfig, OptimConfig,
-                              TrainConfig, config_from_dict, load_config)
+    from jaxlm.config import (Config, DataConfig, LoRAConfig, MeshConfig, ModelConfig,
+                              OptimConfig, TrainConfig, config_from_dict, load_config)
     from jaxlm.errors import ConfigError, JaxlmError
     from jaxlm.evaluation import evaluate_run as evaluate
     from jaxlm.generate import generate
     from jaxlm.host_memory import reuse_freed_host_memory
     from jaxlm.models import build_model
+    from jaxlm.models.lora import apply_lora, merge_lora
     from jaxlm.models.attention import (AttentionFn, attention_names, register_attention,
                                         xla_attention)
     from jaxlm.run import Run, load_run

@@ -72,12 +72,33 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"jaxlm {args.command}: error: {e}\n")
         return e.exit_code
     except TrainingStopped as e:  # checkpoint saved; exit 130 (SIGINT), 143 (SIGTERM), 3 (NaN)
-        again = shlex.join(["jaxlm", *(sys.argv[1:] if argv is None else argv)])
+        again = shlex.join(["jaxlm", *_rerun(sys.argv[1:] if argv is None else argv, e.retry)])
         sys.stderr.write(f"jaxlm {args.command}: stopped: {e}\n  resume with: {again}\n")
         return e.exit_code
+    except OSError as e:  # a write (or read) the command's own checks could not foresee
+        from jaxlm.atomic import output_error
+        sys.stderr.write(f"jaxlm {args.command}: error: "
+                         f"{output_error(e, None, None)}\n")
+        return 2
     except KeyboardInterrupt:
         sys.stderr.write("jaxlm: interrupted.\n")
         return 130
+
+
+def _rerun(argv: list[str], retry: tuple[str, ...]) -> list[str]:
+    """`argv` with `retry` ("--set", "key=value") in place of an earlier --set of that key."""
+    if len(retry) != 2 or retry[0] != "--set":
+        return [*argv, *retry]
+    key = retry[1].split("=", 1)[0] + "="
+    out: list[str] = []
+    for i, a in enumerate(argv):
+        if (a.startswith("--set=" + key) or (a == "--set" and i + 1 < len(argv)
+                                             and argv[i + 1].startswith(key))):
+            continue
+        if i and argv[i - 1] == "--set" and a.startswith(key):
+            continue
+        out.append(a)
+    return [*out, *retry]
 
 
 def run(command: str | list[str]) -> None:

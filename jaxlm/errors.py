@@ -27,6 +27,11 @@ class CheckpointError(JaxlmError):
     """A checkpoint or run directory is missing, corrupt or incompatible."""
 
 
+class OutputError(JaxlmError):
+    """Something the command computed could not be written: a read-only folder, a full disk, or
+    a path below a regular file (see `jaxlm.atomic.writing`)."""
+
+
 class TrainingStopped(Exception):
     """Training stopped early on purpose, after saving a checkpoint: a signal (preemption, Ctrl-C)
     or non-finite loss/gradients with `train.on_nonfinite: stop`.
@@ -35,7 +40,11 @@ class TrainingStopped(Exception):
     130 (SIGINT), 143 (SIGTERM), 3 (non-finite values). Rerunning the same command resumes.
     """
 
-    def __init__(self, message: str, *, exit_code: int, step: int):
+    def __init__(self, message: str, *, exit_code: int, step: int,
+                 retry: tuple[str, ...] = ()):
         super().__init__(message)
         self.exit_code = exit_code
         self.step = step
+        # extra command-line arguments for a rerun that should not stop the same way (NaN: a
+        # lower learning rate); the CLI prints the whole command with them
+        self.retry = tuple(retry)

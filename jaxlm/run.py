@@ -26,15 +26,20 @@ from typing import Any
 
 import yaml
 
-from jaxlm.atomic import write_text_atomic
+from jaxlm.atomic import file_above, write_text_atomic, writing
 from jaxlm.config import Config, ModelConfig, config_from_dict, migrate_raw, save_config, to_dict
 from jaxlm.errors import CheckpointError, ConfigError
 from jaxlm.run_describe import KEY_METRIC, describe  # noqa: F401  (KEY_METRIC re-exported)
+from jaxlm.run_start import (HISTORY_FILE, OPTIM_HINT, STRUCTURAL_OPTIM, adjustable_changes,
+                             not_a_start, on_off_changes, record, refusal, run_files)
+from jaxlm.run_start import pick as _pick
 
 # Sections that must match for a run directory to be resumed with a config (mesh, step count,
 # logging and evaluation cadence may change between sessions).
-IDENTITY_KEYS = ("model", "data", "optim", "train.task", "train.batch_size", "train.seed",
-                 "train.grad_accum", "finetune.lora")
+# The optimizer's hyper-parameters may change too (`jaxlm.run_start.ADJUSTABLE`); its name, and
+# turning a stage on or off (`jaxlm.run_start.ON_OFF`), change the saved optimizer state.
+IDENTITY_KEYS = ("model", "data", *STRUCTURAL_OPTIM, "train.task", "train.batch_size",
+                 "train.seed", "train.grad_accum", "finetune.lora")
 # ... and, per task, the settings that change what its examples are
 TASK_IDENTITY_KEYS = {"generative": ("generative.prompt_template", "generative.target_template",
                                      "generative.chat_template", "generative.packing",
@@ -43,7 +48,7 @@ TASK_IDENTITY_KEYS = {"generative": ("generative.prompt_template", "generative.t
 # What a run directory holds: nothing but training (and `--overwrite`) may replace these.
 RUN_FILES = ("config.yaml", "model.json", "tokenizer.json", "summary.json", "metrics.jsonl",
              "hf_import.json", "checkpoints", "checkpoints.corrupt", "best", "tensorboard",
-             "base", "base.partial")
+             "chat_template.jinja", HISTORY_FILE, "base", "base.partial")
 
 # Checkpoint folders and the orbax item in each step folder that holds the parameters.
 CHECKPOINT_ITEMS = {"checkpoints": "state", "best": "params"}
@@ -84,8 +89,18 @@ class Run:
 
     @classmethod
     def for_config(cls, cfg: Config, run_dir: str | Path | None = None) -> Run:
-        """The run of a config: --run, else the config's run_dir, else runs/<name>."""
-        return cls(run_dir or cfg.run_dir or f"runs/{cfg.name}")
+        """The run of a config: --run, else the config's run_dir, else runs/<name> (a name is
+        one plain folder name, so a run never lands outside runs/ by its name)."""
+        if run_dir or cfg.run_dir:
+            return cls(run_dir or cfg.run_dir)
+        name = cfg.name
+        if (not name or name in (".", "..") or Path(name).name != name or "\\" in name
+                or "\0" in name):
+            raise ConfigError(f"name {name!r} is not a plain folder name, so runs/<name> would "
+                              "put the run somewhere else. Use a name without '/', '\\' or "
+                              "'..', or pass --run PATH (or set run_dir) to put the run in "
+                              "another place.", culprit="name")
+        return cls(Path("runs") / name)
 
     # --- named paths -----------------------------------------------------------------------
     config_path = property(lambda self: self.path / "config.yaml")
@@ -117,61 +132,93 @@ class Run:
         """Create or check the run directory for `cfg`; returns True when it holds a run to resume.
 
         A directory holding a run with a different config is refused unless `overwrite`, so a
-        finished run is never clobbered by accident.
+        finished run is never clobbered by accident; without `overwrite` a folder is cleared only
+        when it holds nothing but the files of a start that never trained (`jaxlm.run_start`).
         """
         run_dir = self.path
         if run_dir.exists() and not run_dir.is_dir():
             raise ConfigError(f"Run directory '{run_dir}' exists and is a file. Choose another "
                               "--run.", culprit=str(run_dir))
-        if self.config_path.is_file():
-            if overwrite:
-                self._clear()
-            else:
-                resume = self._check_resume(cfg)
-                if resume is not None:
-                    return resume
-        elif (run_dir.is_dir() and any(p.suffix != ".tmp" for p in run_dir.iterdir())
-              and not overwrite):  # (a .tmp file: a first write cut short)
+        above = file_above(run_dir)
+        if above is not None:
+            raise ConfigError(f"Run directory '{run_dir}' cannot be created: '{above}' is a file. "
+                              "Choose another --run.", culprit=str(run_dir))
+        if overwrite:
+            self._clear()
+        elif self.config_path.is_file():
+            resume = self._check_resume(cfg)
+            if resume is not None:
+                return resume
+        elif run_dir.is_dir() and any(p.suffix != ".tmp" for p in run_dir.iterdir()):
+            # (a .tmp file: a first write cut short)
             raise ConfigError(f"Run directory '{run_dir}' is not empty and is not a jaxlm run (no "
                               "config.yaml). Choose an empty or new --run, or pass --overwrite.",
                               culprit=str(run_dir))
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.config_path)
+        with writing(self.config_path, "the run's config"):
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.config_path)
         return False
 
-    def _check_resume(self, cfg: Config) -> bool | None:
-        """Whether the run saved here resumes with `cfg` (None: it was cleared, start afresh)."""
-        run_dir = self.path
+    def differences(self, cfg: Config) -> tuple[dict, dict, list[str]]:
+        """(the saved config, `cfg` as a dict, the keys that differ and make `cfg` another run
+        than the one saved here)."""
         old = migrate_raw(_read_yaml(self.config_path))  # train.objective -> train.task
         new = to_dict(cfg)
         keys = IDENTITY_KEYS + TASK_IDENTITY_KEYS.get(cfg.train.task, ())
         diffs = [k for k in keys if _pick(old, k) != _pick(new, k)]
-        if diffs and not self.checkpoint_steps("checkpoints") + self.checkpoint_steps("best"):
-            # a start that failed before its first checkpoint: nothing to lose, start again
-            # (its tokenizer and model spec came from the old config, so they go too)
-            from jaxlm.checkpoint import warn
-            warn(f"'{run_dir}' holds a run with a different config that never saved a "
-                 "checkpoint; starting it again with this config.")
-            self._clear()
+        return old, new, diffs + on_off_changes(old, new)
+
+    def matches(self, cfg: Config) -> bool:
+        """Whether this folder holds `cfg`'s run: it resumes with `cfg`, perhaps with changed
+        optimizer hyper-parameters (so its tokenizer is the one to use)."""
+        return self.config_path.is_file() and not self.differences(cfg)[2]
+
+    def _check_resume(self, cfg: Config) -> bool | None:
+        """Whether the run saved here resumes with `cfg` (None: it was cleared, start afresh).
+        Changed optimizer hyper-parameters are accepted, announced and kept in
+        config_history.jsonl with their old values."""
+        run_dir = self.path
+        old, new, diffs = self.differences(cfg)
+        steps = self.checkpoint_steps("checkpoints")
+        if diffs and not steps + self.checkpoint_steps("best"):
+            self._clear_start(diffs, old)  # refused unless only a start that never trained
             return None
         if diffs:
             raise ConfigError(
                 f"Run directory '{run_dir}' holds a run with a different config ({', '.join(diffs)} "
                 "differ), so it cannot be resumed with this one. Use a new --run, rerun with "
-                "the original config to resume, or pass --overwrite to discard the old run.",
+                "the original config to resume, or pass --overwrite to discard the old run."
+                + (OPTIM_HINT if any(k.startswith("optim.") for k in diffs) else ""),
                 culprit=str(run_dir))
-        if old != new:  # e.g. more steps: config.yaml describes the latest invocation
-            save_config(cfg, self.config_path)
+        changes = adjustable_changes(old, new)
+        with writing(self.config_path, "the run's config"):
+            if changes:
+                record(run_dir, steps[-1] if steps else None, changes)
+            if old != new:  # e.g. more steps: config.yaml describes the latest invocation
+                save_config(cfg, self.config_path)
         return self.checkpoints_dir.is_dir()
 
+    def _clear_start(self, diffs: list[str], old: dict) -> None:
+        """Clear a start with another config that never trained, or refuse to touch a folder
+        that holds more (anything jaxlm did not write for such a start)."""
+        more = not_a_start(self.path, old)
+        if not more:
+            from jaxlm.checkpoint import warn
+            warn(f"'{self.path}' holds only the files of a start with a different config "
+                 f"({', '.join(diffs)} differ) that never trained a step; starting it again "
+                 "with this config.")
+            self._clear()
+            return
+        raise refusal(self.path, diffs, more, run_files(self.path, RUN_FILES))
+
     def _clear(self) -> None:
-        """Remove what a run wrote (and nothing else in the folder): --overwrite, or a failed
-        start."""
-        for name in RUN_FILES + tuple(p.name for p in self.path.glob("eval_*.json")):
+        """Remove what a run wrote (and nothing else in the folder): --overwrite, or a start that
+        never trained."""
+        for name in run_files(self.path, RUN_FILES):
             target = self.path / name
             if target.is_dir():
                 shutil.rmtree(target)
-            elif target.exists():
+            else:
                 target.unlink()
 
     # --- config, model spec, tokenizer ----------------------------------------------------
@@ -378,17 +425,24 @@ def load_run(path: str | Path, checkpoint: str | int = "best") -> LoadedRun:
     return Run(path).load(checkpoint)
 
 
-def check_output_path(path: str | Path, flag: str, *, folder: bool = False) -> None:
+def check_output_path(path: str | Path, flag: str, *, folder: bool = False,
+                      run_ok: bool = False) -> None:
     """Refuse an output path that would overwrite part of an existing jaxlm run (its config,
-    model, tokenizer, metrics or checkpoints), or a folder where a file is expected."""
+    model, tokenizer, metrics or checkpoints), a folder where a file is expected, or a path
+    below a regular file (nothing can be written there). `run_ok`: the folder may be a run
+    directory (a command that writes runs checks that itself)."""
     p = Path(path).absolute()
+    above = file_above(p)
+    if above is not None:
+        raise ConfigError(f"{flag} '{path}' cannot be written: '{above}' is a file, not a "
+                          "folder. Choose a path in a folder.", culprit=flag)
     if not folder and p.is_dir():
         raise ConfigError(f"{flag} '{path}' is a directory; give the path of a file to write.",
                           culprit=flag)
     if folder and p.exists() and not p.is_dir():
         raise ConfigError(f"{flag} '{path}' is an existing file; give a folder to write into.",
                           culprit=flag)
-    if folder and Run.is_run_dir(p):
+    if folder and not run_ok and Run.is_run_dir(p):
         raise ConfigError(f"{flag} '{path}' is a jaxlm run directory; writing there would "
                           "replace the run's own files. Choose another folder.", culprit=flag)
     for parent in p.parents:
@@ -398,12 +452,6 @@ def check_output_path(path: str | Path, flag: str, *, folder: bool = False) -> N
                 raise ConfigError(f"{flag} '{path}' would overwrite '{part}' of the jaxlm run in "
                                   f"'{parent}'. Write the output somewhere else.", culprit=flag)
             return
-
-
-def _pick(d: dict, dotted: str) -> Any:
-    for part in dotted.split("."):
-        d = d.get(part, {}) if isinstance(d, dict) else {}
-    return d
 
 
 def _find_key(raw: Any, key: str) -> Any:

@@ -23,10 +23,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run `jaxlm convert` with parsed arguments; returns the exit code."""
+    from jaxlm.atomic import writing
     from jaxlm.interop.convert import convert_hf_to_run
+    from jaxlm.run import check_output_path
 
-    s = convert_hf_to_run(args.from_hf, args.out, task=args.task, num_labels=args.num_labels,
-                          seed=args.seed, overwrite=args.overwrite)
+    check_output_path(args.out, "--out", folder=True, run_ok=True)
+    with writing(args.out, "the run directory"):
+        s = convert_hf_to_run(args.from_hf, args.out, task=args.task, num_labels=args.num_labels,
+                              seed=args.seed, overwrite=args.overwrite)
     print(f"converted {s['model_type']} ({', '.join(s['architectures']) or 'no architecture'}) "
           f"for '{s['task']}': {s['params']:,} parameters -> {s['run_dir']}")
     if s["fresh"]:

@@ -87,12 +87,16 @@ def run_show(args: argparse.Namespace) -> int:
 
 def run_build(args: argparse.Namespace) -> int:
     """Run `jaxlm data build`; returns the exit code."""
+    from jaxlm.atomic import writing
     from jaxlm.data.tfds_build import build_dataset
+    from jaxlm.run import check_output_path
 
+    check_output_path(args.data_dir, "--data-dir", folder=True)
     files = {s: resolve(f) for s, f in (("train", args.train), ("validation", args.validation),
                                         ("test", args.test)) if f}
-    sizes = build_dataset(args.name, files, args.data_dir, fmt=args.format,
-                          options=source_options(args), overwrite=args.overwrite)
+    with writing(args.data_dir, "the TFDS dataset"):
+        sizes = build_dataset(args.name, files, args.data_dir, fmt=args.format,
+                              options=source_options(args), overwrite=args.overwrite)
     print(f"built tfds:{args.name} in {args.data_dir}: {_fmt_splits(sizes)}")
     print(f"read it with: --set data.train=tfds:{args.name} --set data.tfds_data_dir="
           f"{args.data_dir}   (or TFDS_DATA_DIR={args.data_dir})")

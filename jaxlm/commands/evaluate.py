@@ -36,6 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run `jaxlm evaluate` with parsed arguments; returns the exit code."""
+    from jaxlm.atomic import write_output, writing
     from jaxlm.evaluation import evaluate_run
     from jaxlm.metrics import format_report
     from jaxlm.run import Run, check_output_path
@@ -45,8 +46,9 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate_run(args.run, args.data, split=args.split, checkpoint=args.checkpoint,
                           batch_size=args.batch_size or 0, generation=generation_args(args))
     out = Path(args.out) if args.out else Run(args.run).eval_path(report["split"])
+    print(format_report(report))  # first: a report that cannot be saved is still seen
     check_output_path(out, "--out")
-    out.write_text(json.dumps(report, indent=2))
-    print(format_report(report))
+    with writing(out, "the report", "The report above was not saved."):
+        write_output(out, json.dumps(report, indent=2))
     print(f"wrote {out}")
     return 0

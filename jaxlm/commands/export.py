@@ -31,6 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run `jaxlm export` with parsed arguments; returns the exit code."""
+    from jaxlm.atomic import writing
     from jaxlm.interop.convert import export_run
     from jaxlm.loading import load_model
     from jaxlm.models.lora import merge_lora
@@ -42,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     if args.adapters_only:
         return _export_adapters(loaded, args)
     loaded = dataclasses.replace(loaded, model=merge_lora(loaded.model))  # W + scale * A @ B
-    s = export_run(loaded, args.to_hf, overwrite=args.overwrite)
+    with writing(args.to_hf, "the Hugging Face checkpoint"):
+        s = export_run(loaded, args.to_hf, overwrite=args.overwrite)
     print(f"exported {s['family']} ({s['checkpoint']}) as {s['architecture']} -> {s['out']}")
     return 0
 

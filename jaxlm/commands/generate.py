@@ -91,9 +91,11 @@ def run(args: argparse.Namespace) -> int:
         for i, (p, o) in enumerate(zip(prompts, outs)):
             sys.stdout.write((f"### {i}\n" if len(prompts) > 1 else "") + p + o + "\n")
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            for p, o in zip(prompts, outs):
-                f.write(json.dumps({"prompt": p, "completion": o}, ensure_ascii=False) + "\n")
+        from jaxlm.atomic import write_output, writing
+        with writing(args.output, "the completions", "The text above was not saved."):
+            write_output(args.output, "".join(
+                json.dumps({"prompt": p, "completion": o}, ensure_ascii=False) + "\n"
+                for p, o in zip(prompts, outs)))
     if refs is not None:
         scores = bleu_rouge(outs, refs)
         sys.stdout.write("scores: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()) + "\n")

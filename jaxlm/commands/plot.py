@@ -24,10 +24,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run `jaxlm plot` with parsed arguments; returns the exit code."""
+    from jaxlm.atomic import writing
     from jaxlm.plotting import plot_runs
+    from jaxlm.run import check_output_path
 
+    check_output_path(args.out, "--out")
     labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
-    out = plot_runs(args.run_dirs, args.out, labels=labels, title=args.title or None,
-                    smooth=args.smooth, log_loss=args.log_loss)
+    with writing(args.out, "the figure"):
+        out = plot_runs(args.run_dirs, args.out, labels=labels, title=args.title or None,
+                        smooth=args.smooth, log_loss=args.log_loss)
     print(f"wrote {out} ({len(args.run_dirs)} run{'s' if len(args.run_dirs) > 1 else ''})")
     return 0

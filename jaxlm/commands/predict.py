@@ -49,13 +49,13 @@ def run(args: argparse.Namespace) -> int:
         rows = _generate(run_, text.splitlines(), args)
     else:
         rows = _classify(run_, [line for line in text.splitlines() if line.strip()], args)
-    out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")
-    try:
-        for row in rows:
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
-    finally:
-        if out is not sys.stdout:
-            out.close()
+    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        from jaxlm.atomic import write_output, writing
+        with writing(args.output, "the predictions"):
+            write_output(args.output, text)
     return 0
 
 

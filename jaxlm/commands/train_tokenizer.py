@@ -21,6 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "(not used by char)")
     p.add_argument("--out", required=True, help="directory to write tokenizer.json into")
     p.add_argument("--split", default="train", help="split to train on (default train)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a tokenizer.json already in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_source_args(p)
     p.set_defaults(func=run)
@@ -32,10 +34,15 @@ def run(args: argparse.Namespace) -> int:
 
     from jaxlm.data.lm_data import tokenizer_texts
     from jaxlm.data.sources import open_source
+    from jaxlm.atomic import writing
     from jaxlm.data.tokenizer import TextTokenizer, train_tokenizer
+    from jaxlm.errors import ConfigError
     from jaxlm.run import check_output_path
 
     check_output_path(args.out, "--out", folder=True)  # a run's tokenizer must match its model
+    if (Path(args.out) / "tokenizer.json").exists() and not args.overwrite:
+        raise ConfigError(f"'{Path(args.out) / 'tokenizer.json'}' already exists. Pass "
+                          "--overwrite to replace it, or choose another --out.", culprit="--out")
 
     src = open_source(resolve(args.data), args.split, source_options(args))
     texts = tqdm(tokenizer_texts(src), desc=f"reading {src.name}", unit=" texts",
@@ -43,8 +50,9 @@ def run(args: argparse.Namespace) -> int:
     tok = TextTokenizer(train_tokenizer(texts, args.kind, args.vocab_size,
                                         show_progress=not args.quiet))
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tok.save(out / "tokenizer.json")
+    with writing(out / "tokenizer.json", "the tokenizer"):
+        out.mkdir(parents=True, exist_ok=True)
+        tok.save(out / "tokenizer.json")
     sample = src[0]["text"][:80]
     ids = tok.encode(sample)
     print(f"saved {out / 'tokenizer.json'}: {args.kind}, vocabulary {tok.vocab_size:,}, trained on "

@@ -70,9 +70,10 @@ def check_batch(cfg: Config, mesh: Any) -> None:
 
 def run_tokenizer(cfg: Config, run: Run, task: Task, train_src: Any,
                   pre: Pretrained | None, overwrite: bool = False) -> TextTokenizer:
-    """The run's saved tokenizer (resume), the checkpoint's, a given file, or a new one; saved
-    into the run directory by `prepare` once the run directory is accepted."""
-    if run.tokenizer_path.is_file() and not overwrite:
+    """The run's saved tokenizer (when the run resumes with `cfg`), the checkpoint's, a given
+    file, or a new one; saved into the run directory by `prepare` once the run directory is
+    accepted."""
+    if run.tokenizer_path.is_file() and not overwrite and run.matches(cfg):
         return run.tokenizer()
     t = cfg.data.tokenizer
     if pre is not None:

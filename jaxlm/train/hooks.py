@@ -36,15 +36,28 @@ class NonfiniteWatch:
         return (f"at step {last}" if new == 1 else
                 f"at {new} steps after step {since}, the last at step {last}")
 
-    def stop(self, what: str, step: int, where: str) -> TrainingStopped:
-        """The error that ends a run in on_nonfinite=stop mode."""
+    def stop(self, what: str, step: int, where: str, lr: float) -> TrainingStopped:
+        """The error that ends a run in on_nonfinite=stop mode: it names the rerun with half the
+        learning rate, which resumes from this checkpoint (optimizer hyper-parameters may change
+        on resume, see `jaxlm.run_start`)."""
+        lower = f"optim.lr={yaml_float(lr / 2)}"
         return TrainingStopped(
             f"Non-finite loss or gradients (NaN/Inf) {what}. Those updates were not applied, so "
             f"the parameters hold no NaN/Inf; saved a checkpoint at step {step} in '{where}'. "
-            "Lower optim.lr, raise optim.warmup_steps or optim.grad_clip, or check the data, "
-            f"then rerun the same command to resume from step {step} (or set "
-            "train.on_nonfinite=skip to skip such steps and carry on).",
-            exit_code=NONFINITE_EXIT_CODE, step=step)
+            f"Resume from step {step} with a lower learning rate: the same command with --set "
+            f"{lower} (from Python: the same config with {lower}); optim.warmup_steps and "
+            "optim.grad_clip may change on resume too. Or check the data, or set "
+            "train.on_nonfinite=skip to skip such steps and carry on.",
+            exit_code=NONFINITE_EXIT_CODE, step=step, retry=("--set", lower))
+
+
+def yaml_float(x: float) -> str:
+    """`x` as --set reads it back as a float (YAML 1.1 needs a '.' in the mantissa: 5.0e-05)."""
+    text = f"{x:g}"
+    if "e" in text and "." not in text:
+        mantissa, exponent = text.split("e")
+        text = f"{mantissa}.0e{exponent}"
+    return text
 
 
 @dataclass
@@ -70,7 +83,7 @@ class TrainingHooks:
 
     def install(self, trainer: Trainer, start: int, state: Any, cfg: Any, guard: Any) -> None:
         """Register the hooks on `trainer` for a loop starting after step `start`."""
-        t = cfg.train
+        t, self.lr = cfg.train, cfg.optim.lr
         self.watch = NonfiniteWatch(int(jax.device_get(state.nonfinite_count)), start)
         self.bar = tqdm(total=trainer.total_steps, initial=start, disable=not self.show_progress,
                         dynamic_ncols=True, desc="train")
@@ -153,7 +166,8 @@ class TrainingHooks:
         if self.fault:
             self.save(info.step, info.state)
             self.checkpointer.wait()
-            raise self.watch.stop(self.fault, info.step, str(self.checkpointer.directory))
+            raise self.watch.stop(self.fault, info.step, str(self.checkpointer.directory),
+                                  self.lr)
         if self.guard.should_stop(info.step) and info.step < trainer.total_steps:
             self.save(info.step, info.state)
             self.checkpointer.wait()
@@ -166,7 +180,7 @@ class TrainingHooks:
             step = int(jax.device_get(state.step))
             self.save(step, state)
             self.checkpointer.wait()
-            raise self.watch.stop(self.fault, step, str(self.checkpointer.directory))
+            raise self.watch.stop(self.fault, step, str(self.checkpointer.directory), self.lr)
 
     def summary(self, step: int) -> dict[str, Any]:
         """The loop's part of the run summary."""
