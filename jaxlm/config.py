@@ -94,8 +94,9 @@ class ModelConfig(_Section):
 
     def _check_rules(self) -> None:
         require_positive(self, "model", ("num_layers", "d_model", "num_heads", "max_len"))
-        require_positive(self, "model", ("vocab_size", "num_kv_heads", "head_dim", "d_ff"),
-                         zero_ok=True)
+        require_positive(self, "model", ("vocab_size", "num_kv_heads", "head_dim", "d_ff",
+                                          "init_std"), zero_ok=True)
+        require_positive(self, "model", ("rope_theta",))
         m = self._resolve()
         if m.num_heads % m.num_kv_heads:
             bad_key("model.num_kv_heads", f"{m.num_kv_heads} must divide model.num_heads="
@@ -150,6 +151,9 @@ class MeshConfig(_Section):
                 bad_key(f"mesh.{key}", f"must be a positive size or -1 (the rest of the devices), "
                         f"got {v}.")
         require_positive(self, "mesh", ("num_devices",), zero_ok=True)
+        if self.rules:
+            from jaxlm.sharding import check_rules
+            check_rules(self.rules, "mesh.rules")
 
 
 @dataclass
@@ -175,7 +179,10 @@ class OptimConfig(_Section):
     def _check_rules(self) -> None:
         require_positive(self, "optim", ("lr", "min_lr", "warmup_steps", "decay_steps", "eps",
                                           "weight_decay", "grad_clip"), zero_ok=True)
-        for key in ("b1", "b2"):
+        if self.min_lr > self.lr:
+            bad_key("optim.min_lr", f"{self.min_lr} exceeds optim.lr={self.lr}: the schedule "
+                    "decays from optim.lr down to optim.min_lr.")
+        for key in ("b1", "b2", "momentum"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 bad_key(f"optim.{key}", f"must be in [0, 1), got {getattr(self, key)}.")
 
@@ -189,6 +196,9 @@ class TokenizerConfig(_Section):
     kind: str = "char"
     vocab_size: int = 0
     path: str = ""
+
+    def _check_rules(self) -> None:
+        require_positive(self, "data.tokenizer", ("vocab_size",), zero_ok=True)
 
 
 @dataclass
@@ -207,7 +217,10 @@ class DataConfig(_Section):
     text_field: str = ""  # tsv/csv/jsonl column or TFDS feature with the text (empty: found)
     label_field: str = ""  # the same for the label (empty: 'label' when present)
     labels: list[str | int] = field(default_factory=list)  # declared label set (empty: from train)
-    on_invalid: str = "report"  # empty lines, missing or undeclared labels: count+skip or error
+    # invalid records (empty lines, missing or undeclared labels; for generative fine-tuning, a
+    # field the templates name or an empty target): count and skip (report) or stop (error);
+    # "": the task's default, report for pretraining and classification, error for generative
+    on_invalid: str = ""
     seq_len: int = 64
     sampling: str = "random_windows"
     packing: str = "concat"  # sampling=packed: concat-then-split or first-fit bins (grain)
@@ -225,6 +238,10 @@ class DataConfig(_Section):
             bad_key("data.val_fraction", f"must be in (0, 1), got {self.val_fraction}.")
         if not 0.0 <= self.mask_prob <= 1.0:
             bad_key("data.mask_prob", f"must be in [0, 1], got {self.mask_prob}.")
+        for i, n in enumerate(self.length_buckets):
+            if not 0 < n <= self.seq_len:
+                bad_key(f"data.length_buckets[{i}]", f"must be a length in [1, data.seq_len="
+                        f"{self.seq_len}] (rows are cut to seq_len), got {n}.")
 
 
 @dataclass
@@ -254,7 +271,10 @@ class TrainConfig(_Section):
         require_positive(self, "train", ("steps", "batch_size", "grad_accum", "log_every",
                                           "checkpoint_every", "keep_checkpoints",
                                           "preemption_check_every"))
-        require_positive(self, "train", ("eval_batches", "eval_batch_size"), zero_ok=True)
+        require_positive(self, "train", ("eval_every", "eval_batches", "eval_batch_size"),
+                         zero_ok=True)
+        if not 0 <= self.seed < 2**32:
+            bad_key("train.seed", f"must be in [0, 2**32 - 1], got {self.seed}.")
         if self.batch_size % self.grad_accum:
             bad_key("train.grad_accum", f"{self.grad_accum} must divide train.batch_size="
                     f"{self.batch_size} (each micro-batch is batch_size / grad_accum rows).")
@@ -324,6 +344,7 @@ class FinetuneConfig(_Section):
             bad_key("finetune.freeze_backbone", "is true with LoRA (finetune.lora.rank="
                     f"{self.lora.rank}), which already keeps the backbone frozen and trains "
                     "adapters inside it: set freeze_backbone to false.")
+        require_positive(self, "finetune", ("backbone_lr_scale",), zero_ok=True)
 
     def best(self, default: str) -> tuple[str, str]:
         """(metric, mode) that choose the best checkpoint, defaults filled in."""
@@ -375,6 +396,11 @@ class DistributedConfig(_Section):
     coordinator: str = ""  # host:port of process 0
     num_processes: int = 0
     process_id: int = -1
+
+    def _check_rules(self) -> None:
+        require_positive(self, "distributed", ("num_processes",), zero_ok=True)
+        if self.process_id < -1:
+            bad_key("distributed.process_id", f"must be >= 0 (or -1: found), got {self.process_id}.")
 
 
 @dataclass

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import sys
 import types
@@ -74,6 +75,25 @@ def template_fields(template: str, key: str) -> list[str]:
     return names
 
 
+def _number(path: str, value: Any) -> float | None:
+    """A finite float for a number, or for a string in float notation (YAML 1.1 reads 3e-4 and
+    1e3 as strings; users write them so); None for anything else. NaN and infinities are
+    refused: no config value means them."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    if isinstance(value, str):
+        if not _FLOAT.fullmatch(value.strip()):
+            return None
+        value = value.strip()
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float
+        number = math.inf
+    if not math.isfinite(number):
+        bad_key(path, f"must be a finite number, got {value!r}.")
+    return number
+
+
 def _check_union(path: str, value: Any, hint: Any) -> Any:
     args = typing.get_args(hint)
     if value is None and type(None) in args:
@@ -104,7 +124,15 @@ def _check_container(path: str, value: Any, hint: Any, origin: Any) -> Any:
         return [check_value(f"{path}[{i}]", v, item) for i, v in enumerate(value)]
     if not isinstance(value, dict):  # a dict
         raise ConfigError(f"Config key '{path}' must be a mapping, got {value!r}.", culprit=path)
-    return dict(value)
+    return _plain(value)
+
+
+def _plain(value: Any) -> Any:
+    """A free-form mapping's value with `--set a.b.c=v` overrides inside it (e.g.
+    mesh.rules.embed=tensor) read as their YAML values."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return _unwrap_override(value, Any)
 
 
 def check_value(path: str, value: Any, hint: Any) -> Any:
@@ -121,11 +149,16 @@ def check_value(path: str, value: Any, hint: Any) -> Any:
     elif hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
+        number = None if isinstance(value, str) and value.strip().lstrip("+-").isdigit() else (
+            _number(path, value))  # a quoted "128" stays a string, as YAML wrote it
+        if number is not None:  # 1e3 and 1000.0 are 1000; 2.5 is refused
+            if not number.is_integer():
+                bad_key(path, f"must be a whole number, got {value!r}.")
+            return int(number)
     elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):  # YAML 1.1 reads 3e-4 as
-            return float(value)  # a string; users write it so
+        number = _number(path, value)
+        if number is not None:
+            return number
     elif hint is str:
         if isinstance(value, str):
             return value
@@ -197,5 +230,7 @@ def check_fields(section: Any, prefix: str) -> None:
                 raise ConfigError(f"Config key '{path}' must be a {hint.__name__}, got "
                                   f"{value!r}.", culprit=path)
             continue
-        check_value(path, value, hint)
+        checked = check_value(path, value, hint)
+        if hint in (int, float):  # a number typed as 3e-4 or 1e3 is stored as the number
+            setattr(section, f.name, checked)
         check_choice(path, value)

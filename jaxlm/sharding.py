@@ -84,6 +84,34 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
     return Mesh(dev_array, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
 
 
+def check_rules(rules: Any, where: str = "mesh.rules") -> None:
+    """A logical-axis rules table ({logical name: None, a mesh axis, or a list of distinct mesh
+    axes}) is well formed, else a ConfigError naming `where` and the entry: caught when the
+    config is read, not as a failure deep inside sharding."""
+    if not isinstance(rules, dict):
+        raise ConfigError(f"{where} must be a mapping of logical axis names to mesh axes, e.g. "
+                          "{embed: fsdp, mlp: tensor}; got " f"{rules!r}.", culprit=where)
+    for name, target in rules.items():
+        key = f"{where}.{name}"
+        if not isinstance(name, str):
+            raise ConfigError(f"{where} has the key {name!r}; logical axis names are strings "
+                              "(e.g. embed, mlp, heads).", culprit=where)
+        axes = [target] if isinstance(target, str) else target
+        if target is None:
+            continue
+        if not isinstance(axes, (list, tuple)) or not all(isinstance(a, str) for a in axes):
+            raise ConfigError(f"{key} is {target!r}; map a logical axis to a mesh axis "
+                              f"({', '.join(MESH_AXES)}), a list of them, or null (replicated).",
+                              culprit=key)
+        unknown = [a for a in axes if a not in MESH_AXES]
+        if unknown:
+            raise ConfigError(f"{key} names {', '.join(map(repr, unknown))}, which is not a mesh "
+                              f"axis; the mesh axes are {', '.join(MESH_AXES)}.", culprit=key)
+        if len(set(axes)) != len(axes):
+            raise ConfigError(f"{key} uses a mesh axis twice ({target!r}); a dimension is split "
+                              "over each mesh axis at most once.", culprit=key)
+
+
 @contextlib.contextmanager
 def use_mesh(mesh: Mesh | None, rules: dict[str, Any] | None = None) -> Iterator[None]:
     """Activate a mesh and rules for model code (activation constraints) and jax."""
