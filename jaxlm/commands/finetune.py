@@ -23,12 +23,14 @@ def run(args: argparse.Namespace) -> int:
     from jaxlm.config import load_config
     from jaxlm.distributed import initialize
     from jaxlm.metrics import format_report
-    from jaxlm.train.finetune import finetune
+    from jaxlm.train.finetune import FINETUNE_TASKS, finetune, not_a_finetune_task
 
     overrides = list(args.overrides)
     if args.init_from:
         overrides.append(f"finetune.init_from={args.init_from}")
     cfg = load_config(args.config, overrides)
+    if cfg.train.task not in FINETUNE_TASKS and _task_written(args.config, overrides):
+        raise not_a_finetune_task(cfg.train.task)  # (left at its default: a classifier)
     initialize(cfg.distributed)  # multi-host jobs: before anything touches a device
     summary = finetune(cfg, args.run_dir, overwrite=args.overwrite, show_progress=not args.quiet)
     for split in ("validation", "test"):
@@ -47,3 +49,13 @@ def run(args: argparse.Namespace) -> int:
     parts.append(f"run dir {summary['run_dir']}")
     print("done: " + ", ".join(parts))
     return 0
+
+
+def _task_written(config: str | None, overrides: list[str]) -> bool:
+    """Whether the config file or a --set names train.task (or its old name train.objective)."""
+    from jaxlm.config import load_yaml
+
+    train = (load_yaml(config) if config else {}).get("train")
+    written = isinstance(train, dict) and ("task" in train or "objective" in train)
+    return written or any(o.split("=", 1)[0].strip() in ("train.task", "train.objective")
+                          for o in overrides)
