@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from jaxlm.config import FAMILY_PRESETS, ROPE_SCALING_KEYS, ModelConfig
-from jaxlm.errors import CheckpointError
+from jaxlm.errors import CheckpointError, ConfigError
 
 SUPPORTED = ("bert", "gpt2", "llama")
 
@@ -64,26 +64,103 @@ def rope_settings(hf: dict, problems: list[str]) -> tuple[float, dict]:
 
 
 def config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
-    """The jaxlm ModelConfig (every family knob resolved) for a Hugging Face config dict."""
+    """The jaxlm ModelConfig (every family knob resolved) for a Hugging Face config dict; a
+    missing size or a value of the wrong type is a CheckpointError naming the key and `where`."""
     _check_importable(hf, where)
+    hf = checked_hf_config(hf, where)
     problems: list[str] = []
     cfg = _FROM_HF[hf["model_type"]](hf, problems)
     if problems:
         raise _unsupported(where, problems)
-    return cfg.resolved()
+    try:
+        return cfg.resolved()
+    except ConfigError as e:
+        raise CheckpointError(f"'{where}' describes a model jaxlm cannot build: {e} Fix the "
+                              "checkpoint's config.json, or use the checkpoint as saved by "
+                              "transformers.", culprit=where) from None
+
+
+# The sizes each model type needs (positive integers), the optional ones (null: the family
+# default), and the types of the other keys the readers use.
+_REQUIRED_SIZES = {
+    "bert": ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+             "intermediate_size"),
+    "gpt2": ("vocab_size", "n_embd", "n_layer", "n_head"),
+    "llama": ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+              "intermediate_size")}
+_OPTIONAL_SIZES = ("max_position_embeddings", "n_positions", "n_inner", "num_key_value_heads",
+                   "head_dim")
+_KEY_TYPES: dict[str, tuple[type, ...]] = {
+    **dict.fromkeys(("type_vocab_size", "pad_token_id", "num_labels"), (int,)),
+    **dict.fromkeys(("hidden_dropout_prob", "initializer_range", "layer_norm_eps", "resid_pdrop",
+                     "layer_norm_epsilon", "attention_dropout", "rms_norm_eps", "rope_theta",
+                     "partial_rotary_factor"), (int, float)),
+    **dict.fromkeys(("tie_word_embeddings", "attention_bias", "mlp_bias", "scale_attn_weights",
+                     "scale_attn_by_inverse_layer_idx", "add_cross_attention", "is_decoder"),
+                    (bool,)),
+    **dict.fromkeys(("hidden_act", "activation_function", "position_embedding_type"), (str,)),
+    **dict.fromkeys(("rope_scaling", "rope_parameters", "id2label"), (dict,)),
+    "architectures": (list,)}
+_JSON_NAMES = {(int,): "an integer", (int, float): "a number", (bool,): "true or false",
+               (str,): "a string", (dict,): "a JSON object", (list,): "a JSON list"}
+_ROPE_NUMBERS = ("rope_theta", "partial_rotary_factor", "factor", "low_freq_factor",
+                 "high_freq_factor", "original_max_position_embeddings")
+
+
+def _type_error(where: str, key: str, value: Any, want: str) -> CheckpointError:
+    return CheckpointError(
+        f"'{where}' has {key}={value!r} ({type(value).__name__}), but {key} must be {want}. The "
+        "file was edited by hand or written by other software: fix the value (numbers unquoted, "
+        "e.g. \"hidden_size\": 768), or use the checkpoint as saved by transformers.",
+        culprit=f"{where}: {key}")
+
+
+def _is(value: Any, types: tuple[type, ...]) -> bool:
+    return isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+
+
+def checked_hf_config(hf: dict, where: str) -> dict:
+    """`hf` without its null values (a null is the default, as transformers reads it), after
+    checking that each key the readers use has the right type and every size is a positive
+    integer; a CheckpointError names the first bad key and `where`."""
+    hf = {k: v for k, v in hf.items() if v is not None}
+    missing = [k for k in _REQUIRED_SIZES[hf["model_type"]] if k not in hf]
+    if missing:
+        raise CheckpointError(
+            f"'{where}' has no {', '.join(missing)}, which a {hf['model_type']} config needs to "
+            "build the model. The file is incomplete: use the config.json saved with these "
+            "weights.", culprit=f"{where}: {missing[0]}")
+    for key in _REQUIRED_SIZES[hf["model_type"]] + _OPTIONAL_SIZES:
+        if key in hf and not (_is(hf[key], (int,)) and hf[key] > 0):
+            raise _type_error(where, key, hf[key], "a positive integer")
+    for key, types in _KEY_TYPES.items():
+        if key in hf and not _is(hf[key], types):
+            raise _type_error(where, key, hf[key], _JSON_NAMES[types])
+    for key in ("rope_scaling", "rope_parameters"):
+        for name, value in (hf.get(key) or {}).items():
+            if name in _ROPE_NUMBERS and value is not None and not _is(value, (int, float)):
+                raise _type_error(where, f"{key}.{name}", value, "a number")
+    if not all(isinstance(a, str) for a in hf.get("architectures", [])):
+        raise _type_error(where, "architectures", hf["architectures"], "a list of class names")
+    if not all(str(k).isdigit() for k in hf.get("id2label", {})):
+        raise _type_error(where, "id2label", hf["id2label"], "a mapping of label ids (0, 1, ...) "
+                          "to names")
+    return hf
 
 
 def _check_importable(hf: dict, where: str) -> None:
     """Refuse custom model code and model types jaxlm has no family for."""
     if hf.get("auto_map"):  # custom modeling code (trust_remote_code): never run, never guessed
+        code = hf["auto_map"].values() if isinstance(hf["auto_map"], dict) else [hf["auto_map"]]
         raise CheckpointError(
             f"'{where}' declares custom model code (auto_map: "
-            f"{', '.join(map(str, hf['auto_map'].values()))[:200]}); its weights need that code, "
+            f"{', '.join(map(str, code))[:200]}); its weights need that code, "
             "which jaxlm never runs. Use a checkpoint saved with the standard transformers class "
             "(BERT, GPT-2 or Llama).", culprit=where)
     model_type = hf.get("model_type")
-    if model_type not in SUPPORTED:
-        archs = ", ".join(hf.get("architectures") or []) or "none listed"
+    if not isinstance(model_type, str) or model_type not in SUPPORTED:
+        archs = hf.get("architectures") or []
+        archs = ", ".join(map(str, archs if isinstance(archs, list) else [archs])) or "none listed"
         raise CheckpointError(
             f"'{where}' has model_type={model_type!r} (architectures: {archs}), which jaxlm cannot "
             f"import. Supported model types: {', '.join(SUPPORTED)} (BERT incl. MiniLM, GPT-2, "
