@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import json
 import os
 import re
 import urllib.parse
@@ -57,7 +58,7 @@ class SourceOptions:
         return cls(encoding=data_cfg.encoding, data_dir=data_cfg.tfds_data_dir,
                    documents=data_cfg.documents, text_field=data_cfg.text_field,
                    label_field=data_cfg.label_field, labels=[str(x) for x in data_cfg.labels],
-                   on_invalid=data_cfg.on_invalid)
+                   on_invalid=data_cfg.on_invalid or "report")
 
     def tfds_data_dir(self) -> str | None:
         """The TFDS data_dir: the option, else $TFDS_DATA_DIR, else None (TFDS's default)."""
@@ -309,22 +310,51 @@ class TfdsSource(Source):
         return {"text": str(text), "label": label}
 
 
+# The keys under which TFDS's metadata names a feature class that it imports by name: the
+# FeatureConnector proto's field, as protobuf's JSON parser reads it (JSON name or field name),
+# and "type" of the legacy {"type": CLASS, "content": ...} form of features.json
+# (tensorflow_datasets/core/features/feature.py: from_json, from_proto, cls_from_name).
+_CLASS_KEYS = ("pythonClassName", "python_class_name")
+
+
 def _check_feature_classes(name: str, data_dir: str | None) -> None:
-    """Refuse a prepared dataset whose features.json names a feature class outside TFDS: TFDS
-    would import that module by name, running code chosen by whoever wrote the data folder."""
+    """Refuse a prepared dataset whose metadata (features.json, dataset_info.json) names a feature
+    class outside TFDS: TFDS would import that module by name, running code chosen by whoever
+    wrote the data folder. The files are parsed as JSON (escapes decoded, every nested object and
+    repeated key seen), never matched as text; one that is not JSON is refused too."""
     root = Path(data_dir or "~/tensorflow_datasets").expanduser() / name.split("/")[0].split(":")[0]
-    for path in root.glob("**/features.json") if root.is_dir() else []:
-        try:
-            text = path.read_text()
-        except OSError:
-            continue  # TFDS reports unreadable metadata itself
-        for cls in re.findall(r'"python_?[cC]lass_?[nN]ame"\s*:\s*"([^"]*)"', text):
-            if not cls.startswith("tensorflow_datasets."):
+    if not root.is_dir():
+        return
+    for path in sorted(root.glob("**/features.json")) + sorted(root.glob("**/dataset_info.json")):
+        for cls in _feature_classes(path):
+            if not (isinstance(cls, str) and cls.startswith("tensorflow_datasets.")):
                 raise DataError(
-                    f"'{path}' names the feature class '{cls}', which is not part of TFDS; reading "
+                    f"'{path}' names the feature class {cls!r}, which is not part of TFDS; reading "
                     "the dataset would import and run that module. jaxlm only reads datasets "
                     "whose features are TFDS's own: rebuild it (e.g. `jaxlm data build`) or "
                     "check where the folder came from.", culprit=str(path))
+
+
+def _feature_classes(path: Path) -> list[Any]:
+    """Every value TFDS could read as a feature class name in one metadata file."""
+    found: list[Any] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict:
+        keys = {k for k, _ in items}
+        found.extend(v for k, v in items
+                     if k in _CLASS_KEYS or (k == "type" and "content" in keys))
+        return dict(items)
+
+    try:
+        json.loads(path.read_bytes().decode("utf-8"), object_pairs_hook=pairs)
+    except OSError:
+        return []  # unreadable: TFDS reports it itself, importing nothing
+    except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, absurdly nested
+        raise DataError(f"'{path}' is not valid JSON ({str(e)[:200]}), so jaxlm cannot check which "
+                        "feature classes it names and will not let TFDS read it. Rebuild the "
+                        "dataset (e.g. `jaxlm data build`) or restore the file.",
+                        culprit=str(path)) from None
+    return found
 
 
 def tfds_builder(spec: Spec) -> Any:
