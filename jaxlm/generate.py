@@ -16,6 +16,7 @@ still predicted from at least 3/4 of a context of real text, at positions the mo
 """
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable, Sequence
 
 import jax
@@ -23,7 +24,7 @@ import numpy as np
 from flax import nnx
 
 from jaxlm.data.tokenizer import TextTokenizer
-from jaxlm.errors import ConfigError
+from jaxlm.errors import CheckpointError, ConfigError
 from jaxlm.generation.decode import decoder_for
 from jaxlm.generation.sampling import Sampling
 from jaxlm.sharding import shard_params, use_mesh
@@ -147,6 +148,13 @@ class Generator:
                 state = self.decoder.decode(self.params, state, np.int32(stop_at),
                                             sampling=sampling, filler=self.filler)
                 step = int(state["step"])
+                if bool(state["nonfinite"]):
+                    raise CheckpointError(
+                        "The model gave non-finite logits (NaN or Inf) while generating: its "
+                        "parameters are damaged or too large (training diverged before the "
+                        "checkpoint was saved), so every token it samples is meaningless. Pick an "
+                        "earlier checkpoint with --checkpoint STEP (`jaxlm info --run RUN_DIR` "
+                        "lists the steps).", culprit="checkpoint")
                 new = np.array(state["out"])[:, consumed:step]  # a host copy, before donation
                 for b in range(B):
                     if done[b]:
@@ -178,6 +186,7 @@ class Generator:
         tok = self._need_tokenizer()
         single = isinstance(prompts, str)
         texts = [prompts] if single else list(prompts)
+        warn_unknown(tok, texts)
         ids = tok.encode_batch(texts, add_special_tokens=True)
         for i, p in enumerate(ids):
             if not p and tok.cls_id is not None:
@@ -245,6 +254,35 @@ class _TextStream:
             return ""
         piece, self.emitted = text[len(self.emitted):], text
         return piece
+
+
+def unknown_pieces(tok: TextTokenizer, texts: Sequence[str]) -> list[str]:
+    """The pieces of `texts` the tokenizer can only encode as its unknown token ([UNK]), each
+    once, in order of appearance (e.g. characters outside a character vocabulary)."""
+    if tok.unk_id is None:
+        return []
+    found: dict[str, None] = {}
+    for text, enc in zip(texts, tok.tokenizer.encode_batch(list(texts), add_special_tokens=False)):
+        for i, (start, end) in zip(enc.ids, enc.offsets):
+            if i == tok.unk_id:
+                found.setdefault(text[start:end], None)
+    return list(found)
+
+
+_warned: set[str] = set()
+
+
+def warn_unknown(tok: TextTokenizer, texts: Sequence[str]) -> None:
+    """One line on stderr naming the prompt pieces that become the unknown token, which the
+    model sees as one symbol (the generation then continues from a prompt other than the one
+    typed); each piece is named once per process."""
+    pieces = [p for p in unknown_pieces(tok, texts) if p not in _warned]
+    _warned.update(pieces)
+    if pieces:
+        shown = " ".join(repr(p) for p in pieces[:20]) + (" ..." if len(pieces) > 20 else "")
+        sys.stderr.write(f"jaxlm: warning: the prompt holds {len(pieces)} piece(s) outside the "
+                         f"tokenizer's vocabulary, read as {tok.tokenizer.id_to_token(tok.unk_id)}"
+                         f": {shown}\n")
 
 
 def generate(model: Any, tokenizer: TextTokenizer, prompts: str | Sequence[str], **kw: Any

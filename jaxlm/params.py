@@ -127,8 +127,26 @@ def model_from_params(cfg: ModelConfig, task: str, head: dict, flat: dict[ParamP
             f"{where} does not match the model its run describes (model.json / config.yaml): "
             f"{'; '.join(parts)}. The run directory was modified or mixes two runs.",
             culprit=where)
+    require_finite(flat, where)
     with nnx.use_eager_sharding(False):
         graphdef = nnx.graphdef(nnx.eval_shape(lambda: apply_lora(build_model(cfg, task, **kw),
                                                                   lora)))
     with jax.default_device(jax.devices()[0]):
         return nnx.merge(graphdef, to_state(flat, abstract))
+
+
+_EARLIER = ("Pick an earlier checkpoint with --checkpoint STEP (`jaxlm info --run RUN_DIR` lists "
+            "the steps), or rerun training from one with a lower optim.lr.")
+
+
+def require_finite(flat: dict[ParamPath, Any], where: str = "The checkpoint",
+                   fix: str = _EARLIER) -> None:
+    """Refuse parameters holding NaN or Inf (a run that diverged before the checkpoint was
+    saved): every output of such a model is meaningless, so no command uses it silently."""
+    bad = [path_str(p) for p, a in flat.items()
+           if np.asarray(a).dtype.kind not in "biu" and not np.isfinite(np.asarray(a)).all()]
+    if bad:
+        raise CheckpointError(
+            f"{where} holds non-finite parameters (NaN or Inf in {', '.join(bad[:4])}"
+            f"{' ...' if len(bad) > 4 else ''}): training diverged before this checkpoint was "
+            f"saved, so its outputs would be meaningless. {fix}", culprit=where)

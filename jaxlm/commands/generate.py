@@ -45,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run `jaxlm generate` with parsed arguments; returns the exit code."""
     from jaxlm.errors import ConfigError
-    from jaxlm.generate import Generator
+    from jaxlm.generate import Generator, warn_unknown
     from jaxlm.generation.scoring import bleu_rouge, read_lines
     from jaxlm.loading import load_model
     from jaxlm.sharding import mesh_for_run
@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(piece)
         sys.stdout.flush()
 
+    warn_unknown(lm.tokenizer, prompts)  # before the prompt is echoed
     if stream:
         sys.stdout.write(prompts[0])
         sys.stdout.flush()

@@ -120,6 +120,7 @@ def classification_dataset(source: Source, tok: TextTokenizer, *, seq_len: int, 
                            prefetch: int = 4) -> Batches:
     """This host's training batches for `num_steps` steps (reshuffled every epoch)."""
     enc = _Encoded(source, tok, seq_len, buckets, tok.pad_id or 0)
+    _require_two_classes(source, np.unique(enc.labels))
     n = len(enc.ids)
     order = grain.MapDataset.range(n).shuffle(seed=seed).repeat(None)
     hs = _host_slice(global_batch, process_index, process_count)
@@ -131,6 +132,19 @@ def classification_dataset(source: Source, tok: TextTokenizer, *, seq_len: int, 
     ds = grain.MapDataset.range(num_steps).map(make)
     return Batches(ds.to_iter_dataset(grain.ReadOptions(num_threads=2,
                                                         prefetch_buffer_size=prefetch)))
+
+
+def _require_two_classes(source: Source, present: Sequence[int]) -> None:
+    """A training split whose examples all have one label trains a classifier that answers that
+    label for everything (and scores perfectly on a split like it): refused."""
+    if len(present) < 2:
+        names = source.label_names or []
+        only = names[present[0]] if len(present) and present[0] < len(names) else "?"
+        raise DataError(f"{source.name} has training examples of one class only ({only!r}"
+                        f"{f', of the {len(names)} declared' if len(names) > 1 else ''}): a "
+                        "classifier trained on it answers that class for everything. Give "
+                        "data.train a split with at least two classes (check data.label_field and "
+                        "the file).", culprit=source.name)
 
 
 def classification_eval_batches(source: Source, tok: TextTokenizer, *, seq_len: int,
@@ -166,6 +180,8 @@ def classification_sources(cfg: Any) -> dict[str, Source]:
         raise DataError(f"{out['train'].name} has no labels; fine-tuning needs a labeled source "
                         "(labeled:, tsv:/csv:/jsonl: with data.label_field, or a TFDS dataset "
                         "with a ClassLabel feature).", culprit="data.train")
+    if len(names) < 2:
+        _require_two_classes(out["train"], range(len(names)))
     for split, given in (("validation", d.validation), ("test", d.test)):
         if given:
             out[split] = open_source(cfg.resolve_path(given), split, opts, label_names=names)

@@ -24,7 +24,8 @@ from jaxlm.models.layers import dtypes
 from jaxlm.sharding import shard
 
 Cache = list[tuple[jax.Array, jax.Array]]
-DecodeState = dict[str, Any]  # cache, out [B, N], step, done [B], pad [B], key, stop_ids [n]
+# cache, out [B, N], step, done [B], pad [B], key, stop_ids [n], nonfinite (NaN/Inf logits seen)
+DecodeState = dict[str, Any]
 
 CACHE_AXES = ("batch", "length", "act_kv_heads", None)
 
@@ -62,6 +63,12 @@ def _next(logits_BxV: jax.Array, key: jax.Array, step: jax.Array, sampling: Samp
     return tok_B, done_B | jnp.isin(tok_B, stop_ids)
 
 
+def _nonfinite(logits_BxV: jax.Array, done_B: jax.Array) -> jax.Array:
+    """Whether a row still generating got a NaN or Inf logit (a damaged or diverged model, whose
+    samples would be meaningless)."""
+    return jnp.any(~jnp.isfinite(logits_BxV) & ~done_B[:, None])
+
+
 def _prefill(graphdef: nnx.GraphDef, params: Any, tokens_BxP: jax.Array, pad_B: jax.Array,
             done_B: jax.Array, key: jax.Array, stop_ids: jax.Array, *, num_new: int,
             sampling: Sampling, filler: int = 0) -> DecodeState:
@@ -75,10 +82,12 @@ def _prefill(graphdef: nnx.GraphDef, params: Any, tokens_BxP: jax.Array, pad_B: 
     cache = new_cache(model.backbone.cfg, B, P + num_new - 1)
     logits_BxV, cache = cached_logits(model, tokens_BxP, cache, jnp.int32(0), pad_B)
     step = jnp.int32(0)
+    nonfinite = _nonfinite(logits_BxV, done_B)
     tok_B, done_B = _next(logits_BxV, key, step, sampling, done_B, stop_ids, filler)
     out_BxN = jnp.full((B, num_new), filler, jnp.int32).at[:, 0].set(tok_B)
     return {"cache": cache, "out": shard(out_BxN, ("batch", None)), "step": step + 1,
-            "done": done_B, "pad": pad_B, "key": key, "stop_ids": stop_ids}
+            "done": done_B, "pad": pad_B, "key": key, "stop_ids": stop_ids,
+            "nonfinite": nonfinite}
 
 
 def _decode(graphdef: nnx.GraphDef, params: Any, state: DecodeState, stop_at: jax.Array, *,
@@ -97,10 +106,12 @@ def _decode(graphdef: nnx.GraphDef, params: Any, state: DecodeState, stop_at: ja
         i = st["step"]
         prev_Bx1 = jax.lax.dynamic_slice_in_dim(st["out"], i - 1, 1, axis=1)
         logits_BxV, cache = cached_logits(model, prev_Bx1, st["cache"], P + i - 1, st["pad"])
+        nonfinite = st["nonfinite"] | _nonfinite(logits_BxV, st["done"])
         tok_B, done_B = _next(logits_BxV, st["key"], i, sampling, st["done"], st["stop_ids"],
                               filler)
         out = jax.lax.dynamic_update_slice_in_dim(st["out"], tok_B[:, None], i, axis=1)
-        return {**st, "cache": cache, "out": out, "step": i + 1, "done": done_B}
+        return {**st, "cache": cache, "out": out, "step": i + 1, "done": done_B,
+                "nonfinite": nonfinite}
 
     return jax.lax.while_loop(cond, body, state)
 

