@@ -14,6 +14,9 @@ from jaxlm.run import Run
 from jaxlm.run_info import series
 
 
+FORMATS = (".png", ".svg", ".pdf")  # the image formats `--out` may name, by extension
+
+
 def _smooth(ys: list[float], window: int) -> list[float]:
     """Trailing moving average (the first points average what exists so far)."""
     if window <= 1:
@@ -44,6 +47,10 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *,
     matplotlib.use("Agg")  # files only: no display needed (servers, CI, notebooks)
     import matplotlib.pyplot as plt
 
+    if Path(out).suffix.lower() not in FORMATS:
+        raise DataError(f"--out '{out}' names no image format jaxlm plot writes: end it in "
+                        f"{', '.join(FORMATS)} (e.g. {Path(out).stem or 'curves'}.png).",
+                        culprit="--out")
     runs = [Path(r) for r in run_dirs]
     if not runs:
         raise DataError("No run directory given. Pass one or more, e.g. jaxlm plot "

@@ -30,18 +30,21 @@ def describe(run: Run, *, count_params: bool = True) -> dict[str, Any]:
     """
     _require_run_dir(run)
     raw = run.raw_config()
-    spec = run.read_json(run.model_spec_path) or {}
-    summary = run.summary() or {}
+    spec = _mapping(run.read_json(run.model_spec_path))
+    summary = {k: v for k, v in _mapping(run.summary()).items()  # numbers where numbers go
+               if k not in _SUMMARY_NUMBERS or _is_number(v)}
     imported = run.read_json(run.import_info_path)
-    train_cfg = raw.get("train", {}) or {}
+    imported = _mapping(imported) if imported is not None else None
+    train_cfg = _mapping(raw.get("train"))
     task = (spec.get("task") or spec.get("objective") or train_cfg.get("task")
             or train_cfg.get("objective") or "causal")
+    task = task if isinstance(task, str) else "causal"
     kind = ("converted" if imported is not None else
             "finetune" if task in ("classification", "generative") else "pretrain")
     records = run.metric_records()
     ckpts = run.checkpoint_steps()
-    total = int(train_cfg.get("steps", 0) or 0)
-    model = spec.get("model") or raw.get("model") or {}
+    total = train_cfg.get("steps") if isinstance(train_cfg.get("steps"), int) else 0
+    model = _mapping(spec.get("model")) or _mapping(raw.get("model"))
     params = summary.get("params")
     if params is None and count_params and spec.get("model"):
         params = _param_count(spec)
@@ -51,8 +54,8 @@ def describe(run: Run, *, count_params: bool = True) -> dict[str, Any]:
         "steps_done": max([r["step"] for r in records] + ckpts + [summary.get("step", 0)],
                           default=0),
         "steps_total": total, "model": {k: model.get(k) for k in _MODEL_KEYS},
-        "params": params, "head": spec.get("head") or {},
-        "data": {k: (raw.get("data") or {}).get(k) for k in ("train", "validation", "seq_len")},
+        "params": params, "head": _mapping(spec.get("head")),
+        "data": {k: _mapping(raw.get("data")).get(k) for k in ("train", "validation", "seq_len")},
         "batch_size": train_cfg.get("batch_size"),
         "checkpoints": ckpts, "files": sorted(p.name + ("/" if p.is_dir() else "")
                                               for p in run.path.iterdir()),
@@ -60,7 +63,7 @@ def describe(run: Run, *, count_params: bool = True) -> dict[str, Any]:
     }
     if imported is not None:
         info["imported_from"] = imported.get("source")
-    if kind == "finetune" and (raw.get("finetune") or {}).get("init_from"):
+    if kind == "finetune" and _mapping(raw.get("finetune")).get("init_from"):
         info["init_from"] = raw["finetune"]["init_from"]
     info["last"] = {split: _last(records, split) for split in ("train", "val")}
     info["best"] = _best(run, records, task)
@@ -69,6 +72,19 @@ def describe(run: Run, *, count_params: bool = True) -> dict[str, Any]:
         if summary.get(key) is not None:
             info[key] = summary[key]
     return info
+
+
+_SUMMARY_NUMBERS = ("step", "params", "wall_s", "tokens_per_s", "compile_s")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _mapping(value: Any) -> dict:
+    """A run file's (or config section's) mapping; {} for anything else, e.g. a file damaged by
+    hand or by a killed write: `jaxlm info` describes what is readable rather than failing."""
+    return value if isinstance(value, dict) else {}
 
 
 def _require_run_dir(run: Run) -> None:
