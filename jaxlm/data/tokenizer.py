@@ -66,15 +66,28 @@ def train_tokenizer(texts: Iterable[str], kind: str, vocab_size: int = 0,
     return tok
 
 
+# Tokenizers the repository's configs name, and the commands that build them (the first lines of
+# scripts/sst_experiments.sh), for the error when one is missing on a fresh clone.
+BUILT_BY = {"runs/tokenizers/sst_wordpiece": (
+    "`.venv/bin/python scripts/make_pretrain_corpus.py && .venv/bin/jaxlm train-tokenizer "
+    "--data text:runs/corpus/pretrain.txt --kind wordpiece --vocab-size 8000 "
+    "--out runs/tokenizers/sst_wordpiece` (the first steps of scripts/sst_experiments.sh).")}
+
+
 def load_tokenizer(path: str | Path) -> Tokenizer:
     """Load a tokenizer.json file, or the tokenizer.json inside a directory."""
     p = Path(path)
     if p.is_dir():
         p = p / "tokenizer.json"
     if not p.is_file():
-        raise DataError(f"Tokenizer file '{p}' does not exist. Point data.tokenizer.path at a "
-                        "Hugging Face tokenizer.json (or the directory holding one), or leave it "
-                        "empty to train a tokenizer.", culprit=str(p))
+        built_by = next((cmd for folder, cmd in BUILT_BY.items()
+                         if p.parent.as_posix().endswith(folder)), None)
+        how = (f" It is built from the repository's own data; from the repository root run: "
+               f"{built_by}" if built_by else " Point data.tokenizer.path at a Hugging Face "
+               "tokenizer.json (or the directory holding one), build one with `jaxlm "
+               "train-tokenizer --data SPEC --kind wordpiece --vocab-size N --out DIR`, or leave "
+               "it empty to train a tokenizer with the run.")
+        raise DataError(f"Tokenizer file '{p}' does not exist.{how}", culprit=str(p))
     try:
         return Tokenizer.from_file(str(p))
     except Exception as e:  # the tokenizers library raises a bare Exception on bad JSON

@@ -46,9 +46,13 @@ def load_pretrained(init_from: str) -> Pretrained:
     if init_from.startswith("hf:") and Path(init_from[3:]).expanduser().is_dir():
         init_from = init_from[3:]  # hf:DIR -> the folder itself
     elif not init_from.startswith("hf:") and not Path(init_from).exists():
-        raise CheckpointError(f"finetune.init_from '{init_from}' does not exist. Give the run "
-                              "directory of a `jaxlm pretrain` run (or RUN_DIR/checkpoints/STEP), "
-                              "or hf:DIR for a Hugging Face checkpoint.", culprit=init_from)
+        config = Path("configs") / f"{Path(init_from).name}.yaml"  # runs/NAME <- configs/NAME.yaml
+        build = (f" Build it first with `jaxlm pretrain --config {config}`." if
+                 Path(init_from).parent.name == "runs" and config.is_file() else "")
+        raise CheckpointError(f"finetune.init_from '{init_from}' does not exist.{build} Give the "
+                              "run directory of a `jaxlm pretrain` run (or "
+                              "RUN_DIR/checkpoints/STEP), or hf:DIR for a Hugging Face "
+                              "checkpoint.", culprit=init_from)
     mcfg, params, tok, info = load_params(init_from)
     extra = {}
     if "head" in params and "pooler" in params["head"]:
