@@ -30,16 +30,16 @@ from jaxlm.atomic import file_above, write_text_atomic, writing
 from jaxlm.config import Config, ModelConfig, config_from_dict, migrate_raw, save_config, to_dict
 from jaxlm.errors import CheckpointError, ConfigError
 from jaxlm.run_describe import KEY_METRIC, describe  # noqa: F401  (KEY_METRIC re-exported)
-from jaxlm.run_start import (HISTORY_FILE, OPTIM_HINT, STRUCTURAL_OPTIM, adjustable_changes,
-                             not_a_start, on_off_changes, record, refusal, run_files)
+from jaxlm.run_start import (HISTORY_FILE, OPTIM_HINT, adjustable_changes, not_a_start,
+                             optim_refusals, record, refusal, run_files)
 from jaxlm.run_start import pick as _pick
 
 # Sections that must match for a run directory to be resumed with a config (mesh, step count,
 # logging and evaluation cadence may change between sessions).
 # The optimizer's hyper-parameters may change too (`jaxlm.run_start.ADJUSTABLE`); its name, and
-# turning a stage on or off (`jaxlm.run_start.ON_OFF`), change the saved optimizer state.
-IDENTITY_KEYS = ("model", "data", *STRUCTURAL_OPTIM, "train.task", "train.batch_size",
-                 "train.seed", "train.grad_accum", "finetune.lora")
+# turning a stage on or off, change the saved optimizer state (`jaxlm.run_start.optim_refusals`).
+IDENTITY_KEYS = ("model", "data", "train.task", "train.batch_size", "train.seed",
+                 "train.grad_accum", "finetune.lora")
 # ... and, per task, the settings that change what its examples are
 TASK_IDENTITY_KEYS = {"generative": ("generative.prompt_template", "generative.target_template",
                                      "generative.chat_template", "generative.packing",
@@ -166,7 +166,7 @@ class Run:
         new = to_dict(cfg)
         keys = IDENTITY_KEYS + TASK_IDENTITY_KEYS.get(cfg.train.task, ())
         diffs = [k for k in keys if _pick(old, k) != _pick(new, k)]
-        return old, new, diffs + on_off_changes(old, new)
+        return old, new, diffs + optim_refusals(old, new)
 
     def matches(self, cfg: Config) -> bool:
         """Whether this folder holds `cfg`'s run: it resumes with `cfg`, perhaps with changed

@@ -11,8 +11,9 @@
    schedule (`ADJUSTABLE`): they leave the saved optimizer state's tree as it is
    (tests/test_reliability_rundir.py builds every optimizer to check). Turning clipping on or off
    (0 or not), or weight decay for sgd and adafactor, adds or removes an optimizer stage
-   (`ON_OFF`), and another `optim.name` is another state: those stay refused. Each accepted
-   change is printed as one line and appended to config_history.jsonl (`record`).
+   (`ON_OFF`), and another `optim.name` (or any optim key not listed as adjustable) is another
+   state: those stay refused. Each accepted change is printed as one line and appended to
+   config_history.jsonl (`record`).
 """
 from __future__ import annotations
 
@@ -37,7 +38,6 @@ ADJUSTABLE = tuple(f"optim.{k}" for k in ("lr", "min_lr", "schedule", "warmup_st
                                           "decay_embeddings", "momentum", "grad_clip"))
 # 0 or not 0 adds or removes a stage, for these optimizers (None: all of them)
 ON_OFF = {"optim.grad_clip": None, "optim.weight_decay": ("sgd", "adafactor")}
-STRUCTURAL_OPTIM = ("optim.name",)
 OPTIM_HINT = (f" (A run resumes with other optimizer hyper-parameters ({', '.join(ADJUSTABLE)}), "
               "but not with another optim.name, nor with optim.grad_clip (or, for sgd and "
               "adafactor, optim.weight_decay) turned on or off: those change the saved "
@@ -64,6 +64,15 @@ def is_jaxlm_config(raw: Any) -> bool:
     return _same_shape(raw, to_dict(Config()))
 
 
+def optim_refusals(old: dict, new: dict) -> list[str]:
+    """The optimizer changes a saved run cannot take: any optim key not in `ADJUSTABLE` that
+    differs (optim.name, and keys added later until they are shown to be safe), and the stages
+    turned on or off (`on_off_changes`)."""
+    keys = set(pick(old, "optim")) | set(pick(new, "optim"))
+    fixed = [f"optim.{k}" for k in sorted(keys) if f"optim.{k}" not in ADJUSTABLE]
+    return [k for k in fixed if pick(old, k) != pick(new, k)] + on_off_changes(old, new)
+
+
 def on_off_changes(old: dict, new: dict) -> list[str]:
     """The optimizer stages turned on or off between two configs (`ON_OFF`)."""
     def on(d: dict, k: str) -> bool:
@@ -76,8 +85,11 @@ def on_off_changes(old: dict, new: dict) -> list[str]:
 
 
 def adjustable_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
-    """{key: (old, new)} of the optimizer settings that changed and may change on resume."""
-    return {k: (pick(old, k), pick(new, k)) for k in ADJUSTABLE if pick(old, k) != pick(new, k)}
+    """{key: (old, new)} of the optimizer settings that changed and may change on resume (a key
+    an older run's config.yaml lacks is not reported: it had no value to change)."""
+    saved = pick(old, "optim")
+    return {k: (pick(old, k), pick(new, k)) for k in ADJUSTABLE
+            if k.split(".", 1)[1] in saved and pick(old, k) != pick(new, k)}
 
 
 def record(run_dir: Path, step: int | None, changes: dict[str, tuple[Any, Any]]) -> None:

@@ -391,6 +391,9 @@ def test_structural_optimizer_changes_are_still_refused(w, tmp_path):
         assert ("resumes with other optimizer hyper-parameters" in err) == change.startswith(
             "optim"), err
         assert _snapshot(run) == before
+    from jaxlm.run_start import optim_refusals  # an optim key not known to be safe: refused
+    assert optim_refusals({"optim": {"name": "adamw", "new_key": 1}},
+                          {"optim": {"name": "adamw", "new_key": 2}}) == ["optim.new_key"]
 
 
 def test_adjustable_optimizer_settings_keep_the_saved_state_tree():
