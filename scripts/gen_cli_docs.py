@@ -82,7 +82,14 @@ HEADER = """\
 - Training commands take `--config FILE.yaml` plus any number of `--set key.path=value` overrides
   (YAML-parsed; an unknown key is refused with the closest valid key suggested). A run directory
   (default `runs/<name>`) is resumed when the same command runs again; a different config there is
-  refused unless `--overwrite`.
+  refused unless `--overwrite`, and `--overwrite` is the only way a folder holding more than a
+  start that never trained (another program's files, checkpoints, `checkpoints.corrupt/`, logged
+  metrics, a summary) is ever cleared. The optimizer's hyper-parameters (`optim.lr`,
+  `optim.warmup_steps`, `optim.grad_clip`, ...) may change on resume: each change is printed and
+  kept in the run's `config_history.jsonl`. A run stopped by NaN/Inf (exit 3) prints the command
+  that resumes it from its last good checkpoint with half the learning rate.
+- A write that fails (a read-only folder, a full disk, a path below a regular file) exits with
+  code 2 and one paragraph naming the path, after printing what the command computed.
 - Dataset specs: `tfds:NAME[/CONFIG][:SPLIT]`, `text:PATH`, `labeled:PATH` (`LABEL TEXT` lines),
   `tsv:PATH`, `csv:PATH`, `jsonl:PATH`; options per spec as a query string
   (`labeled:DIR?encoding=iso-8859-1`); `{data_root}` expands to `$JAXLM_DATA`, else
