@@ -48,7 +48,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "generative.validate_with": ("loss", "generate"),
     "data.sampling": ("random_windows", "packed"),
     "data.documents": ("file", "blank_line", "line"),
-    "data.on_invalid": ("report", "error"),
+    "data.on_invalid": ("", "report", "error"),
     "data.packing": ("concat", "first_fit"),
 }
 
