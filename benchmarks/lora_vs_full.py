@@ -5,8 +5,9 @@ time, measured side by side in one process.
 For each of the two settings (finetune.lora.rank 0 and the config's rank) it runs the trainer's
 own setup (`jaxlm.train.fit.prepare` + `compile_task_steps`: the data, tokenizer, pretrained
 checkpoint and model of `jaxlm finetune`) in a scratch run directory, compiles the train step on a
-real training batch, times --steps steps after one warm-up, and writes one checkpoint as the
-trainer does (for LoRA also the frozen base, once per run). Steps alternate between the two
+real training batch, times --steps steps after one warm-up, then writes a checkpoint of the trained
+state as the trainer does (for LoRA also the frozen base, once per run): after training, so the
+optimizer moments are not the zeros of step 0, which compress to nothing. Steps alternate between the two
 settings for --rounds rounds (the machine may be shared: medians are printed).
 
     .venv/bin/python benchmarks/lora_vs_full.py --config configs/minilm_sst2_lora.yaml \\
@@ -55,16 +56,13 @@ def _setting(cfg_path: str, init_from: str, rank: int, run_dir: Path) -> dict:
         compiled = steps.train.lower(steps.init(), batch).compile()
         mem = compiled.memory_analysis()
         state = steps.init()
-        ckpt = s.run.checkpointer(keep=1, async_save=False)
-        ckpt.save(0, steps.layout.to_checkpoint(state), {"iterator": None})
-        ckpt.close()
         if steps.layout.trained is not None:
             save_frozen(s.run.path, steps.layout, state)
         state, m = compiled(state, batch)
         float(m["loss"])
     trained = steps.layout.split(steps.abstract_state.params)[0]
     return {"compiled": compiled, "state": state, "batch": batch, "mesh": s.mesh,
-            "rules": cfg.mesh.rules, "report": {
+            "rules": cfg.mesh.rules, "run": s.run, "layout": steps.layout, "report": {
                 "lora_rank": rank, "params": count_params(steps.abstract_state.params),
                 "trainable_params": count_params(trained),
                 "opt_state_bytes_per_device": _bytes_per_device(
@@ -72,9 +70,16 @@ def _setting(cfg_path: str, init_from: str, rank: int, run_dir: Path) -> dict:
                 "step_argument_bytes": int(mem.argument_size_in_bytes),
                 "step_temp_bytes": int(mem.temp_size_in_bytes),
                 "step_output_bytes": int(mem.output_size_in_bytes),
-                "checkpoint_bytes": _du(s.run.checkpoints_dir / "0"),
                 "base_bytes_once_per_run": _du(s.run.path / "base"),
                 "step_s": []}}
+
+
+def _checkpoint_bytes(x: dict) -> int:
+    """Bytes on disk of one checkpoint of the (trained) state, as the trainer writes it."""
+    ckpt = x["run"].checkpointer(keep=1, async_save=False)
+    ckpt.save(1, x["layout"].to_checkpoint(x["state"]), {"iterator": None})
+    ckpt.close()
+    return _du(x["run"].checkpoints_dir / "1")
 
 
 def _time(x: dict, n: int) -> float:
@@ -104,6 +109,8 @@ def main() -> None:
         for _ in range(args.rounds):
             for x in runs.values():
                 x["report"]["step_s"].append(_time(x, args.steps))
+        for x in runs.values():
+            x["report"]["checkpoint_bytes"] = _checkpoint_bytes(x)
     out = {}
     for name, x in runs.items():
         r = x["report"]
