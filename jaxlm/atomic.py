@@ -50,6 +50,25 @@ def write_output(path: str | Path, text: str) -> None:
         write_atomic(p, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
+def check_writable(path: str | Path, what: str) -> None:
+    """Refuse, before anything is computed, a file path whose folder is missing or where nothing
+    can be created (read-only, not ours, a pseudo-filesystem): a probe file is created there and
+    removed. A device or pipe (/dev/stdout) that exists is written in place, so it passes."""
+    p = Path(path)
+    if p.exists() and not p.is_file() and not p.is_dir():
+        return
+    if not p.parent.is_dir():
+        raise OutputError(f"Could not write {what} to '{path}': its folder '{p.parent}' does not "
+                          "exist. Create it first, or choose a path in an existing folder.",
+                          culprit=str(path))
+    try:
+        fd, probe = tempfile.mkstemp(dir=p.parent, prefix=p.name + ".", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise output_error(e, path, what, "Nothing was computed.") from None
+
+
 def file_above(path: str | Path) -> Path | None:
     """The nearest existing ancestor of `path` that is not a folder (so nothing can be created
     below it), or None."""

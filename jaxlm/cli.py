@@ -86,7 +86,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _rerun(argv: list[str], retry: tuple[str, ...]) -> list[str]:
-    """`argv` with `retry` ("--set", "key=value") in place of an earlier --set of that key."""
+    """`argv` with `retry` ("--set", "key=value", ...) in place of earlier --sets of those keys."""
+    if len(retry) > 2 and not len(retry) % 2:
+        for i in range(0, len(retry), 2):
+            argv = _rerun(argv, retry[i:i + 2])[:-2]
+        return [*argv, *retry]
     if len(retry) != 2 or retry[0] != "--set":
         return [*argv, *retry]
     key = retry[1].split("=", 1)[0] + "="

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from jaxlm.atomic import file_above, write_text_atomic, writing
 from jaxlm.config import Config, ModelConfig, config_from_dict, migrate_raw, save_config, to_dict
 from jaxlm.errors import CheckpointError, ConfigError
 from jaxlm.run_describe import KEY_METRIC, describe  # noqa: F401  (KEY_METRIC re-exported)
+from jaxlm.run_spec import read_model_spec, spec_model_config
 from jaxlm.run_start import (HISTORY_FILE, OPTIM_HINT, adjustable_changes, not_a_start,
                              optim_refusals, record, refusal, run_files)
 from jaxlm.run_start import pick as _pick
@@ -256,10 +258,7 @@ class Run:
             raise CheckpointError(f"'{self.path}' has no model.json: it is not a finished jaxlm "
                                   "run directory. Pass the --run of a pretrain or finetune "
                                   "run.", culprit=str(self.path))
-        spec = json.loads(self.model_spec_path.read_text())
-        if "task" not in spec and "objective" in spec:
-            spec["task"] = spec.pop("objective")
-        return spec
+        return read_model_spec(self.model_spec_path)
 
     def tokenizer(self):
         """The run's tokenizer (a TextTokenizer)."""
@@ -288,8 +287,11 @@ class Run:
                 rec = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(rec, dict) and "step" in rec and "split" in rec:
-                latest[(int(rec["step"]), str(rec["split"]))] = rec
+            step = rec.get("step") if isinstance(rec, dict) else None
+            if (isinstance(step, (int, float)) and not isinstance(step, bool)
+                    and math.isfinite(step) and step == int(step) and "split" in rec):
+                rec["step"] = int(step)  # a step that is not a whole number: a damaged record
+                latest[(rec["step"], str(rec["split"]))] = rec
         return [latest[k] for k in sorted(latest)]
 
     def write_summary(self, summary: dict) -> None:
@@ -383,7 +385,7 @@ class Run:
         flat, which = self.read_params(checkpoint)
         spec = (self.model_spec() if self.model_spec_path.is_file()
                 else self._spec_from_config(cfg, flat, tok))
-        model_cfg = ModelConfig(**spec["model"]).resolved()
+        model_cfg = spec_model_config(spec)
         head = dict(spec.get("head") or {})
         if spec.get("lora"):  # a LoRA run's checkpoints hold adapters and heads; the base: base/
             from jaxlm.checkpoint import read_frozen_base

@@ -73,6 +73,7 @@ def w(tmp_path_factory, data_dir) -> Path:
     _evil_pickle(w)
     _evil_tfds(w)
     _more_inputs(w)
+    _round3_inputs(w)
     return w
 
 
@@ -390,6 +391,136 @@ CASES += [
       "jaxlm train-tokenizer --data text:runs/corpus/pretrain.txt --kind wordpiece"]),
 ]
 
+# --- round 3: damaged model.json, data files, tokenizers, folders for runs/plot/info, HF
+# folders, bench arguments, unwritable outputs ---
+
+SPECS = {  # run folder: model.json text, or a change to the LM run's model.json
+    "spec_torn": '{"task": "causal", "model": {"d_mo', "spec_list": "[1, 2]",
+    "spec_notask": lambda s: {k: v for k, v in s.items() if k != "task"},
+    "spec_nomodel": lambda s: {k: v for k, v in s.items() if k != "model"},
+    "spec_types": lambda s: {**s, "model": {**s["model"], "d_model": "32"}},
+    "spec_unknown": lambda s: {**s, "model": {**s["model"], "colour": "red"}},
+    "spec_task": lambda s: {**s, "task": "regression"}}
+
+
+def _round3_inputs(w: Path) -> None:
+    """Copies of the LM run with a damaged model.json, malformed data files, damaged Hugging
+    Face folders."""
+    import shutil
+    spec = json.loads((w / "lm" / "model.json").read_text())
+    for name, change in SPECS.items():
+        shutil.copytree(w / "lm", w / name)
+        _write(w / name / "model.json", change if isinstance(change, str)
+               else json.dumps(change(spec)))
+    _write(w / "bad.jsonl", '{"text": "fine", "label": "a"}\n{"text": "torn\n')
+    _write(w / "list.jsonl", '["text", "label"]\n')
+    _write(w / "nofield.csv", "sentence,label\nhello,1\n")
+    _write(w / "empty.txt", "")
+    _write(w / "blank.txt", "\n\n   \n")
+    hf = (w / "hf_lm" / "config.json").read_text()
+    for name, text in (("hf_torn", hf[:30]), ("hf_array", "[1, 2]"),
+                       ("hf_type", json.dumps({**json.loads(hf), "model_type": "mamba"}))):
+        shutil.copytree(w / "hf_lm", w / name)
+        _write(w / name / "config.json", text)
+    (w / "hf_noweights").mkdir()
+    _write(w / "hf_noweights" / "config.json", hf)
+
+
+EXISTING = EXISTING + tuple(SPECS) + ("hf_torn", "hf_noweights")
+B = ["bench", "--config", "{W}/tiny.yaml", "--compile-only"]
+CASES += [
+    # a damaged model.json is named by every command that loads the run
+    ("generate from a torn model.json", ["generate", "--run", "{W}/spec_torn", "--prompt", "hi"],
+     ["spec_torn/model.json", "not valid JSON", "restore"]),
+    ("evaluate a model.json list", ["evaluate", "--run", "{W}/spec_list", "--data",
+                                    "text:{W}/corpus.txt", "--out", "{W}/eval.json"],
+     ["spec_list/model.json", "JSON list"]),
+    ("export without a task", ["export", "--run", "{W}/spec_notask", "--out", "{W}/new"],
+     ["spec_notask/model.json", "no task"]),
+    ("fine-tune from a model.json without model", F + ["--run", "{W}/new", "--init-from",
+                                                       "{W}/spec_nomodel"],
+     ["spec_nomodel/model.json", "model section"]),
+    ("generate with a mistyped model.json", ["generate", "--run", "{W}/spec_types", "--prompt",
+                                             "hi"], ["spec_types/model.json", "model.d_model"]),
+    ("predict with an unknown model.json key", ["predict", "--run", "{W}/spec_unknown",
+                                                "--input", "{W}/corpus.txt"],
+     ["spec_unknown/model.json", "model.colour"]),
+    ("export an unknown task", ["export", "--run", "{W}/spec_task", "--out", "{W}/new"],
+     ["spec_task/model.json", "'regression'"]),
+    # predict: inputs and outputs
+    ("predict input missing", ["predict", "--run", "{W}/clf", "--input", "{W}/nope.txt"],
+     ["nope.txt", "does not exist"]),
+    ("predict from a bad checkpoint name", ["predict", "--run", "{W}/clf", "--input",
+                                            "{W}/corpus.txt", "--checkpoint", "final"],
+     ["'final'", "best, latest or a step"]),
+    ("predictions into a missing folder", ["predict", "--run", "{W}/clf", "--input",
+                                           "{W}/sst/dev.txt", "--out", "{W}/nope/p.jsonl"],
+     ["{W}/nope", "does not exist", "Create it first"]),
+    ("predictions where nothing can be written", ["predict", "--run", "{W}/clf", "--input",
+                                                  "{W}/sst/dev.txt", "--out", "/proc/p.jsonl"],
+     ["/proc/p.jsonl", "Nothing was computed"]),
+    ("predictions below a file", ["predict", "--run", "{W}/clf", "--input", "{W}/sst/dev.txt",
+                                  "--out", "{W}/corpus.txt/p.jsonl"], ["corpus.txt", "is a file"]),
+    # data show / data build: malformed files and folders
+    ("jsonl line torn", ["data", "show", "jsonl:{W}/bad.jsonl", "--on-invalid", "error"],
+     ["bad.jsonl:2", "not valid JSON"]),
+    ("jsonl line not an object", ["data", "show", "jsonl:{W}/list.jsonl"], ["list.jsonl"]),
+    ("csv without the text column", ["data", "show", "csv:{W}/nofield.csv", "--text-field",
+                                     "text"], ["nofield.csv", "text"]),
+    ("build from a missing file", ["data", "build", "x_ds", "--train", "{W}/nope.txt",
+                                   "--data-dir", "{W}/tfds_new"], ["nope.txt"]),
+    ("build a dataset name not snake_case", ["data", "build", "Bad-Name", "--train",
+                                             "{W}/sst/dev.txt", "--data-dir", "{W}/tfds_new"],
+     ["Bad-Name"]),
+    ("build into a file", ["data", "build", "x_ds", "--train", "{W}/sst/dev.txt", "--data-dir",
+                           "{W}/corpus.txt"], ["corpus.txt", "existing file"]),
+    ("build into a run dir", ["data", "build", "x_ds", "--train", "{W}/sst/dev.txt",
+                              "--data-dir", "{W}/clf"], ["clf", "jaxlm run directory"]),
+    ("build over an existing build", ["data", "build", "evil_ds", "--train", "{W}/sst/dev.txt",
+                                      "--data-dir", "{W}/tfds"], ["evil_ds", "--overwrite"]),
+    # train-tokenizer
+    ("tokenizer of an unknown kind", ["train-tokenizer", "--data", "text:{W}/corpus.txt",
+                                      "--kind", "sentencepiece", "--out", "{W}/new"],
+     ["--kind", "sentencepiece"]),
+    ("tokenizer vocab size 0", ["train-tokenizer", "--data", "text:{W}/corpus.txt", "--kind",
+                                "bpe", "--vocab-size", "0", "--out", "{W}/new", "--quiet"],
+     ["vocab"]),
+    ("tokenizer on an empty file", ["train-tokenizer", "--data", "text:{W}/empty.txt", "--kind",
+                                    "char", "--out", "{W}/new", "--quiet"],
+     ["empty.txt", "no text to train on"]),
+    ("tokenizer on blank lines", ["train-tokenizer", "--data", "text:{W}/blank.txt", "--kind",
+                                  "wordpiece", "--vocab-size", "100", "--out", "{W}/new",
+                                  "--quiet"], ["blank.txt", "no text to train on"]),
+    ("tokenizer data missing", ["train-tokenizer", "--data", "text:{W}/nope.txt", "--kind",
+                                "char", "--out", "{W}/new"], ["nope.txt", "does not exist"]),
+    # runs, plot, info: folders that are not runs
+    ("runs under a missing folder", ["runs", "{W}/nope"], ["nope"]),
+    ("runs under a file", ["runs", "{W}/corpus.txt"], ["corpus.txt"]),
+    ("plot a missing run", ["plot", "{W}/nope", "--out", "{W}/c.png"], ["nope"]),
+    ("plot a folder that is not a run", ["plot", "{W}/notrun", "--out", "{W}/c.png"],
+     ["notrun"]),
+    ("plot into a run's checkpoints", ["plot", "{W}/lm", "--out", "{W}/lm/checkpoints/c.png"],
+     ["checkpoints", "would overwrite"]),
+    ("info on a missing run", ["info", "--run", "{W}/nope"], ["nope", "not a jaxlm run"]),
+    ("info on a folder that is not a run", ["info", "{W}/notrun"], ["notrun", "no config.yaml"]),
+    # convert: damaged Hugging Face folders
+    ("HF config.json torn", ["convert", "--from-hf", "{W}/hf_torn", "--out", "{W}/new"],
+     ["hf_torn/config.json"]),
+    ("HF config.json a list", ["convert", "--from-hf", "{W}/hf_array", "--out", "{W}/new"],
+     ["hf_array/config.json"]),
+    ("HF unknown model_type", ["convert", "--from-hf", "{W}/hf_type", "--out", "{W}/new"],
+     ["mamba"]),
+    ("HF folder without weights", ["convert", "--from-hf", "{W}/hf_noweights", "--out",
+                                   "{W}/new"], ["hf_noweights"]),
+    # bench
+    ("bench config missing", ["bench", "--config", "{W}/nope.yaml"], ["nope.yaml",
+                                                                      "does not exist"]),
+    ("bench steps 0", B + ["--steps", "0"], ["--steps"]),
+    ("bench seq_len 0", B + ["--set", "data.seq_len=0"], ["data.seq_len", "positive"]),
+    ("bench unknown key", B + ["--set", "model.layers=2"], ["model.layers", "model.num_layers"]),
+]
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_input(case, w):
     name, argv, expected = case
@@ -407,10 +538,11 @@ def test_bad_input(case, w):
 
 
 def test_catalogue_is_large():
-    assert len(CASES) >= 100
+    assert len(CASES) >= 120
     commands = {c[1][0] for c in CASES}
     assert commands >= {"pretrain", "finetune", "evaluate", "predict", "generate", "convert",
-                        "export", "data", "train-tokenizer"}
+                        "export", "data", "train-tokenizer", "plot", "info", "runs",
+                        "bench"}
 
 
 def test_a_failed_start_is_rerun_with_the_fixed_config(w, capsys):
@@ -566,3 +698,24 @@ def test_float_notation_is_a_float(text, value, tmp_path):
     _write(tmp_path / "c.yaml", "optim:\n  lr: 3e-4\ntrain:\n  steps: 1e3\n")
     cfg = load_config(tmp_path / "c.yaml")
     assert cfg.optim.lr == 3e-4 and cfg.train.steps == 1000 and isinstance(cfg.train.steps, int)
+
+
+def test_damaged_metric_steps_are_skipped(w, tmp_path):
+    """metrics.jsonl records whose step is not a whole number (a string, null, 2.5, a list) are
+    damaged records: Run.metric_records skips them, and info, runs and plot still work; info
+    also reads every damaged model.json of the catalogue without failing."""
+    import shutil
+
+    from jaxlm.run import Run
+    run = tmp_path / "runs" / "steps"
+    shutil.copytree(w / "lm", run)
+    good = Run(run).metric_records()
+    with (run / "metrics.jsonl").open("a") as f:
+        for step in ('"four"', "null", "2.5", "[4]", "true", "1e400"):
+            f.write(f'{{"step": {step}, "split": "val", "loss": 1.0}}\n')
+    assert Run(run).metric_records() == good and good
+    for argv in (["info", str(run)], ["info", str(run), "--json"], ["runs", str(tmp_path / "runs")],
+                 ["plot", str(run), "--out", str(tmp_path / "c.png")],
+                 *(["info", str(w / name)] for name in SPECS)):
+        code, err = _run(argv)
+        assert code == 0 and "Traceback" not in err, (argv, err)

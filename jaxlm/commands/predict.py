@@ -40,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
     from jaxlm.run import Run, check_output_path
 
     if args.output != "-":
+        from jaxlm.atomic import check_writable
         check_output_path(args.output, "--out")
+        check_writable(args.output, "the predictions")
 
     text = sys.stdin.read() if args.input == "-" else read_text(args.input, args.encoding,
                                                                  "input file")

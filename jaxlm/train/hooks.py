@@ -36,19 +36,26 @@ class NonfiniteWatch:
         return (f"at step {last}" if new == 1 else
                 f"at {new} steps after step {since}, the last at step {last}")
 
-    def stop(self, what: str, step: int, where: str, lr: float) -> TrainingStopped:
+    def stop(self, what: str, step: int, where: str, lr: float,
+             min_lr: float = 0.0) -> TrainingStopped:
         """The error that ends a run in on_nonfinite=stop mode: it names the rerun with half the
         learning rate, which resumes from this checkpoint (optimizer hyper-parameters may change
-        on resume, see `jaxlm.run_start`)."""
-        lower = f"optim.lr={yaml_float(lr / 2)}"
+        on resume, see `jaxlm.run_start`); optim.min_lr is halved with it when it would exceed
+        the new rate (optim.min_lr <= optim.lr is checked), so the command is never refused."""
+        sets = [f"optim.lr={yaml_float(lr / 2)}"]
+        if min_lr > lr / 2:
+            sets.append(f"optim.min_lr={yaml_float(min_lr / 2)}")
+        lower = " --set ".join(sets)
+        retry = tuple(x for s in sets for x in ("--set", s))
         return TrainingStopped(
             f"Non-finite loss or gradients (NaN/Inf) {what}. Those updates were not applied, so "
             f"the parameters hold no NaN/Inf; saved a checkpoint at step {step} in '{where}'. "
             f"Resume from step {step} with a lower learning rate: the same command with --set "
-            f"{lower} (from Python: the same config with {lower}); optim.warmup_steps and "
-            "optim.grad_clip may change on resume too. Or check the data, or set "
+            f"{lower} (from Python: the same config with {' and '.join(sets)}); "
+            "optim.warmup_steps and optim.grad_clip may change on resume too. Or check the "
+            "data, or set "
             "train.on_nonfinite=skip to skip such steps and carry on.",
-            exit_code=NONFINITE_EXIT_CODE, step=step, retry=("--set", lower))
+            exit_code=NONFINITE_EXIT_CODE, step=step, retry=retry)
 
 
 def yaml_float(x: float) -> str:
@@ -83,7 +90,7 @@ class TrainingHooks:
 
     def install(self, trainer: Trainer, start: int, state: Any, cfg: Any, guard: Any) -> None:
         """Register the hooks on `trainer` for a loop starting after step `start`."""
-        t, self.lr = cfg.train, cfg.optim.lr
+        t, self.lr, self.min_lr = cfg.train, cfg.optim.lr, cfg.optim.min_lr
         self.watch = NonfiniteWatch(int(jax.device_get(state.nonfinite_count)), start)
         self.bar = tqdm(total=trainer.total_steps, initial=start, disable=not self.show_progress,
                         dynamic_ncols=True, desc="train")
@@ -167,7 +174,7 @@ class TrainingHooks:
             self.save(info.step, info.state)
             self.checkpointer.wait()
             raise self.watch.stop(self.fault, info.step, str(self.checkpointer.directory),
-                                  self.lr)
+                                  self.lr, self.min_lr)
         if self.guard.should_stop(info.step) and info.step < trainer.total_steps:
             self.save(info.step, info.state)
             self.checkpointer.wait()
@@ -180,7 +187,8 @@ class TrainingHooks:
             step = int(jax.device_get(state.step))
             self.save(step, state)
             self.checkpointer.wait()
-            raise self.watch.stop(self.fault, step, str(self.checkpointer.directory), self.lr)
+            raise self.watch.stop(self.fault, step, str(self.checkpointer.directory), self.lr,
+                                  self.min_lr)
 
     def summary(self, step: int) -> dict[str, Any]:
         """The loop's part of the run summary."""
