@@ -87,7 +87,8 @@ HEADER = """\
   metrics, a summary) is ever cleared. The optimizer's hyper-parameters (`optim.lr`,
   `optim.warmup_steps`, `optim.grad_clip`, ...) may change on resume: each change is printed and
   kept in the run's `config_history.jsonl`. A run stopped by NaN/Inf (exit 3) prints the command
-  that resumes it from its last good checkpoint with half the learning rate.
+  that resumes it from its last good checkpoint with half the learning rate (and half
+  `optim.min_lr` when it would exceed the new rate).
 - A write that fails (a read-only folder, a full disk, a path below a regular file) exits with
   code 2 and one paragraph naming the path, after printing what the command computed.
 - Dataset specs: `tfds:NAME[/CONFIG][:SPLIT]`, `text:PATH`, `labeled:PATH` (`LABEL TEXT` lines),
