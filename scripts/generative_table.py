@@ -9,6 +9,7 @@ and macro_f1. Means ± sample std over seeds; a per-seed line follows each table
 summary.json (the training loop with its validation passes) / the whole run from its first files
 to summary.json (loading, final validation and test reports included).
 Usage: python scripts/generative_table.py [runs/g2p] [runs/sst2_gen]
+       python scripts/generative_table.py --curves runs/sst2_gen   (validation accuracy by step)
 """
 from __future__ import annotations
 
@@ -122,7 +123,38 @@ def sst_table(folder: Path) -> None:
     print()
 
 
+def val_curves(folder: Path, metric: str = "accuracy") -> None:
+    """Validation `metric` at every evaluation step of every run (finished or not), from
+    metrics.jsonl: the same-step comparison when some runs have not finished."""
+    rows: dict[str, dict[int, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+    for path in sorted(folder.glob("*/metrics.jsonl")):
+        m = re.fullmatch(r"(.+)_s(\d+)", path.parent.name)
+        if not m:
+            continue
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            if r.get("split") == "val" and metric in r:
+                rows[m.group(1)][int(m.group(2))][r["step"]] = r[metric]
+    if not rows:
+        return
+    steps = sorted({s for v in rows.values() for d in v.values() for s in d})
+    print(f"| {folder.name}: validation {metric} (%) by step | "
+          + " | ".join(str(s) for s in steps) + " |")
+    print("|---|" + "---|" * len(steps))
+    for variant, seeds in rows.items():
+        cells = []
+        for step in steps:
+            vals = [d[step] for d in seeds.values() if step in d]
+            cells.append(f"{fmt(vals, 100)} (n={len(vals)})" if vals else "–")
+        print(f"| {variant} | " + " | ".join(cells) + " |")
+    print()
+
+
 def main(folders: list[str]) -> None:
+    if folders and folders[0] == "--curves":
+        for folder in map(Path, folders[1:]):
+            val_curves(folder)
+        return
     for folder in map(Path, folders):
         if not folder.is_dir():
             print(f"({folder}: no such folder)\n")
