@@ -30,7 +30,7 @@ def test_config_is_bert_for_sequence_classification_recipe():
     assert cfg.model.dropout == 0.1 and cfg.optim.name == "adamw"
     assert cfg.optim.schedule == "linear" and 0 < cfg.optim.warmup_steps < cfg.train.steps
     assert (cfg.train.batch_size, cfg.data.seq_len) == (32, 64)
-    assert cfg.finetune.best_metric == "accuracy" and cfg.finetune.best_mode == "max"
+    assert cfg.finetune.best_metric == "accuracy" and cfg.finetune.best("loss") == ("accuracy", "max")
 
 
 def test_minilm_imports_with_pooler_and_a_few_steps_lower_the_loss(minilm_dir, data_dir):
