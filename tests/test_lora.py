@@ -14,6 +14,7 @@ from flax import nnx
 from jaxlm.checkpoint import read_params
 from jaxlm.cli import main
 from jaxlm.config import config_from_dict
+from jaxlm.interop.convert import export_run
 from jaxlm.loading import load_model
 from jaxlm.models.lora import LoRALinear, merge_lora
 from jaxlm.run import load_run
@@ -121,6 +122,9 @@ def test_unmerged_merged_transformers_and_peft_logits_agree(sst, lora_run, tmp_p
     assert main(["export", "--run", str(pre), "--out", str(base)]) == 0
     np.testing.assert_allclose(_logits(load_model(out).model, tokens, segs), want, atol=1e-5,
                                rtol=0)
+    export_run(run, tmp_path / "api")  # the Python API merges too
+    np.testing.assert_allclose(_logits(load_model(tmp_path / "api").model, tokens, segs), want,
+                               atol=1e-5, rtol=0)
     ids, mask = torch.tensor(tokens, dtype=torch.long), torch.tensor(segs)
     hf = AutoModelForSequenceClassification.from_pretrained(out).eval()
     peft = PeftModel.from_pretrained(

@@ -123,15 +123,17 @@ def export_run(run: str | Path | LoadedRun, out: str | Path, *, checkpoint: str 
                overwrite: bool = False) -> dict[str, Any]:
     """`jaxlm export`: a run directory's checkpoint (default: the best one of a fine-tuning run,
     else the latest), or a model already loaded (`jaxlm.loading.load_model`), as a Hugging Face
-    folder."""
+    folder; a LoRA run's adapters are merged into the weights."""
     from jaxlm.interop.hf import export_hf
+    from jaxlm.models.lora import merge_lora
 
     if not isinstance(run, LoadedRun):
         run = Run(run).load(checkpoint)
     names = run.class_names
     # a generative fine-tuning run is a causal LM: GPT2LMHeadModel / LlamaForCausalLM
     task = "causal" if run.task == "generative" else run.task
-    path = export_hf(run.model_cfg, nnx.state(run.model, nnx.Param), out, tokenizer=run.tokenizer,
+    model = merge_lora(run.model)  # a LoRA run: W + scale * A @ B, a plain model
+    path = export_hf(run.model_cfg, nnx.state(model, nnx.Param), out, tokenizer=run.tokenizer,
                      task=task,
                      pooling=run.head.get("pooling") if run.task == "classification" else None,
                      id2label=dict(enumerate(names)) if names else None, overwrite=overwrite)
