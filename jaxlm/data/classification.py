@@ -66,7 +66,8 @@ def encode_examples(source: Source, tok: TextTokenizer, seq_len: int
     return ids, lengths, labels
 
 
-def _bucket(length: int, buckets: Sequence[int]) -> int:
+def length_bucket(length: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket that holds `length` (the largest when none does)."""
     for b in buckets:
         if length <= b:
             return b
@@ -88,7 +89,7 @@ class _Encoded:
     def batch(self, global_idx: Sequence[int], host_slice: slice) -> dict[str, np.ndarray]:
         """Rows `host_slice` of the global batch `global_idx` (-1 = a padding row)."""
         real = [i for i in global_idx if i >= 0]
-        L = _bucket(int(self.lengths[real].max()) if real else 1, self.buckets)
+        L = length_bucket(int(self.lengths[real].max()) if real else 1, self.buckets)
         rows = list(global_idx)[host_slice]
         b = len(rows)
         inputs = np.full((b, L), self.pad_id, np.int32)

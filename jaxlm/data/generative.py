@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 
-from jaxlm.data.classification import default_buckets
+from jaxlm.data.classification import default_buckets, length_bucket
 from jaxlm.data.iterators import Batches
 from jaxlm.data.records import RecordSource
 from jaxlm.data.templates import Templates
@@ -303,10 +303,6 @@ class _RowStream:
             return self.rows[g]
 
 
-def _bucket(length: int, buckets: Sequence[int]) -> int:
-    return next((b for b in buckets if length <= b), buckets[-1])
-
-
 def train_dataset(pairs: Pairs, *, seq_len: int, global_batch: int, num_steps: int, seed: int,
                   packed: bool = True, process_index: int = 0, process_count: int = 1,
                   prefetch: int = 4) -> Batches:
@@ -321,7 +317,7 @@ def train_dataset(pairs: Pairs, *, seq_len: int, global_batch: int, num_steps: i
 
     def make(step: int) -> dict[str, np.ndarray]:
         groups = [stream[step * global_batch + j] for j in range(global_batch)]
-        length = seq_len if packed else _bucket(
+        length = seq_len if packed else length_bucket(
             max(int(stream.lengths[g[0]]) for g in groups), buckets)
         return rows_of(pairs, groups[process_index * b:(process_index + 1) * b], length)
 
@@ -356,7 +352,7 @@ def eval_batches(pairs: Pairs, *, seq_len: int, global_batch: int, max_batches: 
         idx = [i if i < n else -1 for i in range(s * global_batch, (s + 1) * global_batch)]
         longest = max(len(pairs.ids[i]) - 1 for i in idx if i >= 0)
         mine = idx[process_index * b:(process_index + 1) * b]
-        out.append(rows_of(pairs, [[i] for i in mine], _bucket(longest, buckets)))
+        out.append(rows_of(pairs, [[i] for i in mine], length_bucket(longest, buckets)))
     return EvalBatches(out, pairs, min(n, n_batches * global_batch))
 
 
