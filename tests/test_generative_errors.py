@@ -4,17 +4,15 @@ written: an existing run directory the command points at keeps every file and fo
 mtimes, bytes), and a new run directory is not created."""
 from __future__ import annotations
 
-import io
 import json
 import random
 import shutil
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
 import yaml
 
-from jaxlm.cli import main
+from cli_utils import run_cli as _run  # noqa: E402
 
 GEN = {"name": "gen_errors",
        "model": {"family": "gpt2", "num_layers": 2, "d_model": 32, "num_heads": 2, "max_len": 32},
@@ -76,16 +74,6 @@ def w(tmp_path_factory) -> Path:
     (w / "norecord.txt").write_text('{"text": "abc"}\n')
     (w / "plain.txt").write_text("abc\n")
     return w
-
-
-def _run(argv: list[str]) -> tuple[int, str]:
-    err = io.StringIO()
-    with redirect_stderr(err), redirect_stdout(io.StringIO()):
-        try:
-            code = main(argv)
-        except SystemExit as e:  # argparse usage errors
-            code = e.code
-    return code, err.getvalue()
 
 
 def _snapshot(root: Path) -> dict[str, tuple]:

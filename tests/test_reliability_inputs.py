@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cli_utils import run_cli as _run  # noqa: E402
 from jaxlm.cli import main
 
 TINY = {"model": {"family": "gpt2", "num_layers": 1, "d_model": 32, "num_heads": 2,
@@ -98,16 +99,6 @@ def _evil_tfds(w: Path) -> None:
     feats = next((w / "tfds" / "evil_ds").glob("*/features.json"))
     feats.write_text(feats.read_text().replace(
         "tensorflow_datasets.core.features.text_feature.Text", "evil_module.Text"))
-
-
-def _run(argv: list[str]) -> tuple[int, str]:
-    err = io.StringIO()
-    with redirect_stderr(err), redirect_stdout(io.StringIO()):
-        try:
-            code = main(argv)
-        except SystemExit as e:  # argparse usage errors
-            code = e.code
-    return code, err.getvalue()
 
 
 def _tree_hash(root: Path) -> str:

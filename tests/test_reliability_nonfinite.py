@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-import jaxlm.train.trainer as trainer_mod
+from cli_utils import poison_step as _poison_step  # noqa: E402
 from jaxlm.cli import main
 from jaxlm.config import ModelConfig, OptimConfig, config_from_dict
 from jaxlm.errors import TrainingStopped
@@ -70,21 +70,6 @@ def _cfg(corpus, **train):
         "train": {"steps": 8, "batch_size": 4, "eval_every": 0, "log_every": 1,
                   "checkpoint_every": 1, "keep_checkpoints": 10, **train},
     }
-
-
-def _poison_step(monkeypatch, bad_step: int) -> None:
-    """Make the loop's `bad_step`-th batch carry a NaN weight (a host-side fault)."""
-    calls = {"n": 0}
-    real = trainer_mod.put_batch
-
-    def put(batch, sharding):
-        calls["n"] += 1
-        if calls["n"] == bad_step:
-            batch = {**batch, "weights": batch["weights"].copy()}
-            batch["weights"][0, 0] = np.nan
-        return real(batch, sharding)
-
-    monkeypatch.setattr(trainer_mod, "put_batch", put)
 
 
 def test_skip_mode_drops_the_update_counts_it_and_trains_on(tiny_corpus, tmp_path, monkeypatch):

@@ -31,6 +31,7 @@ import pytest
 import yaml
 
 import jaxlm.train.trainer as trainer_mod
+from cli_utils import poison_step as _poison_step  # noqa: E402
 from jaxlm.cli import main
 
 LM = {"model": {"family": "gpt2", "num_layers": 1, "d_model": 32, "num_heads": 2, "max_len": 32},
@@ -329,21 +330,6 @@ def test_an_output_below_a_regular_file_is_refused_before_any_work(w, tmp_path):
 
 
 # --- 4. NaN -> a lower learning rate -> resume ------------------------------------------------
-def _poison_step(monkeypatch, bad_step: int) -> None:
-    """The loop's `bad_step`-th batch carries a NaN weight (as tests/test_reliability_nonfinite)."""
-    calls = {"n": 0}
-    real = trainer_mod.put_batch
-
-    def put(batch, sharding):
-        calls["n"] += 1
-        if calls["n"] == bad_step:
-            batch = {**batch, "weights": batch["weights"].copy()}
-            batch["weights"][0, 0] = np.nan
-        return real(batch, sharding)
-
-    monkeypatch.setattr(trainer_mod, "put_batch", put)
-
-
 def test_a_nan_stop_resumes_from_its_last_good_checkpoint_with_a_lower_lr(w):
     """The fixture's run: stopped by NaN at step 3, then the printed command (the same one with
     --set optim.lr halved) resumed it from step 3 and trained finite to step 6."""
