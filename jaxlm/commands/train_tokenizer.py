@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
                           "--overwrite to replace it, or choose another --out.", culprit="--out")
 
     src = open_source(resolve(args.data), args.split, source_options(args))
-    if len(src) == 0:  # a tokenizer of nothing would hold only its special tokens
+    if not src.streamed and len(src) == 0:  # a tokenizer of nothing: only special tokens
         raise ConfigError(f"--data {args.data} has no text to train on in its {args.split} split "
                           "(the file is empty, or every record was skipped: see the warnings "
                           "above). Point --data at the corpus to learn the vocabulary from.",

@@ -73,8 +73,8 @@ def load_lm_sources(cfg: Any) -> tuple[Source, Source]:
 
 
 def tokenizer_texts(source: Source) -> Iterator[str]:
-    """Texts to train a tokenizer on (one long document is fed in pieces)."""
-    if len(source) == 1:
+    """Texts to train a tokenizer on (one long document is fed in pieces; a stream in order)."""
+    if not source.streamed and len(source) == 1:
         return iter_chunks(source[0]["text"])
     return source.texts()
 

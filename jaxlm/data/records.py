@@ -1,9 +1,9 @@
 """Records with named fields: what generative fine-tuning reads (a template picks the fields).
 
-The same dataset specs as for the other tasks (`jsonl:`, `tsv:`, `csv:`, `labeled:`, `tfds:`), read
-as whole records instead of one text and one label: a JSON object, a row under its header, a
-`LABEL TEXT` line as {"label", "text"}, a TFDS example with its text features decoded and class
-labels written as their names. Values are kept as text (numbers as written, nested values as
+The same dataset specs as for the other tasks (`jsonl:`, `tsv:`, `csv:`, `labeled:`, `tfds:`,
+`hfds:`), read as whole records instead of one text and one label: a JSON object, a row under its
+header, a `LABEL TEXT` line as {"label", "text"}, a TFDS or Hugging Face example with its text
+features decoded and class labels written as their names. Values are kept as text (numbers as written, nested values as
 JSON), so a template such as "{question}" formats any of them.
 """
 from __future__ import annotations
@@ -129,10 +129,13 @@ def open_records(spec: Spec, split: str) -> RecordSource:
         ds = tfds.data_source(spec.target, split=split, data_dir=spec.options.tfds_data_dir(),
                               download=False, try_gcs=False)
         return RecordSource(spec, split, _TfdsRecords(ds, builder.info.features), None, report)
+    if spec.kind == "hfds":
+        from jaxlm.data import hf_datasets
+        return RecordSource(spec, split, hf_datasets.open_records(spec, split), None, report)
     if spec.kind == "text":
         raise DataError(f"'{spec.text}' is plain text, without named fields. Generative "
-                        "fine-tuning reads records: give a jsonl:, tsv:, csv:, labeled: or tfds: "
-                        "spec whose fields the templates name.", culprit=spec.text)
+                        "fine-tuning reads records: give a jsonl:, tsv:, csv:, labeled:, tfds: or "
+                        "hfds: spec whose fields the templates name.", culprit=spec.text)
     path = _local_file(spec, split)
     enc = spec.options.encoding
     if spec.kind == "jsonl":

@@ -1,6 +1,8 @@
 """Dataset specs: one string names a dataset split, from TFDS or from local files.
 
     tfds:NAME[/CONFIG][:VERSION][:SPLIT]   e.g. tfds:imdb_reviews:test, tfds:glue/sst2:validation
+    hfds:OWNER/NAME[/CONFIG][:SPLIT]   Hugging Face Hub, e.g. hfds:nyu-mll/glue/sst2:validation
+    hfds:PATH[:SPLIT]   Parquet/Arrow/JSON(L)/CSV file, folder or glob; or a save_to_disk folder
     text:PATH       plain text (documents: file | blank_line | line)
     labeled:PATH    `LABEL TEXT` lines (SST, TREC)
     tsv:PATH, csv:PATH   a header row; text_field / label_field name the columns
@@ -9,11 +11,13 @@
 
 PATH is a file, or a directory holding train/dev(validation)/test files: `labeled:DIR:validation`
 reads DIR/dev.txt. Options from the config (`data.encoding`, ...) can be overridden per spec with a
-query string: `labeled:{data_root}/trec?encoding=iso-8859-1`.
+query string: `labeled:{data_root}/trec?encoding=iso-8859-1`, `hfds:DIR?text_field=sentence`.
+`hfds:` also takes `?streaming=true` (an IterableDataset: for `jaxlm train-tokenizer` only).
 
 A source is random access (`len`, `src[i] -> {"text": str, "label": int}`) so grain can shuffle,
 shard and checkpoint by index. TFDS datasets are read with `tfds.data_source` (array_record, no
-TensorFlow), from `data_dir` = the option, else $TFDS_DATA_DIR, else TFDS's default.
+TensorFlow), from `data_dir` = the option, else $TFDS_DATA_DIR, else TFDS's default. `hfds:` specs
+are read memory-mapped through the optional `datasets` package (`jaxlm.data.hf_datasets`).
 """
 from __future__ import annotations
 
@@ -32,7 +36,7 @@ from jaxlm.data.local import DataReport
 from jaxlm.errors import DataError
 
 LOCAL_KINDS = ("text", "labeled", "tsv", "csv", "jsonl")
-KINDS = ("tfds",) + LOCAL_KINDS
+KINDS = ("tfds", "hfds") + LOCAL_KINDS
 EXTS = {"text": (".txt", ""), "labeled": (".txt", ".tsv", ""), "tsv": (".tsv", ".txt"),
         "csv": (".csv",), "jsonl": (".jsonl", ".json")}
 _SPLIT_RE = re.compile(r"^[A-Za-z_][\w]*(\[[^\]]*\])?(\+[A-Za-z_][\w]*(\[[^\]]*\])?)*$")
@@ -51,6 +55,7 @@ class SourceOptions:
     labels: list[str] = field(default_factory=list)
     on_invalid: str = "report"
     download: bool = False  # TFDS: download and prepare when missing (needs the internet)
+    streaming: bool = False  # hfds: read an IterableDataset, in order only (train-tokenizer)
 
     @classmethod
     def from_config(cls, data_cfg: Any) -> "SourceOptions":
@@ -111,6 +116,9 @@ def parse_spec(spec: str, options: SourceOptions | None = None) -> Spec:
             raise DataError(f"'{target}' in '{text}' is not a TFDS dataset name (snake_case, "
                             "optionally /CONFIG), e.g. tfds:imdb_reviews or tfds:glue/sst2.",
                             culprit=text)
+    elif kind == "hfds":
+        from jaxlm.data.hf_datasets import parse_target
+        target, split = parse_target(target, text, _SPLIT_RE)
     elif ":" in target:
         head, _, tail = target.rpartition(":")
         if _SPLIT_RE.match(tail) and not Path(target).exists() and Path(head).exists():
@@ -129,8 +137,8 @@ def _apply_query(opts: SourceOptions, query: str, spec: str) -> None:
                             f"{', '.join(sorted(names))}.", culprit=spec)
         if key == "labels":
             opts.labels = [x for x in value.split(",") if x]
-        elif key == "download":
-            opts.download = value.lower() in ("1", "true", "yes")
+        elif key in ("download", "streaming"):
+            setattr(opts, key, value.lower() in ("1", "true", "yes"))
         else:
             setattr(opts, key, value)
     if opts.documents not in ("file", "blank_line", "line"):
@@ -152,6 +160,7 @@ class Source(abc.ABC):
     split: str
     label_names: list[str] | None  # None: an unlabeled (language-modelling) source
     report: DataReport
+    streamed = False  # True: read in order by texts() only, no len or random access
 
     @abc.abstractmethod
     def __len__(self) -> int:
@@ -412,6 +421,9 @@ def open_source(spec: str | Spec, split: str | None = None,
     split = s.split or split or "train"
     if s.kind == "tfds":
         return open_tfds(s, split)
+    if s.kind == "hfds":
+        from jaxlm.data.hf_datasets import open_hfds
+        return open_hfds(s, split, label_names)
     src = open_local(s, split, label_names)
     if s.options.on_invalid == "report":
         src.report.warn()
@@ -430,6 +442,9 @@ def available_splits(spec: str | Spec, options: SourceOptions | None = None
     if s.kind == "tfds":
         info = tfds_builder(s).info
         return {k: info.splits[k].num_examples for k in sorted(info.splits.keys(), key=split_order)}
+    if s.kind == "hfds":
+        from jaxlm.data import hf_datasets
+        return hf_datasets.available_splits(s)
     return {k: None for k in local_splits(s)}
 
 
@@ -438,6 +453,6 @@ def has_split(spec: str | Spec, split: str, options: SourceOptions | None = None
     s = spec if isinstance(spec, Spec) else parse_spec(spec, options)
     if s.split is not None:
         return False  # an explicit split pins the spec to one split
-    if s.kind != "tfds" and not s.path.is_dir():
+    if s.kind not in ("tfds", "hfds") and not s.path.is_dir():
         return False
     return split in available_splits(s)
