@@ -6,8 +6,8 @@ starts.
 
 This module holds the section dataclasses and the entry points (`load_config`, `config_from_dict`,
 `save_config`); the tables of choices and family presets live in `jaxlm.config_choices`, the value
-checks in `jaxlm.config_checks`, YAML reading and overrides in `jaxlm.config_loading`. Their public
-names are all importable from here.
+checks in `jaxlm.config_checks`, YAML reading and overrides in `jaxlm.config_loading`, the
+`logging:` section in `jaxlm.config_logging`. Their public names are all importable from here.
 """
 from __future__ import annotations
 
@@ -23,24 +23,10 @@ from jaxlm.config_checks import (DEPRECATED_KEYS, _noticed, bad_key, build_secti
                                  check_fields, deprecation_notice, require_positive,
                                  template_fields)
 from jaxlm.config_choices import CHOICES, FAMILY_PRESETS, ROPE_SCALING_KEYS, choices  # noqa: F401
+from jaxlm.config_checks import _Section  # noqa: F401  (every section's validate())
+from jaxlm.config_logging import LoggingConfig, MlflowConfig, WandbConfig  # noqa: F401
 from jaxlm.config_loading import (load_yaml, migrate_raw, parse_override,  # noqa: F401
                                   with_overrides)
-
-
-class _Section:
-    """What every config section shares: `validate()`, the same checks for a config built in
-    Python as for one read from YAML (types, choices, then the section's own rules)."""
-
-    _section = ""  # the section's key path in a Config ("model", "data.tokenizer", ...)
-
-    def validate(self) -> None:
-        """Raise a ConfigError naming the first bad key (its type, its choices, or a rule
-        between keys); return None when the section is valid."""
-        check_fields(self, self._section)
-        self._check_rules()
-
-    def _check_rules(self) -> None:
-        """Checks between the section's keys (subclasses)."""
 
 
 @dataclass
@@ -419,6 +405,7 @@ class Config(_Section):
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     generative: GenerativeConfig = field(default_factory=GenerativeConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def _check_rules(self) -> None:
         for f in dataclasses.fields(self):

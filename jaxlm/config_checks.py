@@ -209,6 +209,10 @@ def check_choice(path: str, value: Any) -> None:
     """A choice key's value must be one of `choices(path)`."""
     if path not in CHOICES or value is None:
         return
+    if isinstance(value, list):  # a list of choices, e.g. logging.trackers
+        for item in value:
+            check_choice(path, item)
+        return
     allowed = choices(path)
     if value not in allowed:
         close = difflib.get_close_matches(str(value), allowed, n=1)
@@ -234,3 +238,19 @@ def check_fields(section: Any, prefix: str) -> None:
         if hint in (int, float):  # a number typed as 3e-4 or 1e3 is stored as the number
             setattr(section, f.name, checked)
         check_choice(path, value)
+
+
+class _Section:
+    """What every config section shares: `validate()`, the same checks for a config built in
+    Python as for one read from YAML (types, choices, then the section's own rules)."""
+
+    _section = ""  # the section's key path in a Config ("model", "data.tokenizer", ...)
+
+    def validate(self) -> None:
+        """Raise a ConfigError naming the first bad key (its type, its choices, or a rule
+        between keys); return None when the section is valid."""
+        check_fields(self, self._section)
+        self._check_rules()
+
+    def _check_rules(self) -> None:
+        """Checks between the section's keys (subclasses)."""

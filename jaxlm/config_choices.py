@@ -50,6 +50,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.documents": ("file", "blank_line", "line"),
     "data.on_invalid": ("", "report", "error"),
     "data.packing": ("concat", "first_fit"),
+    "logging.trackers": ("tensorboard", "jsonl", "wandb", "mlflow"),
+    "logging.wandb.mode": ("auto", "online", "offline", "disabled"),
 }
 
 

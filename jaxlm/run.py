@@ -50,7 +50,7 @@ TASK_IDENTITY_KEYS = {"generative": ("generative.prompt_template", "generative.t
 # What a run directory holds: nothing but training (and `--overwrite`) may replace these.
 RUN_FILES = ("config.yaml", "model.json", "tokenizer.json", "summary.json", "metrics.jsonl",
              "hf_import.json", "checkpoints", "checkpoints.corrupt", "best", "tensorboard",
-             "chat_template.jinja", HISTORY_FILE, "base", "base.partial")
+             "chat_template.jinja", HISTORY_FILE, "base", "base.partial", "trackers")
 
 # Checkpoint folders and the orbax item in each step folder that holds the parameters.
 CHECKPOINT_ITEMS = {"checkpoints": "state", "best": "params"}

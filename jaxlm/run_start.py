@@ -151,6 +151,8 @@ def not_a_start(run_dir: Path, raw_config: Any) -> list[str]:
             more += [f"tensorboard/{c.name}" for c in sorted(p.iterdir()) if not _empty_events(c)]
         elif name in START_FOLDERS and p.is_dir():
             continue
+        elif name == "trackers" and p.is_dir():  # W&B, MLflow: what they logged is in metrics.jsonl
+            continue
         elif name in ("tokenizer.json", "model.json") and p.is_file():
             more += [] if _json_object(p, "model") else [f"{name} (not one jaxlm wrote)"]
         else:

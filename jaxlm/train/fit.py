@@ -18,7 +18,7 @@ from flax import nnx
 
 from jaxlm.config import Config, ModelConfig
 from jaxlm.data.tokenizer import TextTokenizer, load_tokenizer, train_tokenizer
-from jaxlm.errors import ConfigError
+from jaxlm.errors import ConfigError, TrainingStopped
 from jaxlm.models.lora import apply_lora, join_adapters, lora_spec, split_adapters, trainable
 from jaxlm.run import Run
 from jaxlm.sharding import data_parallel_size, make_mesh, use_mesh
@@ -33,6 +33,7 @@ from jaxlm.train.optim import build_optimizer
 from jaxlm.train.preemption import PreemptionGuard
 from jaxlm.train.state import TrainState
 from jaxlm.train.steps import CompiledSteps, compile_steps
+from jaxlm.train.trackers import check_trackers
 from jaxlm.train.trainer import Hook, Trainer
 
 
@@ -119,6 +120,7 @@ def prepare(cfg: Config, run_dir: str | None, overwrite: bool, task: Task | None
     task.check_model(mcfg)
     task.prepare(cfg, tok, sources, pre)
     check_lora(cfg, task, mcfg)
+    check_trackers(cfg.logging)  # a missing package or server: refused before any work
     run.prepare(cfg, overwrite)  # the first write: bad input above leaves the run untouched
     if not run.tokenizer_path.is_file():
         run.save_tokenizer(tok)
@@ -204,7 +206,9 @@ def _scalars(report: dict) -> dict[str, float]:
 
 
 def _loop(s: Setup, steps: CompiledSteps, hooks: Iterable[Hook], show_progress: bool,
-          peak_flops: float | None) -> dict[str, Any]:
+          peak_flops: float | None) -> tuple[dict[str, Any], MetricsLogger]:
+    """The loop with the standard hooks; returns the summary and the still open logger (the
+    trackers log summary.json once it is written)."""
     cfg, t = s.cfg, s.cfg.train
     pi, pc = jax.process_index(), jax.process_count()
     iterator = iter(s.task.train_batches(cfg, s.tokenizer, s.sources, process_index=pi,
@@ -214,7 +218,11 @@ def _loop(s: Setup, steps: CompiledSteps, hooks: Iterable[Hook], show_progress: 
     ckpt = s.run.checkpointer(keep=t.keep_checkpoints, async_save=t.async_checkpointing)
     state, start = restore_or_init(steps, ckpt, iterator, s)
     best = _best_keeper(s)
-    logger = MetricsLogger(s.run.path, resumed_from=start)
+    try:
+        logger = MetricsLogger(s.run.path, resumed_from=start, cfg=cfg)
+    except BaseException:
+        ckpt.close()
+        raise
     T, B = cfg.data.seq_len, t.batch_size
     std = TrainingHooks(
         logger, ckpt, iterator, steps.layout, tokens_per_step=B * T,
@@ -236,9 +244,11 @@ def _loop(s: Setup, steps: CompiledSteps, hooks: Iterable[Hook], show_progress: 
         ckpt.wait()
         summary = std.summary(int(jax.device_get(state.step)))
         _final_reports(s, steps, state, best, summary, logger)
+    except BaseException as e:
+        logger.close("stopped" if isinstance(e, TrainingStopped) else "failed")
+        raise
     finally:
         std.bar.close()
-        logger.close()
         ckpt.close()
         if best is not None:
             best.close()
@@ -248,7 +258,7 @@ def _loop(s: Setup, steps: CompiledSteps, hooks: Iterable[Hook], show_progress: 
                    run_dir=str(s.run.path), vocab_size=s.model_cfg.vocab_size,
                    devices=s.mesh.size, mesh=dict(s.mesh.shape))
     summary["state"] = state
-    return summary
+    return summary, logger
 
 
 def compile_task_steps(s: Setup) -> CompiledSteps:
@@ -273,16 +283,20 @@ def train(cfg: Config, run_dir: str | None = None, *, overwrite: bool = False,
     s = prepare(cfg, run_dir, overwrite, task)
     with use_mesh(s.mesh, cfg.mesh.rules):
         steps = compile_task_steps(s)
-        summary = _loop(s, steps, hooks, show_progress, peak_flops)
+        summary, logger = _loop(s, steps, hooks, show_progress, peak_flops)
     if s.task.finetunes:
         summary["init_from"] = cfg.finetune.init_from or None
     if s.task.name == "classification":
         summary["classes"] = s.task.class_names
-    if jax.process_index() == 0:
-        s.run.write_summary({k: v for k, v in summary.items() if k != "state"})
-        for split in s.task.final_splits:
-            if split in summary:
-                s.run.eval_path(split).write_text(json.dumps(summary[split], indent=2))
+    try:
+        if jax.process_index() == 0:
+            s.run.write_summary({k: v for k, v in summary.items() if k != "state"})
+            logger.log_summary(s.run.summary() or {})
+            for split in s.task.final_splits:
+                if split in summary:
+                    s.run.eval_path(split).write_text(json.dumps(summary[split], indent=2))
+    finally:
+        logger.close()
     return summary
 
 
