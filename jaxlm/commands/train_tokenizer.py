@@ -58,9 +58,9 @@ def run(args: argparse.Namespace) -> int:
     with writing(out / "tokenizer.json", "the tokenizer"):
         out.mkdir(parents=True, exist_ok=True)
         tok.save(out / "tokenizer.json")
-    sample = src[0]["text"][:80]
+    sample = (next(src.texts(), "") if src.streamed else src[0]["text"])[:80]
     ids = tok.encode(sample)
     print(f"saved {out / 'tokenizer.json'}: {args.kind}, vocabulary {tok.vocab_size:,}, trained on "
-          f"{len(src):,} texts of {src.name}")
+          f"{'the streamed texts' if src.streamed else f'{len(src):,} texts'} of {src.name}")
     print(f"example: {sample!r} -> {len(ids)} tokens -> {tok.decode(ids)!r}")
     return 0
