@@ -3,8 +3,8 @@
 The same dataset specs as for the other tasks (`jsonl:`, `tsv:`, `csv:`, `labeled:`, `tfds:`,
 `hfds:`), read as whole records instead of one text and one label: a JSON object, a row under its
 header, a `LABEL TEXT` line as {"label", "text"}, a TFDS or Hugging Face example with its text
-features decoded and class labels written as their names. Values are kept as text (numbers as written, nested values as
-JSON), so a template such as "{question}" formats any of them.
+features decoded and class labels written as their names. Values are kept as text (numbers as
+written, nested values as JSON), so a template such as "{question}" formats any of them.
 """
 from __future__ import annotations
 
