@@ -20,7 +20,8 @@ from typing import Any
 import yaml
 
 from jaxlm.config_checks import (DEPRECATED_KEYS, _noticed, bad_key, build_section,  # noqa: F401
-                                 check_fields, deprecation_notice, require_positive,
+                                 check_fields, check_folder_key, deprecation_notice,
+                                 require_positive,
                                  template_fields)
 from jaxlm.config_choices import CHOICES, FAMILY_PRESETS, ROPE_SCALING_KEYS, choices  # noqa: F401
 from jaxlm.config_checks import _Section  # noqa: F401  (every section's validate())
@@ -214,12 +215,16 @@ class DataConfig(_Section):
     whole_word_mask: bool = False
     length_buckets: list[int] = field(default_factory=list)  # classification (empty: powers of 2)
     prefetch: int = 4  # batches prepared ahead in a background thread
+    # folder of tokenised text files, reused across runs (jaxlm.data.token_store); empty:
+    # $JAXLM_TOKEN_CACHE, else ~/.cache/jaxlm/tokens
+    token_cache: str = ""
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
 
     def _check_rules(self) -> None:
         self.tokenizer.validate()
         require_positive(self, "data", ("seq_len",))
         require_positive(self, "data", ("prefetch",), zero_ok=True)
+        check_folder_key("data.token_cache", self.token_cache)
         if not 0.0 < self.val_fraction < 1.0 and not self.validation:
             bad_key("data.val_fraction", f"must be in (0, 1), got {self.val_fraction}.")
         if not 0.0 <= self.mask_prob <= 1.0:

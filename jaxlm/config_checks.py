@@ -35,6 +35,15 @@ def bad_key(key: str, msg: str) -> None:
     raise ConfigError(f"Config key '{key}': {msg}", culprit=key)
 
 
+def check_folder_key(key: str, value: str) -> None:
+    """A folder key (e.g. data.token_cache) must not name an existing file."""
+    import os
+    path = os.path.expanduser(value)
+    if value and os.path.exists(path) and not os.path.isdir(path):
+        bad_key(key, f"'{value}' is a file, not a folder. Give a folder path (created when "
+                "missing), or leave it empty for the default.")
+
+
 def require_positive(section: Any, prefix: str, keys: tuple[str, ...], *,
                      zero_ok: bool = False) -> None:
     """Each of `keys` of `section` must be positive (or >= 0 with `zero_ok`)."""

@@ -15,6 +15,15 @@ def _shared_data() -> Path:
     return Path(os.environ.get("JAXLM_DATA", REPO.parent / "shared" / "data")).resolve()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def token_cache(tmp_path_factory) -> Path:
+    """Tokenised corpora (jaxlm.data.token_store) go to a folder of the test session, not to the
+    user's ~/.cache; subprocesses inherit it."""
+    if not os.environ.get("JAXLM_TOKEN_CACHE"):
+        os.environ["JAXLM_TOKEN_CACHE"] = str(tmp_path_factory.mktemp("token_cache"))
+    return Path(os.environ["JAXLM_TOKEN_CACHE"])
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The real datasets (../shared/data, or $JAXLM_DATA); fails clearly when missing."""

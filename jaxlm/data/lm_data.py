@@ -16,7 +16,8 @@ from jaxlm.data.iterators import Batches
 from jaxlm.data.lm_pipeline import eval_batches, train_dataset
 from jaxlm.data.masking import MaskSpec
 from jaxlm.data.packing import DocEncoder, packed_eval_batches, packed_train_dataset
-from jaxlm.data.sources import ListSource, Source, SourceOptions, has_split, open_source, parse_spec
+from jaxlm.data.sources import ListSource, Source, SourceOptions, has_split, parse_spec
+from jaxlm.data.text_stream import TextFileSource, open_text_stream
 from jaxlm.data.tokenizer import TextTokenizer, iter_chunks
 from jaxlm.errors import ConfigError, DataError
 
@@ -41,6 +42,8 @@ class SliceSource(Source):
 def holdout(train: Source, fraction: float) -> tuple[Source, Source]:
     """Split the last `fraction` off: of the characters of a one-document source (so
     `text:input.txt` reproduces nanoGPT's 90/10 split), else of the documents."""
+    if isinstance(train, TextFileSource):
+        return train.holdout(fraction)  # the same split, streamed
     if len(train) == 1:
         text = train[0]["text"]
         cut = int(len(text) * (1.0 - fraction))
@@ -64,16 +67,21 @@ def load_lm_sources(cfg: Any) -> tuple[Source, Source]:
                         culprit="data.train")
     opts = SourceOptions.from_config(d)
     spec = parse_spec(cfg.resolve_path(d.train), opts)
-    train = open_source(spec, "train")
+    from jaxlm.data.token_store import cache_dir_for
+    cache = cache_dir_for(cfg)  # text files are streamed, never read whole
+    train = open_text_stream(spec, "train", cache)
     if d.validation:
-        return train, open_source(cfg.resolve_path(d.validation), "validation", opts)
+        val = parse_spec(cfg.resolve_path(d.validation), opts)
+        return train, open_text_stream(val, "validation", cache)
     if has_split(spec, "validation"):
-        return train, open_source(spec, "validation")
+        return train, open_text_stream(spec, "validation", cache)
     return holdout(train, d.val_fraction)
 
 
 def tokenizer_texts(source: Source) -> Iterator[str]:
     """Texts to train a tokenizer on (one long document is fed in pieces; a stream in order)."""
+    if isinstance(source, TextFileSource) and (source.documents == "file" or len(source) != 1):
+        return source.texts()  # streamed, in the same pieces
     if not source.streamed and len(source) == 1:
         return iter_chunks(source[0]["text"])
     return source.texts()
@@ -100,6 +108,25 @@ def token_stream(tok: TextTokenizer, source: Source, batch: int = 1024) -> np.nd
     return np.concatenate(parts) if parts else np.zeros(0, np.int32)
 
 
+def corpus_tokens(cfg: Any, tok: TextTokenizer, source: Source) -> np.ndarray:
+    """`token_stream` of a source; for a text file, memory-mapped from the token store (built
+    on first use, `jaxlm.data.token_store`)."""
+    if isinstance(source, TextFileSource):
+        from jaxlm.data.token_store import cache_dir_for, open_store
+        return open_store(source, tok, cache_dir_for(cfg)).tokens
+    return token_stream(tok, source)
+
+
+def packed_documents(cfg: Any, tok: TextTokenizer, source: Source) -> Any:
+    """The documents the packed pipeline reads: a text file's from the token store (ids, no
+    text held), except one-document files and whole-word masking (which needs the text)."""
+    if (isinstance(source, TextFileSource) and source.documents != "file"
+            and not (cfg.train.task == "masked" and cfg.data.whole_word_mask)):
+        from jaxlm.data.token_store import StoreDocuments, cache_dir_for, open_store
+        return StoreDocuments(open_store(source, tok, cache_dir_for(cfg)), source.name)
+    return source
+
+
 def mask_spec_for(cfg: Any, tok: TextTokenizer) -> MaskSpec | None:
     """The masked-LM masking spec for task=masked (None otherwise)."""
     if cfg.train.task != "masked":
@@ -117,11 +144,13 @@ def lm_train_batches(cfg: Any, tok: TextTokenizer, train: Source, *, process_ind
     d, t = cfg.data, cfg.train
     mask = mask_spec_for(cfg, tok)
     if d.sampling == "packed":
-        return packed_train_dataset(train, DocEncoder(tok, t.task, mask, seed=t.seed),
+        docs = packed_documents(cfg, tok, train)
+        return packed_train_dataset(docs, DocEncoder(tok, t.task, mask, seed=t.seed),
                                     seq_len=d.seq_len, global_batch=t.batch_size, seed=t.seed,
                                     packing=d.packing, process_index=process_index,
                                     process_count=process_count, prefetch=d.prefetch)
-    return train_dataset(token_stream(tok, train), seq_len=d.seq_len, global_batch=t.batch_size,
+    tokens = corpus_tokens(cfg, tok, train)
+    return train_dataset(tokens, seq_len=d.seq_len, global_batch=t.batch_size,
                          num_steps=t.steps, seed=t.seed, sampling=d.sampling,
                          process_index=process_index, process_count=process_count,
                          prefetch=d.prefetch, mask=mask)
@@ -139,9 +168,10 @@ def lm_eval_batches(cfg: Any, tok: TextTokenizer, source: Source, *, batch_size:
     cap = t.eval_batches if max_batches is None else max_batches
     mask = mask_spec_for(cfg, tok)
     if d.sampling == "packed":
-        return packed_eval_batches(source, DocEncoder(tok, t.task, mask, seed=t.seed + 7919),
+        docs = packed_documents(cfg, tok, source)
+        return packed_eval_batches(docs, DocEncoder(tok, t.task, mask, seed=t.seed + 7919),
                                    seq_len=d.seq_len, global_batch=size, max_batches=cap,
                                    process_index=process_index, process_count=process_count)
-    return eval_batches(token_stream(tok, source), seq_len=d.seq_len, global_batch=size,
+    return eval_batches(corpus_tokens(cfg, tok, source), seq_len=d.seq_len, global_batch=size,
                         max_batches=cap, process_index=process_index,
                         process_count=process_count, mask=mask, seed=t.seed + 7919)

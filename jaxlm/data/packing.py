@@ -41,9 +41,12 @@ class DocEncoder:
     mask: MaskSpec | None = None
     seed: int = 0
 
-    def __call__(self, index: int, text: str) -> dict[str, np.ndarray] | None:
-        enc = self.tok.tokenizer.encode(text, add_special_tokens=False)
-        ids = list(enc.ids)
+    def __call__(self, index: int, text: str | np.ndarray) -> dict[str, np.ndarray] | None:
+        if isinstance(text, str):
+            enc = self.tok.tokenizer.encode(text, add_special_tokens=False)
+            ids, word_ids = list(enc.ids), list(enc.word_ids)
+        else:  # ids from the token store (no word boundaries: not for whole-word masking)
+            ids, word_ids = [int(x) for x in text], [None] * len(text)
         if self.task == "causal":
             if self.tok.sep_id is not None:
                 ids.append(self.tok.sep_id)  # end of document: the model learns where text stops
@@ -52,7 +55,7 @@ class DocEncoder:
             x = np.asarray(ids, np.int32)
             return {"inputs": x[:-1], "targets": x[1:], "weights": np.ones(len(x) - 1, np.float32)}
         assert self.mask is not None
-        words = list(enc.word_ids)
+        words = word_ids
         if self.tok.cls_id is not None:
             ids, words = [self.tok.cls_id] + ids, [None] + words
         if self.tok.sep_id is not None:
@@ -129,7 +132,7 @@ def packed_train_dataset(source: Source, encoder: DocEncoder, *, seq_len: int, g
     def encode(i: int, ex: dict[str, Any]) -> dict[str, np.ndarray] | None:
         # i counts this host's documents; the global stream index keys the masking rng, so a
         # document occurrence is masked the same way whatever the number of hosts.
-        return encoder(i * process_count + process_index, ex["text"])
+        return encoder(i * process_count + process_index, ex["ids"] if "ids" in ex else ex["text"])
 
     docs = docs.map_with_index(encode).filter(lambda ex: ex is not None)
     rows = pack(docs.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
@@ -147,7 +150,8 @@ def packed_train_dataset(source: Source, encoder: DocEncoder, *, seq_len: int, g
 def packed_rows(source: Source, encoder: DocEncoder, seq_len: int, max_rows: int = 0
                 ) -> list[dict[str, np.ndarray]]:
     """All documents in order, concat-packed: the deterministic rows for evaluation."""
-    docs = _documents(source).map_with_index(lambda i, ex: encoder(i, ex["text"]))
+    docs = _documents(source).map_with_index(
+        lambda i, ex: encoder(i, ex["ids"] if "ids" in ex else ex["text"]))
     docs = docs.filter(lambda ex: ex is not None)
     rows = pack(docs.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=64)),
                 seq_len, "concat", 0)
