@@ -297,3 +297,89 @@ def test_without_the_datasets_package_the_error_says_how_to_install(tmp_path, sh
                          "--quiet"])
     msg = _message(err)
     assert code == 2 and "pip install 'jaxlm[datasets]'" in msg and "hfds:" in msg, err
+
+
+HUB_FAILURES = [
+    ("unknown dataset", "DatasetNotFoundError",
+     "Dataset 'someone/nothing' doesn't exist on the Hub",
+     ["No Hugging Face dataset 'someone/nothing'", "Check the Hub id"]),
+    ("no network", "ConnectionError", "Couldn't reach 'someone/nothing' on the Hub",
+     ["Cannot reach the Hugging Face Hub", "save_to_disk", "Parquet"]),
+    ("unknown config", "ValueError", "BuilderConfig 'nope' not found. Available: ['a', 'b']",
+     ["has no config 'nope'", "Available: ['a', 'b']"]),
+]
+
+
+@pytest.mark.parametrize("error,text,expected", [h[1:] for h in HUB_FAILURES],
+                         ids=[h[0] for h in HUB_FAILURES])
+def test_hub_failures_online_are_one_paragraph_errors(tmp_path, monkeypatch, error, text,
+                                                      expected):
+    """What load_dataset raises online (stubbed: no test touches the network)."""
+    import datasets.exceptions
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    exc = getattr(datasets.exceptions, error, None) or {"ConnectionError": ConnectionError,
+                                                        "ValueError": ValueError}[error]
+
+    def load_dataset(*args, **kwargs):
+        raise exc(text)
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    spec = "hfds:someone/nothing/nope" if error == "ValueError" else "hfds:someone/nothing"
+    code, err = run_cli(["pretrain", "--config", str(_config(tmp_path, LM, spec)), "--run",
+                         str(tmp_path / "run"), "--quiet"])
+    msg = _message(err)
+    assert code == 2, err
+    for piece in expected:
+        assert piece in msg, (piece, msg)
+    assert len(msg.strip().splitlines()) == 1, msg
+
+
+def test_splits_with_different_class_labels_are_refused(tmp_path):
+    names = {"train": ["neg", "pos"], "validation": ["pos", "neg"]}
+    datasets.DatasetDict({
+        split: datasets.Dataset.from_dict({"text": ["a", "b"], "label": [0, 1]},
+                                          features=datasets.Features({
+                                              "text": datasets.Value("string"),
+                                              "label": datasets.ClassLabel(names=n)}))
+        for split, n in names.items()}).save_to_disk(str(tmp_path / "saved"))
+    cfg = _config(tmp_path, CLF, f"hfds:{tmp_path / 'saved'}")
+    code, err = run_cli(["finetune", "--config", str(cfg), "--run", str(tmp_path / "run"),
+                         "--quiet"])
+    msg = _message(err)
+    assert code == 2 and "class labels" in msg and "pos, neg" in msg, err
+
+
+def test_a_hub_spec_names_repo_config_split_and_revision(monkeypatch):
+    """hfds:OWNER/NAME/CONFIG:SPLIT?revision=R reaches load_dataset as such (stubbed)."""
+    calls = []
+    data = datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({"text": ["a", "b", "c", "d"], "label": [1, 0, 1, 0]}),
+        "test": datasets.Dataset.from_dict({"text": ["e"], "label": [0]})})
+
+    def load_dataset(*args, **kwargs):
+        calls.append((args, kwargs))
+        return data
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    src = open_source("hfds:nyu-mll/glue/sst2:train[1:3]?revision=abc123")
+    assert calls[0] == (("nyu-mll/glue", "sst2"), {"streaming": False, "revision": "abc123"})
+    assert [src[i] for i in range(len(src))] == [{"text": "b", "label": 0},
+                                                 {"text": "c", "label": 1}]
+    assert available_splits("hfds:someone/imdb") == {"train": 4, "test": 1}
+    assert calls[-1][0] == ("someone/imdb", None)
+
+
+def test_data_show_lists_splits_and_class_names(sst):
+    import io
+    from contextlib import redirect_stdout
+
+    from jaxlm.cli import main
+
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert main(["data", "show", f"hfds:{sst['saved']}", "--n", "2"]) == 0
+    text = out.getvalue()
+    assert "splits: train 300 · validation 100 · test 100" in text
+    assert "labels (2, counts in train): 0 (" in text and "[1] label 0:" in text

@@ -11,7 +11,8 @@ per host and resumes by index exactly as for the other sources. `?streaming=true
 `IterableDataset` instead: in order, once, without downloading the whole dataset first. A stream
 has no length and no random access, so it serves `jaxlm train-tokenizer` only; training from a
 stream is refused (its position could not be restored exactly), with the way to read it
-memory-mapped instead. `datasets` is an optional extra, imported on first use.
+memory-mapped instead. `?revision=COMMIT` pins a Hub dataset, so a resumed run reads the same rows
+even if the dataset changes on the Hub. `datasets` is an optional extra, imported on first use.
 """
 from __future__ import annotations
 
@@ -141,7 +142,8 @@ def _load(spec: Spec) -> Any:
     try:
         if local_:
             return _load_local(ds, spec)
-        return ds.load_dataset(repo, config, streaming=spec.options.streaming)
+        return ds.load_dataset(repo, config, streaming=spec.options.streaming,
+                               revision=spec.options.revision or None)
     except DataError:
         raise
     except (dx.DatasetNotFoundError, dx.DataFilesNotFoundError) as e:
@@ -175,9 +177,11 @@ def _offline(spec: Spec, repo: str, e: Exception) -> DataError:
 
 
 def _unreadable(spec: Spec, e: Exception) -> DataError:
+    fix = ("Check that the files are valid Parquet/Arrow/JSON(L)/CSV with the same columns."
+           if is_local(spec.target) else "Check the Hub id, config and revision, or download "
+           "the dataset elsewhere and point hfds: at a save_to_disk folder or Parquet files.")
     return DataError(f"Could not read '{spec.text}' with Hugging Face datasets "
-                     f"({type(e).__name__}: {_first(e)}). Check that the files are valid "
-                     "Parquet/Arrow/JSON(L)/CSV with the same columns.", culprit=spec.text)
+                     f"({type(e).__name__}: {_first(e)}). {fix}", culprit=spec.text)
 
 
 def _splits_of(loaded: Any) -> dict[str, Any]:
@@ -280,6 +284,12 @@ class HfSource(Source):
         values, every value checked against them up front (random access cannot skip rows)."""
         if hasattr(feature, "names"):
             self.label_names = list(feature.names)
+            if given is not None and list(given) != self.label_names:
+                raise DataError(f"The class labels of {self.spec.text} [{self.split}] are "
+                                f"{', '.join(self.label_names)}, and the train split's are "
+                                f"{', '.join(given)}: the label ids would not mean the same "
+                                "classes. Use splits with one ClassLabel feature.",
+                                culprit=self.spec.text)
             return
         if not hasattr(feature, "dtype"):
             raise DataError(f"The label column '{self.label_key}' of {self.spec.text} is "

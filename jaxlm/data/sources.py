@@ -56,6 +56,7 @@ class SourceOptions:
     on_invalid: str = "report"
     download: bool = False  # TFDS: download and prepare when missing (needs the internet)
     streaming: bool = False  # hfds: read an IterableDataset, in order only (train-tokenizer)
+    revision: str = ""  # hfds: the Hub revision (a commit pins the data a run resumes on)
 
     @classmethod
     def from_config(cls, data_cfg: Any) -> "SourceOptions":
