@@ -103,8 +103,9 @@ def _message(err: str) -> str:
 
 
 # --- 1. every task, offline ---------------------------------------------------------------------
-def test_pretrain_from_a_local_parquet_file(tmp_path, shakespeare):
-    cfg = _config(tmp_path, LM, f"hfds:{shakespeare['parquet']}", sampling="packed")
+@pytest.mark.parametrize("sampling", ["packed", "random_windows"])
+def test_pretrain_from_a_local_parquet_file(tmp_path, shakespeare, sampling):
+    cfg = _config(tmp_path, LM, f"hfds:{shakespeare['parquet']}", sampling=sampling)
     code, err = run_cli(["pretrain", "--config", str(cfg), "--run", str(tmp_path / "run"),
                          "--quiet"])
     assert code == 0, err
