@@ -266,12 +266,17 @@ ERRORS = [
     ("not an id", "hfds:bad id!", ["'bad id!'", "neither an existing local path"]),
     ("streamed", "hfds:{parquet}?streaming=true", ["is streamed", "Drop ?streaming=true"]),
     ("bad option", "hfds:{parquet}?streem=true", ["Unknown option 'streem'", "streaming"]),
+    ("corrupt file", "hfds:{tmp}/bad.parquet", ["Could not read", "bad.parquet", "valid Parquet"]),
+    ("no data files", "hfds:{tmp}/empty", ["holds no data files", "train.parquet"]),
 ]
 
 
 @pytest.mark.parametrize("spec,expected", [e[1:] for e in ERRORS], ids=[e[0] for e in ERRORS])
 def test_bad_hfds_specs_are_one_paragraph_errors(tmp_path, shakespeare, spec, expected):
     spec = spec.format(tmp=tmp_path, parquet=shakespeare["parquet"])
+    (tmp_path / "bad.parquet").write_text("not parquet")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.md").write_text("no data here")
     cfg = _config(tmp_path, LM, spec)
     code, err = run_cli(["pretrain", "--config", str(cfg), "--run", str(tmp_path / "run"),
                          "--quiet"])

@@ -147,7 +147,12 @@ def _load(spec: Spec) -> Any:
     except DataError:
         raise
     except (dx.DatasetNotFoundError, dx.DataFilesNotFoundError) as e:
-        if offline and not local_:
+        if local_:
+            raise DataError(f"'{spec.target}' in '{spec.text}' holds no data files `datasets` can "
+                            f"read ({_first(e)}). Put Parquet/Arrow/JSON(L)/CSV files there "
+                            "(train.parquet, validation.parquet, ...), or name one file.",
+                            culprit=spec.text) from None
+        if offline:
             raise _offline(spec, repo, e) from None
         raise DataError(f"No Hugging Face dataset '{repo}' for '{spec.text}' ({_first(e)}). "
                         "Check the Hub id (OWNER/NAME) and that you have access, or point hfds: "
@@ -161,6 +166,9 @@ def _load(spec: Spec) -> Any:
                             culprit=spec.text) from None
         raise _unreadable(spec, e) from None
     except Exception as e:  # a corrupt file, a schema mismatch between files, ...
+        if not local_ and any(re.search("Connect|Timeout|Offline", c.__name__)
+                              for c in type(e).__mro__):  # httpx/requests network errors
+            raise _offline(spec, repo, e) from None
         raise _unreadable(spec, e) from None
 
 
