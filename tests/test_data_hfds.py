@@ -389,3 +389,18 @@ def test_data_show_lists_splits_and_class_names(sst):
     text = out.getvalue()
     assert "splits: train 300 · validation 100 · test 100" in text
     assert "labels (2, counts in train): 0 (" in text and "[1] label 0:" in text
+
+
+def test_data_show_reads_the_first_examples_of_a_stream(shakespeare):
+    import io
+    from contextlib import redirect_stdout
+
+    from jaxlm.cli import main
+
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert main(["data", "show", f"hfds:{shakespeare['parquet']}?streaming=true",
+                     "--n", "2"]) == 0
+    text = out.getvalue()
+    assert "splits: train\n" in text and "first 2 examples of train:" in text
+    assert "[0]: 'First Citizen:" in text and "[1]: " in text and "[2]: " not in text

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import itertools
 
 from jaxlm.commands.data_args import add_source_args, resolve, source_options
 
@@ -58,7 +59,7 @@ def run_show(args: argparse.Namespace) -> int:
     for split in ([spec.split] if spec.split else list(names)):
         src = open_source(spec, split, label_names=train.label_names if train else None)
         train = train or src
-        sizes[split] = len(src)
+        sizes[split] = None if src.streamed else len(src)  # a stream's size is unknown
         if src.report.skipped:
             print(f"  {split}: {src.report.summary()}")
     print(f"splits: {_fmt_splits(sizes)}")
@@ -71,9 +72,10 @@ def run_show(args: argparse.Namespace) -> int:
         shown = ", ".join(f"{n} ({counts.get(i, 0):,})" for i, n in enumerate(src.label_names))
         print(f"labels ({len(src.label_names)}, counts in {split}): {shown}")
     tok = TextTokenizer.load(args.tokenizer) if args.tokenizer else None
-    print(f"first {min(args.n, len(src))} examples of {split}:")
-    for i in range(min(args.n, len(src))):
-        ex = src[i]
+    examples = ([{"text": t, "label": -1} for t in itertools.islice(src.texts(), args.n)]
+                if src.streamed else [src[i] for i in range(min(args.n, len(src)))])
+    print(f"first {len(examples)} examples of {split}:")
+    for i, ex in enumerate(examples):
         label = f" label {src.label_names[ex['label']]}" if src.label_names else ""
         text = ex["text"]
         short = text if len(text) <= 300 else text[:300] + f"... ({len(text):,} characters)"

@@ -365,6 +365,10 @@ class HfStreamSource(Source):
     def __len__(self) -> int:
         raise self._refuse()
 
+    def __bool__(self) -> bool:
+        """A source is truthy (`if train:`) without a length."""
+        return True
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         raise self._refuse()
 
