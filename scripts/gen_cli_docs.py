@@ -100,8 +100,8 @@ HEADER = """\
   folder or glob, or a `save_to_disk` folder; read memory-mapped, by index, so shuffling, per-host
   sharding and exact resume work as for the other specs. Fields from `data.text_field` /
   `data.label_field` (or `?text_field=...`); a `ClassLabel` gives the class names.
-  `?streaming=true` reads in order without downloading first: for `jaxlm train-tokenizer` only
-  (training refuses it, as it could not resume exactly).
+  `?streaming=true` reads in order without downloading first, for `jaxlm train-tokenizer` and
+  `jaxlm data show` (training refuses it, as it could not resume exactly).
 - One spelling per meaning across commands: `--run DIR` (a run directory), `--out` (what the
   command writes), `--checkpoint best|latest|STEP`. The older spellings `--run-dir`, `--output`,
   `--step` and `export --to-hf` still work, with a one-line deprecation notice on stderr.

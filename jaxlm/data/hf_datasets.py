@@ -9,10 +9,11 @@ A split is read as a map-style `datasets.Dataset`: Arrow files memory-mapped fro
 or the save_to_disk folder), never loaded into RAM, with random access so grain shuffles, shards
 per host and resumes by index exactly as for the other sources. `?streaming=true` reads an
 `IterableDataset` instead: in order, once, without downloading the whole dataset first. A stream
-has no length and no random access, so it serves `jaxlm train-tokenizer` only; training from a
-stream is refused (its position could not be restored exactly), with the way to read it
-memory-mapped instead. `?revision=COMMIT` pins a Hub dataset, so a resumed run reads the same rows
-even if the dataset changes on the Hub. `datasets` is an optional extra, imported on first use.
+has no length and no random access, so it serves `jaxlm train-tokenizer` and `jaxlm data show`
+only; training from a stream is refused (its position could not be restored exactly), with the
+way to read it memory-mapped instead. `?revision=COMMIT` pins a Hub dataset, so a resumed run
+reads the same rows even if the dataset changes on the Hub. `datasets` is an optional extra,
+imported on first use.
 """
 from __future__ import annotations
 
@@ -360,7 +361,8 @@ class HfStreamSource(Source):
             "to shuffle, shard across hosts and resume exactly from a checkpoint. Drop "
             "?streaming=true to read it memory-mapped from the datasets cache (it takes disk "
             "space, not memory), or save the part you need with save_to_disk / to_parquet and "
-            "point hfds: at it. Streaming serves `jaxlm train-tokenizer`.", culprit=self.spec.text)
+            "point hfds: at it. Streaming serves `jaxlm train-tokenizer` and `jaxlm data show`.",
+            culprit=self.spec.text)
 
     def __len__(self) -> int:
         raise self._refuse()

@@ -12,7 +12,7 @@
 PATH is a file, or a directory holding train/dev(validation)/test files: `labeled:DIR:validation`
 reads DIR/dev.txt. Options from the config (`data.encoding`, ...) can be overridden per spec with a
 query string: `labeled:{data_root}/trec?encoding=iso-8859-1`, `hfds:DIR?text_field=sentence`.
-`hfds:` also takes `?streaming=true` (an IterableDataset: for `jaxlm train-tokenizer` only).
+`hfds:` also takes `?streaming=true` (an IterableDataset, for train-tokenizer and data show).
 
 A source is random access (`len`, `src[i] -> {"text": str, "label": int}`) so grain can shuffle,
 shard and checkpoint by index. TFDS datasets are read with `tfds.data_source` (array_record, no
@@ -55,7 +55,7 @@ class SourceOptions:
     labels: list[str] = field(default_factory=list)
     on_invalid: str = "report"
     download: bool = False  # TFDS: download and prepare when missing (needs the internet)
-    streaming: bool = False  # hfds: read an IterableDataset, in order only (train-tokenizer)
+    streaming: bool = False  # hfds: read an IterableDataset, in order only (no training)
     revision: str = ""  # hfds: the Hub revision (a commit pins the data a run resumes on)
 
     @classmethod
