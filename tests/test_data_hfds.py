@@ -121,9 +121,14 @@ def test_finetune_classification_from_a_save_to_disk_folder(tmp_path, sst):
     code, err = run_cli(["finetune", "--config", str(cfg), "--run", str(run), "--quiet"])
     assert code == 0, err
     summary = json.loads((run / "summary.json").read_text())
-    # validation and test came from the folder's own splits; the classes from the ClassLabel
-    assert 0.0 <= summary["validation"]["accuracy"] <= 1.0
-    assert 0.0 <= summary["test"]["accuracy"] <= 1.0
+    # validation and test came from the folder's own splits, the classes from the ClassLabel
+    assert summary["classes"] == ["0", "1"]
+    for split, name in (("validation", "dev.txt"), ("test", "test.txt")):
+        labels = [x.split(" ", 1)[0] for x in (sst["labeled"] / name).read_text().splitlines()]
+        report = summary[split]
+        assert report["n"] == 100 and 0.0 <= report["accuracy"] <= 1.0
+        assert {c: report["per_class"][c]["support"] for c in "01"} == {
+            c: labels.count(c) for c in "01"}
 
 
 def test_generative_finetune_reads_hfds_records(tmp_path):
