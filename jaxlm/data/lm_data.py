@@ -109,7 +109,7 @@ def token_stream(tok: TextTokenizer, source: Source, batch: int = 1024) -> np.nd
 
 
 def corpus_tokens(cfg: Any, tok: TextTokenizer, source: Source) -> np.ndarray:
-    """`token_stream` of a source; for a text file, memory-mapped from the token store (built
+    """`token_stream` of a source; for a text file, read in place from the token store (built
     on first use, `jaxlm.data.token_store`)."""
     if isinstance(source, TextFileSource):
         from jaxlm.data.token_store import cache_dir_for, open_store
