@@ -53,7 +53,7 @@ def make_corpus(path: Path, gigabytes: float, source: Path, seed: int = 0) -> fl
     tmp = path.with_suffix(".tmp")
     with tmp.open("w", encoding="utf-8") as f:
         while written < target:
-            block = "".join(lines[rng.integers(0, len(lines), 200_000)])
+            block = "".join(lines[rng.integers(0, len(lines), min(200_000, target // 30))])
             f.write(block)
             written += len(block.encode("utf-8"))
     tmp.replace(path)
@@ -126,6 +126,10 @@ def bench_size(gb: float, out: Path, steps: int, pipeline_batches: int, source: 
     cache, runs = out / "token_cache", out / f"runs_{gb:g}gb"
     shutil.rmtree(runs, ignore_errors=True)
     runs.mkdir(parents=True)
+    from jaxlm.data.token_store import remove_store
+    for d in cache.glob(corpus.stem + "-*"):  # run A starts cold: no store, no remembered scan
+        remove_store(d)
+    shutil.rmtree(cache / "scans", ignore_errors=True)
     every = max(1, steps // 6)
     sets = [f"data.train=text:{corpus}", f"data.validation=text:{val}",
             f"data.token_cache={cache}", f"train.steps={steps}",

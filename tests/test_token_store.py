@@ -56,7 +56,7 @@ def test_store_equals_in_memory_tokens(tmp_path, kind, documents):
     assert tok.tokenizer.to_str() == old_tok.tokenizer.to_str()
     for new, old in ((train, old_train), (val, old_val)):
         got = lm_data.corpus_tokens(cfg, tok, new)
-        assert isinstance(got, np.memmap) and got.dtype == np.uint16
+        assert isinstance(got, token_store.TokenFile) and got.dtype == np.uint16
         want = lm_data.token_stream(tok, old)
         assert len(want) > 100
         np.testing.assert_array_equal(np.asarray(got, np.int32), want)

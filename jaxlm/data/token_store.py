@@ -1,11 +1,14 @@
-"""The token store: a corpus tokenised once into memory-mapped files, reused by later runs.
+"""The token store: a corpus tokenised once into flat files on disk, reused by later runs.
 
 Pretraining samples windows (or documents) from one long token stream. Held in memory that
-stream bounds the corpus by RAM; kept on disk as raw little-endian arrays it is read through
-`np.memmap`, so only the pages a batch touches are loaded. Raw arrays were chosen over
+stream bounds the corpus by RAM; kept on disk as raw little-endian arrays, each window is one
+positional read (`TokenFile`), so only what a batch needs is read. Raw arrays were chosen over
 ArrayRecord: random windows need slices at arbitrary token offsets, which a flat array gives in
 one read while a record format would cut the stream into records to reassemble, and numpy
-reads them with no extra dependency.
+reads them with no extra dependency. They are read with os.pread rather than `np.memmap`: a
+mapped file counts in the process's resident memory for every page a window touches (and the
+kernel may map a large folio, megabytes, per touch), so a long run's RSS would grow toward the
+store's size; read pages stay in the OS page cache instead, outside the process.
 
 One store = one folder in the token cache (`data.token_cache`, else $JAXLM_TOKEN_CACHE, else
 $XDG_CACHE_HOME/jaxlm/tokens or ~/.cache/jaxlm/tokens: shared by every run, so a corpus is
@@ -134,15 +137,53 @@ def _batches(texts: Iterator[str], chars: int = BATCH_CHARS, most: int = 1024
         yield batch
 
 
+class TokenFile:
+    """A 1-D array in a raw file, sliced by positional reads (see the module docstring): what
+    `RandomWindows`, `Chunks` and `np.asarray` need of an array. Thread-safe (os.pread)."""
+
+    def __init__(self, path: Path, dtype: np.dtype, n: int):
+        self.path, self.dtype, self.n = path, np.dtype(dtype), n
+        self.shape, self._fd = (n,), None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, key: int | slice) -> Any:
+        if not isinstance(key, slice):
+            i = int(key) + (self.n if int(key) < 0 else 0)
+            if not 0 <= i < self.n:
+                raise IndexError(key)
+            return self[i:i + 1][0]
+        start, stop, step = key.indices(self.n)
+        count = max(0, stop - start)
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        size = self.dtype.itemsize
+        raw = os.pread(self._fd, count * size, start * size) if count else b""
+        if len(raw) != count * size:
+            raise DataError(f"The token store file '{self.path}' is shorter than its meta.json "
+                            "says (truncated while in use?). Rerun: jaxlm rebuilds it.",
+                            culprit=str(self.path))
+        out = np.frombuffer(raw, self.dtype.newbyteorder("<"))
+        return out if step == 1 else out[::step]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+    def __del__(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+
+
 class TokenStore:
-    """One built store, read through memory maps."""
+    """One built store, read in place (`TokenFile`)."""
 
     def __init__(self, path: Path, meta: dict[str, Any]):
         self.path, self.meta = path, meta
         self.dtype = np.dtype(meta["dtype"])
-        self.tokens = np.memmap(path / "tokens.bin", self.dtype, "r", shape=(meta["tokens"],)) \
-            if meta["tokens"] else np.zeros(0, self.dtype)
-        self.offsets = np.memmap(path / "offsets.bin", np.int64, "r", shape=(meta["docs"] + 1,))
+        self.tokens = TokenFile(path / "tokens.bin", self.dtype, meta["tokens"])
+        self.offsets = TokenFile(path / "offsets.bin", np.dtype(np.int64), meta["docs"] + 1)
 
     def __len__(self) -> int:
         """The number of documents."""
@@ -272,7 +313,7 @@ def _build(source: TextFileSource, tok: TextTokenizer, final: Path, key: dict[st
     enc = Encoder(tok)
     try:
         with (tmp / "tokens.bin").open("wb") as out, (tmp / "offsets.bin").open("wb") as offs:
-            offs.write(np.zeros(1, np.int64).tobytes())
+            offs.write(np.zeros(1, "<i8").tobytes())
             if one_doc and enc.table is not None and source.documents == "file":
                 texts = source.pieces()  # one character, one token: no need to cut at lines
             elif one_doc:
@@ -288,17 +329,17 @@ def _build(source: TextFileSource, tok: TextTokenizer, final: Path, key: dict[st
                                         culprit=source.name)
                     if sep:
                         a = np.append(a, sep)
-                    out.write(a.astype(dtype).tobytes())
+                    out.write(a.astype(dtype.newbyteorder("<")).tobytes())
                     n_tokens += len(a)
                     if not one_doc:
                         ends.append(n_tokens)
                 if not one_doc:
-                    offs.write(np.asarray(ends, np.int64).tobytes())
+                    offs.write(np.asarray(ends, "<i8").tobytes())
                     ends = []
                 bar.update(sum(map(len, batch)) if source.documents == "file" else len(batch))
             docs = 1 if one_doc and n_tokens else (0 if one_doc else len(source))
             if one_doc and n_tokens:
-                offs.write(np.asarray([n_tokens], np.int64).tobytes())
+                offs.write(np.asarray([n_tokens], "<i8").tobytes())
         bar.close()
         if key["size"] != file_identity(source.path)[0] or \
                 key["mtime_ns"] != file_identity(source.path)[1]:
