@@ -42,7 +42,7 @@ class SliceSource(Source):
 def holdout(train: Source, fraction: float) -> tuple[Source, Source]:
     """Split the last `fraction` off: of the characters of a one-document source (so
     `text:input.txt` reproduces nanoGPT's 90/10 split), else of the documents."""
-    if isinstance(train, TextFileSource):
+    if isinstance(train, TextFileSource) and (train.documents == "file" or len(train) != 1):
         return train.holdout(fraction)  # the same split, streamed
     if len(train) == 1:
         text = train[0]["text"]
