@@ -210,3 +210,13 @@ def test_exact_resume_after_sigkill_through_the_store(tiny_corpus, tmp_path, tok
     for path, a in flat_ref:
         np.testing.assert_array_equal(np.asarray(flat[path]), np.asarray(a))
     assert data == ref_data
+
+
+def test_one_document_of_a_line_file_is_split_by_characters(tmp_path):
+    """A documents=line file with a single line is held out by characters, as before."""
+    corpus = tmp_path / "one.txt"
+    corpus.write_text("a single long line of text " * 40 + "\n\n")
+    cfg = _cfg(corpus, tmp_path / "cache", "data.documents=line", "data.seq_len=8")
+    train, val = lm_data.load_lm_sources(cfg)
+    old_train, old_val = _old_sources(cfg)
+    assert train[0]["text"] == old_train[0]["text"] and val[0]["text"] == old_val[0]["text"]
