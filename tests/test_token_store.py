@@ -127,6 +127,8 @@ def test_reuse_stale_truncated_and_foreign(tmp_path, capsys):
     assert token_store.builds["count"] == before + 2
     want = lm_data.token_stream(tok, _old_sources(cfg)[0])
     np.testing.assert_array_equal(np.asarray(fresh.tokens, np.int32), want)
+    assert not first.path.exists() or first.path == fresh.path  # the old version's store went
+    assert len([d for d in cache.iterdir() if d.name.startswith("c-train-")]) == 1
     # truncated (a partial copy): detected by its size, rebuilt, with a warning
     with (fresh.path / "tokens.bin").open("r+b") as f:
         f.truncate(100)

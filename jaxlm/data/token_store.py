@@ -21,7 +21,7 @@ tokenised once whatever the run's name, and never inside a data folder that may 
 
 <hash> covers the file's path, reading options, the segment (train or held-out part), the
 tokenizer's hash and the format version; meta.json adds the file's size and mtime. A store whose
-file changed is stale and rebuilt; one whose arrays do not have the sizes meta.json records
+file changed is stale and rebuilt (with every store of the file's earlier version removed); one whose arrays do not have the sizes meta.json records
 (truncated) is rebuilt with a warning. A store is built in a temporary sibling folder and renamed
 into place complete, so a killed build leaves no store that looks finished. Only folders with the
 marker are ever removed, and only the files jaxlm writes in them.
@@ -292,12 +292,24 @@ def open_store(source: TextFileSource, tok: TextTokenizer, cache_dir: Path) -> T
     return _build(source, tok, final, key)
 
 
+def _remove_stale(cache_dir: Path, key: dict[str, Any]) -> None:
+    """Remove the stores of an earlier version of the same file (another size or mtime): no run
+    can use them again, and a segment (hold-out) that moved gives them other folder names."""
+    for d in cache_dir.iterdir():
+        meta = _read_meta(d) if (d / MARKER).is_file() else None
+        old = (meta or {}).get("key") or {}
+        if old.get("path") == key["path"] and (old.get("size"), old.get("mtime_ns")) != (
+                key["size"], key["mtime_ns"]):
+            remove_store(d)
+
+
 def _build(source: TextFileSource, tok: TextTokenizer, final: Path, key: dict[str, Any]
            ) -> TokenStore:
     from tqdm import tqdm
 
     final.parent.mkdir(parents=True, exist_ok=True)
     _clean_leftovers(final)
+    _remove_stale(final.parent, key)
     tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
     tmp.mkdir()
     (tmp / MARKER).write_text("written by jaxlm (jaxlm.data.token_store)\n")
