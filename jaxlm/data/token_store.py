@@ -21,10 +21,11 @@ tokenised once whatever the run's name, and never inside a data folder that may 
 
 <hash> covers the file's path, reading options, the segment (train or held-out part), the
 tokenizer's hash and the format version; meta.json adds the file's size and mtime. A store whose
-file changed is stale and rebuilt (with every store of the file's earlier version removed); one whose arrays do not have the sizes meta.json records
-(truncated) is rebuilt with a warning. A store is built in a temporary sibling folder and renamed
-into place complete, so a killed build leaves no store that looks finished. Only folders with the
-marker are ever removed, and only the files jaxlm writes in them.
+file changed is stale and rebuilt (every store of the file's earlier version is removed); one
+whose arrays do not have the sizes meta.json records (truncated) is rebuilt with a warning. A
+store is built in a temporary sibling folder and renamed into place complete, so a killed build
+leaves no store that looks finished. Only folders with the marker are ever removed, and only the
+files jaxlm writes in them.
 
 The tokens are exactly what `lm_data.token_stream` makes in memory: one-document files are
 tokenised in pieces of 256 lines, with no separator; documents each end with the tokenizer's
