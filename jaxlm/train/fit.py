@@ -111,6 +111,7 @@ def prepare(cfg: Config, run_dir: str | None, overwrite: bool, task: Task | None
     run = Run.for_config(cfg, run_dir)
     mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, num_devices=cfg.mesh.num_devices)
     check_batch(cfg, mesh)
+    check_trackers(cfg.logging)  # a missing package or server: refused before any work
     sources = task_cls.open_sources(cfg)
     task = task if task is not None else task_cls.from_config(cfg, sources)
     init_from = cfg.finetune.init_from if task.finetunes else ""
@@ -120,7 +121,6 @@ def prepare(cfg: Config, run_dir: str | None, overwrite: bool, task: Task | None
     task.check_model(mcfg)
     task.prepare(cfg, tok, sources, pre)
     check_lora(cfg, task, mcfg)
-    check_trackers(cfg.logging)  # a missing package or server: refused before any work
     run.prepare(cfg, overwrite)  # the first write: bad input above leaves the run untouched
     if not run.tokenizer_path.is_file():
         run.save_tokenizer(tok)

@@ -288,17 +288,20 @@ def open_trackers(cfg: Any, run_dir: Path, resumed_from: int) -> list[Tracker]:
                 uri)))
             state["mlflow"] = {"run_id": out[-1].run_id, "uri": uri}
         for t in out:
-            t.log_config(flat)
+            _start(t.name, lambda: t.log_config(flat))
     except BaseException:
         for t in out:
-            t.close("failed")
+            try:
+                t.close("failed")
+            except Exception:  # the start-up error is the one to report
+                pass
         raise
     if "wandb" in state or "mlflow" in state:
         write_text_atomic(run_dir / FOLDER / STATE_FILE, json.dumps(state, indent=2))
     return out
 
 
-def _start(name: str, make: Any) -> Tracker:
+def _start(name: str, make: Any) -> Any:
     """`make()`, its failure turned into a one-paragraph ConfigError with the fix."""
     try:
         return make()
