@@ -99,21 +99,24 @@ def final_state(run_dir: Path, step: int) -> dict:
             for p, a in jax.tree_util.tree_flatten_with_path(state)[0]}
 
 
-def pipeline_tokens_per_s(sets: list[str], batches: int) -> float:
-    """Tokens/s of the training input pipeline alone (after its first batch)."""
+def pipeline_tokens_per_s(sets: list[str], batches: int) -> tuple[float, float]:
+    """Tokens/s of the training input pipeline alone (after its first batch), and the seconds
+    from opening the sources (store reused) to the first batch."""
     from jaxlm.config import load_config
     from jaxlm.data.lm_data import lm_train_batches, load_lm_sources
     from jaxlm.data.tokenizer import TextTokenizer, load_tokenizer
     cfg = load_config(str(CONFIG), [s for s in sets if not s.startswith("train.steps=")]
                       + [f"train.steps={batches + 1}"])
+    t_open = time.perf_counter()
     train, _ = load_lm_sources(cfg)
     tok = TextTokenizer(load_tokenizer(cfg.resolve_path(cfg.data.tokenizer.path)))
     it = iter(lm_train_batches(cfg, tok, train))
     first = next(it)
     t0 = time.perf_counter()
+    open_s = t0 - t_open
     for _ in range(batches):
         next(it)
-    return batches * first["inputs"].size / (time.perf_counter() - t0)
+    return batches * first["inputs"].size / (time.perf_counter() - t0), open_s
 
 
 def bench_size(gb: float, out: Path, steps: int, pipeline_batches: int, source: Path) -> dict:
@@ -151,12 +154,13 @@ def bench_size(gb: float, out: Path, steps: int, pipeline_batches: int, source: 
     same = sb.keys() == sc.keys() and all(np.array_equal(sb[k], sc[k]) for k in sb)
     summary_b = json.loads((runs / "b" / "summary.json").read_text())
     summary_c = json.loads((runs / "c" / "summary.json").read_text())
-    pipe = pipeline_tokens_per_s(sets + tok, pipeline_batches)
+    pipe, reuse_s = pipeline_tokens_per_s(sets + tok, pipeline_batches)
     step_tps = summary_b["tokens_per_s"]
     return {"gb": corpus.stat().st_size / 1e9, "generate_s": gen_s, "a": a, "b": b,
             "c1": c1, "c2": c2, "killed_at": killed_at, "resume_exact": same,
             "loss_b": summary_b["train"]["loss"], "loss_c": summary_c["train"]["loss"],
-            "pipeline_tps": pipe, "step_tps": step_tps, "ratio": pipe / step_tps,
+            "pipeline_tps": pipe, "reuse_s": reuse_s, "step_tps": step_tps,
+            "ratio": pipe / step_tps,
             "store_gb": sum(f.stat().st_size for d in cache.glob(corpus.stem + "-*")
                             for f in d.iterdir()) / 1e9}
 
@@ -189,16 +193,17 @@ def main() -> int:
                     p.unlink(missing_ok=True)
     gib = 1 << 30
     print(f"\n{os.cpu_count()} CPUs, {args.steps} steps of configs/shakespeare_char.yaml per run")
-    print("| corpus | store | tokenise (run A) | run A wall | run B wall (reuse) | peak RSS A / B / "
-          "C killed / C resumed | pipeline alone | train | ratio | resume (killed at step) |")
+    print("| corpus | store | tokenise (run A) | reuse: open to first batch | run A / B wall | "
+          "peak RSS A / B / C killed / C resumed | pipeline alone | train | ratio | "
+          "resume (killed at step) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     ok = True
     for r in results:
         rss = [r[k]["peak_rss"] / gib for k in ("a", "b", "c1", "c2")]
         ok &= (max(rss) < 2 and r["ratio"] >= 10 and r["resume_exact"] and r["c1"]["rc"] == -9
                and not r["b"]["tokenised"])
-        print(f"| {r['gb']:.2f} GB | {r['store_gb']:.2f} GB | {r['a']['tokenise_s']:.0f} s | "
-              f"{r['a']['wall_s']:.0f} s | {r['b']['wall_s']:.0f} s | "
+        print(f"| {r['gb']:.2f} GB | {r['store_gb']:.2f} GB | {r['a']['tokenise_s']:.1f} s | "
+              f"{r['reuse_s']:.2f} s | {r['a']['wall_s']:.0f} / {r['b']['wall_s']:.0f} s | "
               f"{' / '.join(f'{x:.2f}' for x in rss)} GiB | {r['pipeline_tps']:,.0f} tok/s | "
               f"{r['step_tps']:,.0f} tok/s | {r['ratio']:.0f}x | "
               f"{'exact' if r['resume_exact'] else 'DIFFERS'} ({r['killed_at']}) |")
