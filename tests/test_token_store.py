@@ -222,3 +222,14 @@ def test_one_document_of_a_line_file_is_split_by_characters(tmp_path):
     train, val = lm_data.load_lm_sources(cfg)
     old_train, old_val = _old_sources(cfg)
     assert train[0]["text"] == old_train[0]["text"] and val[0]["text"] == old_val[0]["text"]
+
+
+def test_unwritable_cache_is_one_clear_error(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(TEXT * 20)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    cfg, train, tok = _store(corpus, blocker / "cache")
+    from jaxlm.errors import OutputError
+    with pytest.raises(OutputError, match="token store.*data.token_cache"):
+        lm_data.corpus_tokens(cfg, tok, train)

@@ -205,8 +205,11 @@ def _scan_cached(path: Path, encoding: str, documents: str, report: DataReport,
     if (entry is not None and report.skipped == skipped
             and (stats.size, stats.mtime_ns) == file_identity(path)):
         from jaxlm.atomic import write_text_atomic
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(entry, json.dumps({"key": key, "stats": stats.__dict__}))
+        try:
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(entry, json.dumps({"key": key, "stats": stats.__dict__}))
+        except OSError:
+            pass  # only a shortcut: the store's own write reports an unwritable cache
     return stats
 
 

@@ -290,7 +290,10 @@ def open_store(source: TextFileSource, tok: TextTokenizer, cache_dir: Path) -> T
         if not why:
             return TokenStore(final, meta)  # type: ignore[arg-type]
         sys.stderr.write(f"jaxlm data: rebuilding the token store '{final}': {why}.\n")
-    return _build(source, tok, final, key)
+    from jaxlm.atomic import writing
+    with writing(cache_dir, "the token store", "Set data.token_cache (or $JAXLM_TOKEN_CACHE) "
+                 "to a writable folder."):
+        return _build(source, tok, final, key)
 
 
 def _remove_stale(cache_dir: Path, key: dict[str, Any]) -> None:
