@@ -131,6 +131,20 @@ def _summary(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / "summary.json").read_text())
 
 
+def run_timeline(run_dir: Path, measured: dict[str, Any]) -> dict[str, float]:
+    """When a jaxlm run wrote its files, in seconds after the spawn: where the process wall goes
+    outside jaxlm's own `wall_s` (start-up before the run folder, shutdown after the summary)."""
+    t0, out = measured["spawn_time"], {}
+    for name, rel in (("config_written_s", "config.yaml"), ("summary_written_s", "summary.json")):
+        if (run_dir / rel).exists():
+            out[name] = (run_dir / rel).stat().st_mtime - t0
+    ckpts = sorted((run_dir / "checkpoints").glob("*/commit_success.txt"),
+                   key=lambda p: p.stat().st_mtime)
+    out["checkpoints_written_s"] = [p.stat().st_mtime - t0 for p in ckpts]
+    out["exit_s"] = measured["wall_s"]
+    return out
+
+
 # ---------------------------------------------------------------------------------- a: pretrain
 
 
@@ -183,6 +197,7 @@ class MainJob(Job):
             val = s.get("validation") or s["val"]
             self.ctx.shared["main_run"] = str(run)
             return {"quality": float(val["loss"]), "job_s": measured["wall_s"],
+                    "timeline": run_timeline(run, measured),
                     "summary": {k: s.get(k) for k in ("step", "wall_s", "compile_s",
                                                       "tokens_per_s", "val", "validation")}}
         report = json.loads((self.dir / f"peer_{tag}" / "report.json").read_text())
@@ -240,6 +255,7 @@ class MiniLMJob(Job):
         if side == "jaxlm":
             s = _summary(self.dir / f"jaxlm_{tag}")
             return {"quality": float(s["test"]["accuracy"]), "job_s": measured["wall_s"],
+                    "timeline": run_timeline(self.dir / f"jaxlm_{tag}", measured),
                     "summary": {k: s.get(k) for k in ("step", "wall_s", "compile_s", "best")}}
         r = json.loads((self.dir / f"peer_{tag}.json").read_text())["runs"][0]
         return {"quality": float(r["test_accuracy"]), "job_s": measured["wall_s"],

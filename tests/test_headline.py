@@ -66,6 +66,7 @@ def test_nanogpt_reference_follows_train_py_on_a_tiny_model(tmp_path: Path,
     ckpt = torch.load(out / "ckpt.pt", weights_only=False)
     assert {"model", "optimizer", "model_args", "iter_num", "best_val_loss", "config"} <= set(ckpt)
     assert ckpt["iter_num"] > 0
+    assert torch.equal(ckpt["model"]["wte.weight"], ckpt["model"]["lm_head.weight"])  # tied
     a = ng.parse_args(["--max_iters=2000", "--lr_decay_iters=2000"])
     assert ng.get_lr(0, a) == pytest.approx(1e-3 / 101)  # train.py's (it + 1) / (warmup + 1)
     assert ng.get_lr(100, a) == pytest.approx(1e-3)
