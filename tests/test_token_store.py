@@ -233,3 +233,24 @@ def test_unwritable_cache_is_one_clear_error(tmp_path):
     from jaxlm.errors import OutputError
     with pytest.raises(OutputError, match="token store.*data.token_cache"):
         lm_data.corpus_tokens(cfg, tok, train)
+
+
+def test_train_tokenizer_cli_streams_a_text_file(tmp_path, monkeypatch, capsys):
+    """`jaxlm train-tokenizer --data text:FILE` learns the same vocabulary without reading the
+    file whole; an empty file is still refused."""
+    from jaxlm.cli import main
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(TEXT * 30)
+    want = train_tokenizer(iter_chunks(corpus.read_bytes().decode()), "bpe", 300).to_str()
+
+    def whole(*a, **k):
+        raise AssertionError("a whole-file reader was used")
+
+    monkeypatch.setattr("jaxlm.data.local.read_text", whole)
+    assert main(["train-tokenizer", "--data", f"text:{corpus}", "--kind", "bpe",
+                 "--vocab-size", "300", "--out", str(tmp_path / "tok"), "--quiet"]) == 0
+    assert TextTokenizer.load(tmp_path / "tok").tokenizer.to_str() == want
+    (tmp_path / "empty.txt").write_text("\n \n")
+    assert main(["train-tokenizer", "--data", f"text:{tmp_path / 'empty.txt'}", "--kind", "char",
+                 "--out", str(tmp_path / "tok2"), "--quiet"]) == 2
+    assert "no text to train on" in capsys.readouterr().err

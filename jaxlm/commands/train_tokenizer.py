@@ -33,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from jaxlm.data.lm_data import tokenizer_texts
-    from jaxlm.data.sources import open_source
+    from jaxlm.data.sources import parse_spec
+    from jaxlm.data.text_stream import TextFileSource, open_text_stream
     from jaxlm.atomic import writing
     from jaxlm.data.tokenizer import TextTokenizer, train_tokenizer
     from jaxlm.errors import ConfigError
@@ -44,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"'{Path(args.out) / 'tokenizer.json'}' already exists. Pass "
                           "--overwrite to replace it, or choose another --out.", culprit="--out")
 
-    src = open_source(resolve(args.data), args.split, source_options(args))
+    # a text file is streamed (never read whole); other kinds as open_source reads them
+    src = open_text_stream(parse_spec(resolve(args.data), source_options(args)), args.split, None)
     if not src.streamed and len(src) == 0:  # a tokenizer of nothing: only special tokens
         raise ConfigError(f"--data {args.data} has no text to train on in its {args.split} split "
                           "(the file is empty, or every record was skipped: see the warnings "
@@ -58,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     with writing(out / "tokenizer.json", "the tokenizer"):
         out.mkdir(parents=True, exist_ok=True)
         tok.save(out / "tokenizer.json")
-    sample = (next(src.texts(), "") if src.streamed else src[0]["text"])[:80]
+    in_order = src.streamed or isinstance(src, TextFileSource)
+    sample = (next(src.texts(), "") if in_order else src[0]["text"])[:80]
     ids = tok.encode(sample)
     print(f"saved {out / 'tokenizer.json'}: {args.kind}, vocabulary {tok.vocab_size:,}, trained on "
           f"{'the streamed texts' if src.streamed else f'{len(src):,} texts'} of {src.name}")

@@ -303,7 +303,7 @@ def open_text_stream(spec: Spec, split: str, cache_dir: Path | None) -> Source:
     from jaxlm.data.sources import _local_file, open_source
     if spec.kind != "text":
         return open_source(spec, split)
-    split = spec.split or split
+    split = spec.split or split or "train"
     path = _local_file(spec, split)
     report = DataReport(f"{path}", spec.options.on_invalid)
     return TextFileSource(spec, split, path, report, cache_dir=cache_dir)
