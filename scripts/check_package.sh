@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The packaging check (CI runs it after the tests): build the sdist and the wheel (the wheel from
 # the sdist, so a file missing from the sdist fails here), `twine check` them, look inside both,
-# install the wheel into a fresh venv and run `jaxlm --help` and the main job briefly from outside
-# the repository, with the config taken from the sdist (configs/ is not in the wheel).
+# install the wheel (with its [trackers] extra) into a fresh venv and run `jaxlm --help` and the main
+# job briefly from outside the repository, logging to TensorBoard, W&B (offline) and MLflow (a local
+# store), with the config taken from the sdist (configs/ is not in the wheel).
 #
 # Everything happens in a temporary folder; the working tree is only read. Usage:
 #   scripts/check_package.sh            (KEEP=1 keeps the temporary folder for a look)
@@ -60,10 +61,10 @@ assert "jaxlm = jaxlm.cli:main" in z.read(next(n for n in files if n.endswith("e
 print(f"sdist: {len(names)} files; wheel: {len(files)} files")
 EOF
 
-step "a fresh venv with the wheel installed (dependencies from pip's index and cache; no .pyc compiling)"
+step "a fresh venv with the wheel and its [trackers] extra installed (dependencies from pip's index and cache; no .pyc compiling)"
 "$PY" -c 'import sys; print(sys._base_executable)' > "$TMP/base_python"
 "$(cat "$TMP/base_python")" -m venv "$TMP/venv"
-"$TMP/venv/bin/python" -m pip install -q --no-compile "$WHEEL" > "$TMP/pip.log" 2>&1 \
+"$TMP/venv/bin/python" -m pip install -q --no-compile "$WHEEL[trackers]" > "$TMP/pip.log" 2>&1 \
     || { tail -30 "$TMP/pip.log"; fail "pip install of the wheel"; }
 
 step "jaxlm --help and the main job (20 steps), from outside the repository"
@@ -73,11 +74,14 @@ export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
 assert str(p).startswith('$TMP/venv'), p; assert (p / 'py.typed').is_file()"
 "$TMP/venv/bin/jaxlm" --help > help.txt && grep -q pretrain help.txt || fail "jaxlm --help"
 tar xzf "$SDIST" -C "$TMP" && CONFIGS=$(ls -d "$TMP"/jaxlm-*/configs)
-JAXLM_DATA="$DATA" "$TMP/venv/bin/jaxlm" pretrain --config "$CONFIGS/shakespeare_char.yaml" \
-    --run runs/check --quiet --set train.steps=20 --set train.eval_every=10 \
-    --set train.log_every=10 --set train.checkpoint_every=20 --set train.eval_batches=2 \
+JAXLM_DATA="$DATA" WANDB_MODE=offline WANDB_SILENT=true "$TMP/venv/bin/jaxlm" pretrain \
+    --config "$CONFIGS/shakespeare_char.yaml" --run runs/check --quiet --set train.steps=20 \
+    --set train.eval_every=10 --set train.log_every=10 --set train.checkpoint_every=20 \
+    --set train.eval_batches=2 --set 'logging.trackers=[tensorboard,wandb,mlflow]' \
     || fail "jaxlm pretrain from the wheel"
 "$TMP/venv/bin/python" -c "import json; s = json.load(open('runs/check/summary.json')); \
 assert s['step'] == 20 and s['val']['loss'] > 0, s; print('summary: step', s['step'], \
 'val loss', round(s['val']['loss'], 3))"
+ls runs/check/trackers/wandb/offline-run-*/run-*.wandb runs/check/trackers/mlruns > /dev/null \
+    || fail "the W&B (offline) and MLflow (local store) files of the run"
 step "OK"
