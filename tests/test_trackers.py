@@ -263,7 +263,8 @@ def test_a_tracker_failing_mid_run_warns_once_and_training_goes_on(offline, tiny
     assert code == 0, err
     assert err.count("the mlflow tracker failed (ConnectionError") == 1, err
     assert calls["n"] == 2  # switched off after the failure
-    assert [s for sp, s in jsonl(run) if sp == "train"] == [2, 4, 6]
+    assert [s for sp, s in jsonl(run) if sp == "train"] == [2, 4, 6]  # always written
+    assert not (run / "tensorboard").exists()  # not in logging.trackers: off
     assert json.loads((run / "summary.json").read_text())["step"] == 6
     client, run_id = mlflow_client(run)
     assert [s for s, _ in history(client, run_id, "train/loss")] == [2]
