@@ -247,7 +247,10 @@ class TrainConfig(_Section):
     grad_accum: int = 1
     seed: int = 0
     eval_every: int = 250
-    eval_batches: int = 0  # 0: the whole validation split
+    # validation during training: N batches of the split; -1: all of it; 0 (auto): a language
+    # model scores a fixed sample costing about 1/30 of the training between two validations and
+    # the whole split once at the end; fine-tuning scores the whole (small) dev split
+    eval_batches: int = 0
     eval_batch_size: int = 0  # 0: same as batch_size
     log_every: int = 10
     checkpoint_every: int = 500
@@ -262,8 +265,10 @@ class TrainConfig(_Section):
         require_positive(self, "train", ("steps", "batch_size", "grad_accum", "log_every",
                                           "checkpoint_every", "keep_checkpoints",
                                           "preemption_check_every"))
-        require_positive(self, "train", ("eval_every", "eval_batches", "eval_batch_size"),
-                         zero_ok=True)
+        require_positive(self, "train", ("eval_every", "eval_batch_size"), zero_ok=True)
+        if self.eval_batches < -1:
+            bad_key("train.eval_batches", f"must be a number of batches, 0 (auto) or -1 (the "
+                    f"whole validation split), got {self.eval_batches}.")
         if not 0 <= self.seed < 2**32:
             bad_key("train.seed", f"must be in [0, 2**32 - 1], got {self.seed}.")
         if self.batch_size % self.grad_accum:

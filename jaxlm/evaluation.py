@@ -19,6 +19,8 @@ from jaxlm.metrics import perplexity
 from jaxlm.sharding import put_batch, rows_sharding, shard_params
 from jaxlm.tasks.losses import LossFn
 
+SYNC_EVERY = 32  # evaluation batches dispatched between two reads of their sums
+
 
 class Evaluator:
     """Jitted evaluation of parameters: `model_of(params)` rebuilds the model inside jit.
@@ -61,10 +63,14 @@ class Evaluator:
 
     def sums(self, params: Any, batches: list[dict]) -> dict[str, float]:
         """Loss and aux sums (weight: the number of scored targets) over every batch."""
+        # batches are dispatched in groups before their results are read: one host sync per
+        # group, not per batch, and at most a group's inputs held on the devices
         totals: dict[str, float] = {}
-        for b in batches:
-            for k, v in jax.device_get(self._sums(params, self._put(b))).items():
-                totals[k] = totals.get(k, 0.0) + float(v)
+        for i in range(0, len(batches), SYNC_EVERY):
+            group = [self._sums(params, self._put(b)) for b in batches[i:i + SYNC_EVERY]]
+            for part in jax.device_get(group):
+                for k, v in part.items():
+                    totals[k] = totals.get(k, 0.0) + float(v)
         return totals
 
     def mean_metrics(self, params: Any, batches: list[dict]) -> dict[str, float]:

@@ -1,5 +1,5 @@
 """`jaxlm evaluate` on a finished pretraining run reproduces the run's own final validation loss
-exactly: the same task evaluation, data and batches (windows or packed documents, masked-LM
+(its report on the whole validation split) exactly: the same task evaluation, data and batches (windows or packed documents, masked-LM
 masking included), through the one evaluator."""
 import json
 
@@ -38,9 +38,35 @@ def test_evaluate_reproduces_the_final_validation_loss(tmp_path, tiny_corpus, ca
     summary = _pretrain(tmp_path, tiny_corpus, data, task, family)
     report = _evaluate(tmp_path, capsys)
     assert report["split"] == "validation" and report["task"] == task
-    assert report["loss"] == summary["val"]["loss"]  # exactly, not approximately
-    assert report["perplexity"] == summary["val"]["perplexity"]
+    # the final report scores the whole split; validation during training scored a sample
+    whole = summary["validation"]
+    assert report["loss"] == whole["loss"]  # exactly, not approximately
+    assert report["perplexity"] == whole["perplexity"]
+    assert report["tokens"] == whole["tokens"] > 0
     # another batching scores the same tokens once each: the same loss up to float32 sums
     other = _evaluate(tmp_path, capsys, "--batch-size", "24")
     assert other["tokens"] == report["tokens"] > 0
     assert other["loss"] == pytest.approx(report["loss"], rel=1e-5)
+
+
+def test_validation_during_training_is_a_sample_unless_eval_batches_asks(tmp_path, tiny_corpus):
+    """train.eval_batches: 0 (auto) validates on a tenth of the rows trained between two
+    validations (at least one batch); -1 on the whole split, N on N batches."""
+    from jaxlm.config import config_from_dict
+    from jaxlm.data.tokenizer import TextTokenizer, train_tokenizer
+    from jaxlm.tasks.language_model import CausalLMTask
+
+    def batches(**train) -> int:
+        cfg = config_from_dict({
+            "data": {"train": f"text:{tiny_corpus}", "seq_len": 16},
+            "train": {"steps": 10, "batch_size": 4, "eval_every": 50, **train}})
+        task = CausalLMTask()
+        src = task.open_sources(cfg)["validation"]
+        tok = TextTokenizer(train_tokenizer(task.tokenizer_texts(src), "char"))
+        return len(task.validation_batches(cfg, tok, src))
+
+    whole = -(-((4_000 - 1) // 16) // 4)  # 10% of 40k characters in 16-windows, 4 per batch
+    assert batches(eval_batches=-1) == whole
+    assert batches() == 5  # ceil(50 * 4 / 10 / 4)
+    assert batches(eval_batches=3) == 3
+    assert batches(eval_batch_size=8) == 3  # ceil(20 rows / 8)

@@ -23,7 +23,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     initialize(cfg.distributed)  # multi-host jobs: before anything touches a device
     summary = pretrain(cfg, args.run_dir, overwrite=args.overwrite, show_progress=not args.quiet)
-    train, val = summary["train"], summary["val"]
+    # the whole validation split, scored at the end; else the last (possibly sampled) validation
+    train, val = summary["train"], summary.get("validation") or summary["val"]
     parts = [f"step {summary['step']}", f"train loss {train.get('loss', float('nan')):.4f}"]
     if val:
         parts.append(f"val loss {val['loss']:.4f}")

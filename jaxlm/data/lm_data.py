@@ -162,10 +162,10 @@ def lm_eval_batches(cfg: Any, tok: TextTokenizer, source: Source, *, batch_size:
     """The fixed evaluation batches of a split, exactly as validation during training builds
     them (packed or windows, the same masking seed), so `jaxlm evaluate` reproduces it.
     batch_size 0: train.eval_batch_size, else train.batch_size; max_batches None:
-    train.eval_batches (0: every batch)."""
+    train.eval_batches (0 or -1: every batch; the auto sample is the task's validation_batches)."""
     d, t = cfg.data, cfg.train
     size = batch_size or t.eval_batch_size or t.batch_size
-    cap = t.eval_batches if max_batches is None else max_batches
+    cap = max(t.eval_batches if max_batches is None else max_batches, 0)
     mask = mask_spec_for(cfg, tok)
     if d.sampling == "packed":
         docs = packed_documents(cfg, tok, source)

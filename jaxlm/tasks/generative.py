@@ -183,7 +183,7 @@ class GenerativeTask(Task):
         batches = eval_batches(self.encode(cfg, tokenizer, source), seq_len=cfg.data.seq_len,
                                global_batch=batch_size or cfg.train.eval_batch_size
                                or cfg.train.batch_size,
-                               max_batches=0 if whole else cfg.train.eval_batches,
+                               max_batches=0 if whole else max(cfg.train.eval_batches, 0),
                                process_index=process_index, process_count=process_count)
         batches.tokenizer, batches.generate = tokenizer, True
         return batches
