@@ -168,9 +168,11 @@ def table(report: dict[str, Any]) -> str:
         notes.append(
             f"Whole processes as a user runs them, {report['pairs']} pair(s), jaxlm and the peer "
             "alternating (jaxlm first in odd pairs, the peer first in even ones); medians, ranges "
-            "in brackets. Time: from the spawn to the exit (nanoGPT: to the end of its training "
-            "loop, where train.py ends; the full-validation loss shown is scored after its clock "
-            "stops). Peak RSS: the kernel's peak resident set of each process (`os.wait4`). "
+            "in brackets. Time: from the spawn to the exit"
+            + (" (nanoGPT: to the end of its training loop, where train.py ends; the "
+               "full-validation loss shown is scored after its clock stops)" if "a" in jobs
+               else "")
+            + ". Peak RSS: the kernel's peak resident set of each process (`os.wait4`). "
             "Speed > 1: jaxlm faster; memory < 1: jaxlm smaller. Caches: "
             + ("shared between runs (a user's rerun)." if report["warm_caches"] else
                "every process starts with empty ones."))
