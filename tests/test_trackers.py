@@ -268,3 +268,19 @@ def test_a_tracker_failing_mid_run_warns_once_and_training_goes_on(offline, tiny
     assert json.loads((run / "summary.json").read_text())["step"] == 6
     client, run_id = mlflow_client(run)
     assert [s for s, _ in history(client, run_id, "train/loss")] == [2]
+
+
+def test_tensorboard_does_not_import_torch():
+    """tensorboardX imports PyTorch when it is installed (slow, hundreds of MB); jaxlm's
+    TensorBoard logging must not pull it in, and torch must still import normally after."""
+    import subprocess
+    import sys
+    code = ("import sys, tempfile, pathlib\n"
+            "from jaxlm.train.trackers import TensorBoardTracker\n"
+            "t = TensorBoardTracker(pathlib.Path(tempfile.mkdtemp()))\n"
+            "t.log_metrics(1, {'train/loss': 1.0}); t.close()\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n"
+            "import torch\n"
+            "print('ok', torch.__version__)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("ok"), out.stderr

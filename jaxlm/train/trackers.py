@@ -55,13 +55,29 @@ class Tracker:
         """Flush and end the tracker run; status is finished, failed or stopped."""
 
 
+def summary_writer_class() -> type:
+    """tensorboardX's SummaryWriter, imported without PyTorch. tensorboardX imports torch when
+    it is installed (only to accept its tensors), which costs a jaxlm process seconds of start-up
+    and a couple of hundred MB of resident memory for nothing: jaxlm logs floats."""
+    import sys
+    if "tensorboardX" in sys.modules or "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+        return SummaryWriter
+    sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` raises ImportError
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]  # torch imports normally afterwards
+    return SummaryWriter
+
+
 class TensorBoardTracker(Tracker):
     """Event files in `<run>/tensorboard` (tensorboardX: no TensorFlow needed)."""
 
     name = "tensorboard"
 
     def __init__(self, run_dir: Path, resumed_from: int = 0):
-        from tensorboardX import SummaryWriter
+        SummaryWriter = summary_writer_class()
         # TensorBoard hides what a killed run logged after the checkpoint it resumes from
         self.tb = SummaryWriter(str(run_dir / "tensorboard"),
                                 purge_step=resumed_from + 1 if resumed_from else None)
