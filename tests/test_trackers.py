@@ -276,11 +276,14 @@ def test_tensorboard_does_not_import_torch():
     import subprocess
     import sys
     code = ("import sys, tempfile, pathlib\n"
-            "from jaxlm.train.trackers import TensorBoardTracker\n"
+            "from jaxlm.config import load_config\n"
+            "from jaxlm.train.trackers import TensorBoardTracker, check_trackers\n"
+            "check_trackers(load_config('configs/shakespeare_char.yaml').logging)\n"
             "t = TensorBoardTracker(pathlib.Path(tempfile.mkdtemp()))\n"
             "t.log_metrics(1, {'train/loss': 1.0}); t.close()\n"
             "assert 'torch' not in sys.modules, 'torch was imported'\n"
             "import torch\n"
             "print('ok', torch.__version__)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1])
     assert out.returncode == 0 and out.stdout.startswith("ok"), out.stderr

@@ -22,7 +22,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from jaxlm.atomic import write_text_atomic
 from jaxlm.errors import ConfigError
@@ -210,10 +210,10 @@ def flatten(tree: dict[str, Any], prefix: str = "", sep: str = ".") -> dict[str,
 
 
 # --- start-up ---------------------------------------------------------------------------------
-def _need(module: str, tracker: str) -> None:
+def _need(module: str, tracker: str, load: Callable[[], Any] | None = None) -> None:
     import importlib
     try:
-        importlib.import_module(module)
+        load() if load else importlib.import_module(module)
     except ImportError as e:
         raise ConfigError(
             f"logging.trackers names '{tracker}', but its package '{module}' cannot be imported "
@@ -225,7 +225,7 @@ def check_trackers(logging: Any) -> None:
     """Fail before any training work when a tracker cannot log: its package is missing, W&B is
     online without credentials, or the MLflow server does not answer."""
     if "tensorboard" in logging.trackers:
-        _need("tensorboardX", "tensorboard")
+        _need("tensorboardX", "tensorboard", summary_writer_class)
     if "wandb" in logging.trackers:
         _need("wandb", "wandb")
         if wandb_mode(logging.wandb.mode) == "online" and not _wandb_credentials():
