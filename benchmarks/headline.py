@@ -19,6 +19,11 @@ of each process (os.wait4). Medians over the pairs. Every process starts with em
 (a fresh $XDG_CACHE_HOME and jaxlm token cache) unless --warm-caches. The table (markdown) is
 printed and written next to the JSON, which holds every raw measurement.
 
+Run it on a quiet machine: PyTorch's OpenMP threads busy-wait by default (nanoGPT's train.py
+leaves that as it is), and on a loaded machine that slows the peers many times over; the table
+warns when the load average was high. `--env OMP_WAIT_POLICY=PASSIVE` (given to both sides, and
+printed with the table) takes that out when the machine cannot be quiet.
+
     .venv/bin/python benchmarks/headline.py [--jobs a,b,c,d] [--pairs 2]
         [--out runs/headline/headline.json]
     .venv/bin/python benchmarks/headline.py --quick --jobs a --pairs 1   # tests the harness only
@@ -142,7 +147,15 @@ def table(report: dict[str, Any]) -> str:
               f"(AMX: {'yes' if m['amx'] else 'no'}); load average {report['load_start'][0]:.1f} "
               f"at start, {report['load_end'][0]:.1f} at end; {report['started']} UTC, "
               f"{report['elapsed_s'] / 60:.0f} min.",
-              "Versions: " + ", ".join(f"{k} {x}" for k, x in v.items()) + ".", "", HEADER]
+              "Versions: " + ", ".join(f"{k} {x}" for k, x in v.items()) + "."]
+    if report.get("env"):
+        lines.append("Environment of every job, both sides: " + ", ".join(
+            f"`{e}`" for e in report["env"]) + ".")
+    load = max(report["load_start"][0], report["load_end"][0])
+    if load > 0.75 * m["usable_cores"]:
+        lines.append(f"**Warning: the machine was busy (load average up to {load:.1f} on "
+                     f"{m['usable_cores']} cores): these timings are not a headline.**")
+    lines += ["", HEADER]
     for key, r in jobs.items():
         if key == "d":
             for dtype, row in r["rows"].items():
@@ -204,7 +217,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     help="shortened jobs (a: --quick-steps on 64 kB of text; b: 4 steps; c: 50 "
                          "tokens; d: 1 round): to test the harness, never the headline")
     ap.add_argument("--quick-steps", type=int, default=20)
+    ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                    help="set in every job's environment, both sides (repeatable), e.g. "
+                         "OMP_WAIT_POLICY=PASSIVE: on a busy machine PyTorch's OpenMP threads "
+                         "spin-wait and the peers slow down many times; printed with the table")
     args = ap.parse_args(argv)
+    if any("=" not in e for e in args.env):
+        ap.error("--env takes KEY=VALUE")
     args.job_list = [j.strip() for j in args.jobs.split(",") if j.strip()]
     if not args.job_list or set(args.job_list) - {"a", "b", "c", "d"}:
         ap.error(f"--jobs takes a subset of a,b,c,d, got {args.jobs!r}")
@@ -217,7 +236,9 @@ def run_jobs(args: argparse.Namespace, ctx: Context, report: dict[str, Any]) -> 
     """Each job in turn, into report["jobs"]; a failed job is recorded and the rest still run.
     Returns the failed jobs' keys."""
     def env_for(name: str) -> dict[str, str]:
-        return child_env(ctx.work / ("cache" if args.warm_caches else f"caches/{name}"))
+        env = child_env(ctx.work / ("cache" if args.warm_caches else f"caches/{name}"))
+        env.update(e.split("=", 1) for e in args.env)
+        return env
 
     failed = []
     for key in args.job_list:
@@ -250,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     report: dict[str, Any] = {
         "what": "benchmarks/headline.py", "quick": args.quick, "argv": argv, "out": str(out),
-        "pairs": args.pairs, "warm_caches": args.warm_caches, "machine": machine(),
+        "pairs": args.pairs, "warm_caches": args.warm_caches, "env": args.env,
+        "machine": machine(),
         "versions": versions(), "load_start": os.getloadavg(),
         "started": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M"), "jobs": {}}
     if args.quick:

@@ -109,6 +109,9 @@ def test_pairs_alternate_and_the_table_has_every_number(tmp_path: Path) -> None:
     assert "QUICK" not in text and report["machine"]["cpu"] in text
     assert f"**{rec['speed_ratio']:.2f}×**" in text and "q 0.50 | q 0.25 |" in text
     assert "| 3,228 tok/s | 1,990 tok/s | **1.62×** |" in text and "MFU 54.6%" in text
+    busy = headline.table({**report, "load_end": (99.0, 1.0, 1.0),
+                           "env": ["OMP_WAIT_POLICY=PASSIVE"]})
+    assert "machine was busy" in busy and "`OMP_WAIT_POLICY=PASSIVE`" in busy
 
 
 STEP_OUTPUT = """\
