@@ -56,11 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line (argv: default sys.argv[1:]); returns the exit code.
 
     As a program (argv None) it first tunes glibc malloc for XLA:CPU, before any command imports
-    JAX (`jaxlm.host_memory`); called with argv (tests, `run` in a notebook) it leaves the
-    process's allocator as it is."""
+    JAX (`jaxlm.host_memory`), and keeps compiled steps in a persistent cache for reruns
+    (`jaxlm.compile_cache`); called with argv (tests, `run` in a notebook) it leaves the
+    process's allocator and JAX's settings as they are."""
     if argv is None:
+        from jaxlm.compile_cache import use_compilation_cache
         from jaxlm.host_memory import reuse_freed_host_memory
         reuse_freed_host_memory()
+        use_compilation_cache()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
