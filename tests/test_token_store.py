@@ -254,3 +254,19 @@ def test_train_tokenizer_cli_streams_a_text_file(tmp_path, monkeypatch, capsys):
     assert main(["train-tokenizer", "--data", f"text:{tmp_path / 'empty.txt'}", "--kind", "char",
                  "--out", str(tmp_path / "tok2"), "--quiet"]) == 2
     assert "no text to train on" in capsys.readouterr().err
+
+
+def test_validation_batches_are_made_on_access():
+    """The whole-split evaluation of a large validation stream holds a few batches, not all."""
+    tokens = (np.arange(2_000_000) % 61).astype(np.uint16)
+    tracemalloc.start()
+    try:
+        batches = eval_batches(tokens, seq_len=64, global_batch=12)
+        n = sum(int(b["weights"].sum()) for b in batches)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(batches) == 2605 and n == (len(tokens) - 1) // 64 * 64
+    assert peak < 2e6, peak  # the batches as a list: about 24 MB
+    assert batches[-1]["weights"][-1].sum() == 0 and batches[3:5][1]["inputs"][0, 0] == (
+        4 * 12 * 64) % 61

@@ -13,7 +13,8 @@ of hosts, and the iterator position (saved in checkpoints) fully determines the 
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Callable
 
 import grain
 import numpy as np
@@ -119,20 +120,39 @@ def train_dataset(tokens: np.ndarray, *, seq_len: int, global_batch: int, num_st
                                                         prefetch_buffer_size=prefetch)))
 
 
+class LazyBatches(Sequence):
+    """Batches made when read (`make(s)`), as a list would give them: the evaluation of a
+    validation stream of any size holds a few batches, not all of them."""
+
+    def __init__(self, n: int, make: Callable[[int], dict[str, np.ndarray]]):
+        self.n, self.make = n, make
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, s: Any) -> Any:
+        if isinstance(s, slice):
+            return [self.make(i) for i in range(*s.indices(self.n))]
+        i = int(s) + (self.n if int(s) < 0 else 0)
+        if not 0 <= i < self.n:
+            raise IndexError(s)
+        return self.make(i)
+
+
 def eval_batches(tokens: np.ndarray, *, seq_len: int, global_batch: int, max_batches: int = 0,
                  process_index: int = 0, process_count: int = 1, mask: MaskSpec | None = None,
-                 seed: int = 0) -> list[dict[str, np.ndarray]]:
+                 seed: int = 0) -> LazyBatches:
     """Non-overlapping windows over the whole validation stream, padded to full batches with
     zero-weight rows, so every validation token is scored exactly once (masked LM: the same
-    tokens are masked at every evaluation)."""
+    tokens are masked at every evaluation). Made on access (`LazyBatches`)."""
     check_corpus(tokens, seq_len, "validation corpus")
     chunks = Chunks(tokens, seq_len)
     n_batches = math.ceil(len(chunks) / global_batch)
     if max_batches:
         n_batches = min(n_batches, max_batches)
     b, first = host_rows(global_batch, process_index, process_count)
-    out = []
-    for s in range(n_batches):
+
+    def batch(s: int) -> dict[str, np.ndarray]:
         rows = []
         for j in range(first, first + b):
             g = s * global_batch + j
@@ -143,5 +163,6 @@ def eval_batches(tokens: np.ndarray, *, seq_len: int, global_batch: int, max_bat
                 rows.append({"inputs": np.zeros(seq_len, np.int32),
                              "targets": np.zeros(seq_len, np.int32),
                              "weights": np.zeros(seq_len, np.float32)})
-        out.append({k: np.stack([r[k] for r in rows]) for k in rows[0]})
-    return out
+        return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+    return LazyBatches(n_batches, batch)
