@@ -145,6 +145,7 @@ class TokenFile:
     def __init__(self, path: Path, dtype: np.dtype, n: int):
         self.path, self.dtype, self.n = path, np.dtype(dtype), n
         self.shape, self._fd = (n,), None
+        self._fd = os.open(path, os.O_RDONLY)  # now: a store rebuilt meanwhile is not mixed in
 
     def __len__(self) -> int:
         return self.n
@@ -157,8 +158,6 @@ class TokenFile:
             return self[i:i + 1][0]
         start, stop, step = key.indices(self.n)
         count = max(0, stop - start)
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDONLY)
         size = self.dtype.itemsize
         raw = os.pread(self._fd, count * size, start * size) if count else b""
         if len(raw) != count * size:
