@@ -144,7 +144,7 @@ class TokenFile:
 
     def __init__(self, path: Path, dtype: np.dtype, n: int):
         self.path, self.dtype, self.n = path, np.dtype(dtype), n
-        self.shape, self._fd = (n,), None
+        self.shape = (n,)
         self._fd = os.open(path, os.O_RDONLY)  # now: a store rebuilt meanwhile is not mixed in
 
     def __len__(self) -> int:
@@ -172,7 +172,7 @@ class TokenFile:
         return out if dtype is None else out.astype(dtype)
 
     def __del__(self) -> None:
-        if self._fd is not None:
+        if getattr(self, "_fd", None) is not None:
             os.close(self._fd)
 
 
