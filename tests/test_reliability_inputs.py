@@ -286,7 +286,7 @@ CASES += [
     ("eval_every negative", P + ["--set", "train.eval_every=-1"], ["train.eval_every", ">= 0"]),
     ("log_every 0", P + ["--set", "train.log_every=0"], ["train.log_every", "positive"]),
     ("batch size 0 in config", P + ["--set", "train.batch_size=0"], ["train.batch_size"]),
-    ("eval_batches negative", P + ["--set", "train.eval_batches=-1"], ["train.eval_batches"]),
+    ("eval_batches negative", P + ["--set", "train.eval_batches=-2"], ["train.eval_batches"]),
     ("negative learning rate", P + ["--set", "optim.lr=-1"], ["optim.lr", ">= 0"]),
     ("infinite learning rate", P + ["--set", "optim.lr=.inf"], ["optim.lr", "finite"]),
     ("min_lr above lr", P + ["--set", "optim.min_lr=0.1"], ["optim.min_lr", "optim.lr"]),

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 import jax
+import numpy as np
 from flax import nnx
 
 from jaxlm.config import Config, ModelConfig
@@ -181,23 +182,42 @@ def _best_keeper(s: Setup) -> BestKeeper | None:
     return BestKeeper(s.run.path, s.task.best_metric, s.task.best_mode)
 
 
+def _same_batches(a: Any, b: Any) -> bool:
+    """Whether two evaluation batch lists hold the same rows and are scored the same way."""
+    if a is None or len(a) != len(b) or getattr(a, "generate", False) != getattr(
+            b, "generate", False):
+        return False
+    return all(x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
+               for x, y in zip(a, b))
+
+
 def _final_reports(s: Setup, steps: CompiledSteps, state: TrainState, best: BestKeeper | None,
-                   summary: dict, logger: MetricsLogger) -> None:
-    """The task's reports on its final splits, with the best parameters when one was kept."""
+                   summary: dict, logger: MetricsLogger, validated: tuple[Any, Any] = (None, None)
+                   ) -> None:
+    """The task's reports on its final splits, with the best parameters when one was kept.
+
+    validated: (the validation batches, (step, report) of the kept parameters' validation):
+    when the final validation would score the same batches with the same parameters, that
+    report is the final one, instead of a second pass over the split."""
     if not s.task.final_splits or summary["step"] < s.cfg.train.steps:
         return
-    params = state.params
+    params, params_step = state.params, summary["step"]
     if best is not None and best.best is not None:
         target = steps.checkpoint_target()["params"]
         frozen = None if steps.layout.trained is None else steps.layout.split(params)[1]
         params = steps.layout.params_from_checkpoint(best.restore(target), frozen)
-        summary["best"] = best.best
+        summary["best"], params_step = best.best, best.best["step"]
+    val_batches, kept = validated
     for split in s.task.final_splits:
         if split in s.sources:
             batches = s.task.eval_batches(s.cfg, s.tokenizer, s.sources[split], whole=True,
                                           process_index=jax.process_index(),
                                           process_count=jax.process_count())
-            summary[split] = s.task.evaluate(steps.eval, params, batches)
+            if (split == "validation" and kept is not None and kept[0] == params_step
+                    and _same_batches(val_batches, batches)):
+                summary[split] = kept[1]
+            else:
+                summary[split] = s.task.evaluate(steps.eval, params, batches)
             logger.log(summary["step"], f"final_{split}", _scalars(summary[split]))
 
 
@@ -230,9 +250,13 @@ def _loop(s: Setup, steps: CompiledSteps, hooks: Iterable[Hook], show_progress: 
         peak_flops=peak_flops or measure_peak_flops(s.model_cfg.dtype) * s.mesh.size,
         on_nonfinite=t.on_nonfinite, show_progress=show_progress,
         evaluate=(lambda p: s.task.evaluate(steps.eval, p, val)) if val else None,
-        on_eval=(lambda step, st, m: best.offer(step, steps.layout.checkpoint_params(st.params),
-                                                m))
-        if best else None)
+        on_eval=(lambda step, st, m: _keep_report(
+            best.offer(step, steps.layout.checkpoint_params(st.params), m))) if best else None)
+    kept: dict[str, Any] = {}
+
+    def _keep_report(better: bool) -> None:
+        if better:  # the full report of the kept parameters, for the final validation report
+            kept["best"] = std.last_report
     trainer = Trainer(steps, t.steps)
     guard = PreemptionGuard(t.preemption_check_every)
     std.install(trainer, start, state, cfg, guard)
@@ -243,7 +267,8 @@ def _loop(s: Setup, steps: CompiledSteps, hooks: Iterable[Hook], show_progress: 
         std.finish(state)
         ckpt.wait()
         summary = std.summary(int(jax.device_get(state.step)))
-        _final_reports(s, steps, state, best, summary, logger)
+        final = kept.get("best") if best is not None else std.last_report
+        _final_reports(s, steps, state, best, summary, logger, (val, final))
     except BaseException as e:
         logger.close("stopped" if isinstance(e, TrainingStopped) else "failed")
         raise

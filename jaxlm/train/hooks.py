@@ -84,6 +84,7 @@ class TrainingHooks:
     show_progress: bool = True
     last_train: dict = field(default_factory=dict)
     last_eval: dict = field(default_factory=dict)
+    last_report: tuple[int, dict] | None = None  # (step, the full validation report)
     tokens_per_s: list = field(default_factory=list)
     compile_s: float = 0.0
     fault: str | None = None  # non-finite steps seen and not yet acted on (stop mode)
@@ -147,6 +148,7 @@ class TrainingHooks:
     def validate(self, trainer: Trainer, info: StepInfo) -> None:
         """Evaluate the step's parameters; log, report and offer them as the best."""
         report = self._timed(lambda: self.evaluate(info.state.params))
+        self.last_report = (info.step, report)
         self.last_eval = {k: v for k, v in report.items() if isinstance(v, float)}
         self.logger.log(info.step, "val", self.last_eval)
         if self.on_eval:
