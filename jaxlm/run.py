@@ -419,7 +419,8 @@ class Run:
     def read_json(self, path: str | Path) -> Any:
         """A JSON file of the run (a named path, or one relative to the run directory); None
         when it is missing or unreadable (e.g. torn by a killed write)."""
-        return _read_json(self.path / path)
+        path = Path(path)
+        return _read_json(path if path.is_relative_to(self.path) else self.path / path)
 
 
 def load_run(path: str | Path, checkpoint: str | int = "best") -> LoadedRun:

@@ -65,6 +65,11 @@ def describe(run: Run, *, count_params: bool = True) -> dict[str, Any]:
         info["imported_from"] = imported.get("source")
     if kind == "finetune" and _mapping(raw.get("finetune")).get("init_from"):
         info["init_from"] = raw["finetune"]["init_from"]
+    lora = _mapping(_mapping(raw.get("finetune")).get("lora"))
+    if kind == "finetune" and isinstance(lora.get("rank"), int) and lora["rank"] > 0:
+        info["lora"] = {k: lora.get(k) for k in ("rank", "alpha", "dropout", "targets",
+                                                 "train_lm_head")}
+        info["trainable_params"] = summary.get("trainable_params")
     info["last"] = {split: _last(records, split) for split in ("train", "val")}
     info["best"] = _best(run, records, task)
     info["final"] = _final(run, summary)

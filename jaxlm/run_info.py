@@ -146,6 +146,13 @@ def format_info(info: dict[str, Any]) -> str:
     lines.append(_label("model") + f"{shape}")
     if info["params"]:
         lines.append(_label("params") + f"{info['params']:,}")
+    if info.get("lora"):
+        lo, trained = info["lora"], info.get("trainable_params")
+        share = (f"; trained {trained:,} ({100 * trained / info['params']:.1f}%)"
+                 if trained and info["params"] else "")
+        lines.append(_label("lora") + f"rank {lo['rank']}, alpha {lo['alpha']}, dropout "
+                     f"{lo['dropout']}, targets {', '.join(map(str, lo['targets'] or []))}"
+                     + (", LM head trained" if lo.get("train_lm_head") else "") + share)
     head = info["head"]
     if head.get("class_names"):
         lines.append(_label("classes") + f"{', '.join(map(str, head['class_names']))} "

@@ -175,3 +175,11 @@ def test_a_lora_run_as_init_from_gives_its_merged_weights(lora_run):
     assert set(got) == set(want) and not any("lora" in k for k in got)
     for k in want:
         assert np.array_equal(got[k], want[k]), k
+
+
+def test_info_shows_the_lora_settings(lora_run, capsys):
+    run, summary = lora_run
+    assert main(["info", str(run)]) == 0
+    out = capsys.readouterr().out
+    line = next(l for l in out.splitlines() if l.startswith("lora:"))
+    assert "rank " in line and f"trained {summary['trainable_params']:,}" in line

@@ -190,3 +190,15 @@ def test_in_process_run_raises_on_failure(runs_root, capsys):
         run(["info", str(runs_root / "missing")])
     with pytest.raises(RuntimeError, match="exit code 2"):
         run("plot")  # a usage error (argparse exits) is a failure too, not a dead kernel
+
+
+def test_info_reads_a_run_given_by_a_relative_path(runs_root, capsys, monkeypatch):
+    """`jaxlm info sst2/ft` from the runs folder: the model, best and final files are found
+    (they were looked for under the path twice)."""
+    monkeypatch.chdir(runs_root)
+    assert main(["info", "sst2/ft", "--json"]) == 0
+    rel = json.loads(capsys.readouterr().out)
+    full = Run(runs_root / "sst2" / "ft").describe()
+    assert rel["model"] == full["model"] and rel["model"]["d_model"] == 32
+    assert rel["best"] == full["best"] and rel["best"]["kept"]
+    assert rel["head"]["class_names"] == ["0", "1"]
