@@ -42,6 +42,10 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+# training commands that switch malloc only when their steps repeat one shape (the config says)
+SHAPE_AWARE_MALLOC = ("pretrain", "finetune")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `jaxlm` parser with every command in COMMANDS registered."""
     parser = _Parser(prog="jaxlm", description="Pretrain and fine-tune Transformer language "
@@ -59,13 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     JAX (`jaxlm.host_memory`), and keeps compiled steps in a persistent cache for reruns
     (`jaxlm.compile_cache`); called with argv (tests, `run` in a notebook) it leaves the
     process's allocator and JAX's settings as they are."""
-    if argv is None:
-        from jaxlm.compile_cache import use_compilation_cache
-        from jaxlm.host_memory import reuse_freed_host_memory
-        reuse_freed_host_memory()
-        use_compilation_cache()
     parser = build_parser()
     args = parser.parse_args(argv)
+    if argv is None:
+        from jaxlm.compile_cache import use_compilation_cache
+        from jaxlm.host_memory import allow_reuse, reuse_freed_host_memory
+        if getattr(args, "command", None) in SHAPE_AWARE_MALLOC:
+            allow_reuse()  # the command decides from its config (commands.tune_host_malloc)
+        else:
+            reuse_freed_host_memory()
+        use_compilation_cache()
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

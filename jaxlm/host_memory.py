@@ -12,7 +12,8 @@ JAXLM_HOST_MALLOC=system).
 It has to run before the XLA backend starts its threads (glibc binds a thread to an arena at its
 first allocation and fixes the arena limit then). Importing jaxlm does not apply it (a library does
 not change its host's allocator unasked): the `jaxlm` command applies it before anything starts
-JAX, and a script or notebook on the CPU calls it first thing:
+JAX (its training commands only when every train step has one shape, see
+`jaxlm.commands.tune_host_malloc`), and a script or notebook on the CPU calls it first thing:
 
     import jaxlm
     jaxlm.reuse_freed_host_memory()  # before the first JAX computation
@@ -33,6 +34,7 @@ import sys
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 OPT_OUT = "JAXLM_HOST_MALLOC"
 _applied = False
+_allowed = False
 
 
 def will_run_on_cpu(environ: dict | None = None, device_files: list[str] | None = None) -> bool:
@@ -47,22 +49,32 @@ def will_run_on_cpu(environ: dict | None = None, device_files: list[str] | None 
     return not device_files
 
 
+def allow_reuse() -> None:
+    """Let `reuse_freed_host_memory(when_allowed=True)` apply later (the `jaxlm` command allows
+    it, then a training command decides once its config is read, before JAX starts)."""
+    global _allowed
+    _allowed = True
+
+
 def applied() -> bool:
     """Whether `reuse_freed_host_memory` has switched malloc in this process."""
     return _applied
 
 
-def reuse_freed_host_memory() -> bool:
+def reuse_freed_host_memory(when_allowed: bool = False) -> bool:
     """Switch glibc malloc to one arena without mmap or trimming, for the whole process, so that
     XLA:CPU reuses each step's temporary buffer instead of page-faulting it in again (a CPU train
     step runs faster; see the module docstring for the costs). Call it before JAX starts its
     backend (the first computation or device query); the `jaxlm` command calls it for you.
 
     Returns True when it was applied (or had been). Does nothing off Linux/glibc, when JAX will
-    not run on the CPU (`will_run_on_cpu`), or with JAXLM_HOST_MALLOC=system."""
+    not run on the CPU (`will_run_on_cpu`), or with JAXLM_HOST_MALLOC=system; with
+    `when_allowed`, nothing unless `allow_reuse` was called."""
     global _applied
     if _applied:
         return True
+    if when_allowed and not _allowed:
+        return False
     if (sys.platform != "linux" or os.environ.get(OPT_OUT, "").lower() == "system"
             or not will_run_on_cpu()):
         return False
@@ -76,3 +88,17 @@ def reuse_freed_host_memory() -> bool:
           and mallopt(_M_TRIM_THRESHOLD, -1) == 1)  # -1: SIZE_MAX, never trim
     _applied = bool(ok)
     return _applied
+
+
+def release_freed_host_memory() -> None:
+    """Give the memory freed so far back to the system (glibc `malloc_trim`), when
+    `reuse_freed_host_memory` is on: called between the phases of a run (after set-up and
+    compilation, after a validation or a checkpoint), so that what one phase freed does not stay
+    resident through the next, while the train step still reuses its own buffer from step to
+    step. Does nothing otherwise."""
+    if not _applied:
+        return
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

@@ -74,3 +74,30 @@ def test_the_command_applies_it_and_importing_jaxlm_does_not():
     out = subprocess.run([sys.executable, "-c", code], env={**env, "JAX_PLATFORMS": "cpu"},
                          capture_output=True, text=True, timeout=300)
     assert out.stdout.split()[-2:] == ["False", "True"], out.stderr[-2000:]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
+def test_training_commands_reuse_only_when_every_step_has_one_shape():
+    """A classifier's length buckets give steps of several shapes: its buffers would fragment
+    the one heap, so `jaxlm finetune` of a classifier keeps glibc's defaults; pretraining (one
+    shape) switches. The decision waits for the config, and is taken before JAX starts."""
+    code = (
+        "import sys; from jaxlm import host_memory as h; import jaxlm.cli\n"
+        "from jaxlm.commands import tune_host_malloc\n"
+        "from jaxlm.config import config_from_dict\n"
+        "sys.argv = ['jaxlm', 'finetune', '--config', 'missing.yaml']\n"
+        "rc = jaxlm.cli.main()\n"
+        "print(rc, h.applied(), h._allowed)\n"
+        "cls = config_from_dict({'train': {'task': 'classification'}})\n"
+        "gen = config_from_dict({'train': {'task': 'generative'}, 'generative': {'packing': False}})\n"
+        "print(tune_host_malloc(cls), tune_host_malloc(gen), h.applied())\n"
+        "lm = config_from_dict({'train': {'task': 'causal'}})\n"
+        "from jax._src import xla_bridge\n"
+        "print(tune_host_malloc(lm), h.applied(), xla_bridge.backends_are_initialized())\n")
+    env = {k: v for k, v in os.environ.items() if k != "JAXLM_HOST_MALLOC"}
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "JAX_PLATFORMS": "cpu"},
+                         capture_output=True, text=True, timeout=300)
+    lines = out.stdout.split("\n")
+    assert lines[0] == "2 False True", out.stderr[-2000:]
+    assert lines[1] == "False False False"
+    assert lines[2] == "True True False"

@@ -76,3 +76,17 @@ def generation_args(args: argparse.Namespace) -> dict[str, Any]:
     """The generation settings given on the command line (see `add_generation_args`)."""
     return {k: getattr(args, k) for k in ("max_new_tokens", "temperature", "top_k", "top_p",
                                           "seed") if getattr(args, k, None) is not None}
+
+
+def tune_host_malloc(cfg: Any) -> bool:
+    """Switch malloc to reuse freed memory (`jaxlm.host_memory`) when the `jaxlm` command
+    allowed it and every train step has the same shapes: then XLA:CPU's step buffer is reused
+    from step to step. Steps of several shapes (a classifier's length buckets, unpacked
+    generative rows) allocate buffers of several sizes, which fragment the one heap and keep
+    its peak resident, for no speed-up (benchmarks/headline.py's MiniLM job). Call it before
+    JAX starts."""
+    from jaxlm.host_memory import reuse_freed_host_memory
+    task = cfg.train.task
+    one_shape = (task not in ("classification", "generative")
+                 or (task == "generative" and cfg.generative.packing))
+    return one_shape and reuse_freed_host_memory(when_allowed=True)

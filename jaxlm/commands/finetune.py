@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from jaxlm.commands import add_config_args
+from jaxlm.commands import add_config_args, tune_host_malloc
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -29,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
     if args.init_from:
         overrides.append(f"finetune.init_from={args.init_from}")
     cfg = load_config(args.config, overrides)
+    tune_host_malloc(cfg)  # before JAX starts
     if cfg.train.task not in FINETUNE_TASKS and _task_written(args.config, overrides):
         raise not_a_finetune_task(cfg.train.task)  # (left at its default: a classifier)
     initialize(cfg.distributed)  # multi-host jobs: before anything touches a device

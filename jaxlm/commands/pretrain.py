@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from jaxlm.commands import add_config_args
+from jaxlm.commands import add_config_args, tune_host_malloc
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,6 +21,7 @@ def run(args: argparse.Namespace) -> int:
     from jaxlm.train.pretrain import pretrain
 
     cfg = load_config(args.config, args.overrides)
+    tune_host_malloc(cfg)  # before JAX starts
     initialize(cfg.distributed)  # multi-host jobs: before anything touches a device
     summary = pretrain(cfg, args.run_dir, overwrite=args.overwrite, show_progress=not args.quiet)
     # the whole validation split, scored at the end; else the last (possibly sampled) validation

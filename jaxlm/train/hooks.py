@@ -16,6 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxlm.errors import TrainingStopped
+from jaxlm.host_memory import release_freed_host_memory
 from jaxlm.train.trainer import StepInfo, Trainer
 
 NONFINITE_EXIT_CODE = 3
@@ -108,6 +109,7 @@ class TrainingHooks:
         """Advance the bar; the first step's end marks the compile time (it includes it)."""
         if self.first:
             jax.block_until_ready(info.metrics["loss"])
+            release_freed_host_memory()  # set-up and compilation are done
             self.first, self.mark, self.hook_s = False, time.perf_counter(), 0.0
             self.compile_s, self.mark_step = self.mark - self.start, info.step
         self.bar.update(1)
@@ -148,6 +150,7 @@ class TrainingHooks:
     def validate(self, trainer: Trainer, info: StepInfo) -> None:
         """Evaluate the step's parameters; log, report and offer them as the best."""
         report = self._timed(lambda: self.evaluate(info.state.params))
+        release_freed_host_memory()
         self.last_report = (info.step, report)
         self.last_eval = {k: v for k, v in report.items() if isinstance(v, float)}
         self.logger.log(info.step, "val", self.last_eval)
