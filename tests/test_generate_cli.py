@@ -118,11 +118,11 @@ def test_bleu_and_rouge_use_the_reference_implementations():
 
 def test_evaluation_reproduces_the_training_validation_loss(trained):
     """`evaluate_run` (`jaxlm evaluate`) on the run's own validation split and batches, and the
-    Evaluator on a loaded model, give the validation loss the run logged at its last step."""
+    Evaluator on a loaded model, give the run's final validation loss (the whole split)."""
     run_dir, summary, corpus = trained
     report = evaluate_run(str(run_dir), checkpoint="latest")
     assert report["split"] == "validation" and "40" in report["checkpoint"]
-    assert report["loss"] == pytest.approx(summary["val"]["loss"], abs=1e-4)
+    assert report["loss"] == pytest.approx(summary["validation"]["loss"], abs=1e-4)
     assert report["perplexity"] == pytest.approx(np.exp(report["loss"]))
     text = corpus.read_text()
     val_tokens = encode_stream(load_run(run_dir)[1], text[int(len(text) * 0.9):])
@@ -136,6 +136,6 @@ def test_evaluation_reproduces_the_training_validation_loss(trained):
     for batch_size in (0, 5):
         got = evaluator.mean_metrics(params, lm_eval_batches(cfg, tok, val_src,
                                                              batch_size=batch_size))
-        assert got["loss"] == pytest.approx(summary["val"]["loss"], abs=1e-4)
+        assert got["loss"] == pytest.approx(summary["validation"]["loss"], abs=1e-4)
         assert got["tokens"] == report["tokens"]
-        assert got["accuracy"] == pytest.approx(summary["val"]["accuracy"], abs=1e-5)
+        assert got["accuracy"] == pytest.approx(summary["validation"]["accuracy"], abs=1e-5)

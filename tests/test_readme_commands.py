@@ -120,7 +120,9 @@ def test_every_readme_command_runs_on_a_fresh_copy(copy):
             r = _sh(copy, cmd)
             assert r.returncode == 0, r.stderr
             reports = list((copy / "runs/shakespeare_char").glob("eval_*.json"))
-            assert len(reports) == 1 and json.loads(reports[0].read_text())["loss"] > 0
+            # the run's own final validation report, and evaluate's on the --data given
+            assert {p.name for p in reports} == {"eval_validation.json", "eval_test.json"}
+            assert all(json.loads(p.read_text())["loss"] > 0 for p in reports)
         elif kind == "hub":  # offline: the Hub cannot be reached; the error says what works
             r = _sh(copy, _with_sets(cmd, TINY_CLF, tmp))
             assert r.returncode == 2, r.stderr

@@ -188,7 +188,7 @@ def test_a_run_with_set_aside_checkpoints_is_refused_not_cleared(w, tmp_path):
     msg = _message(err)
     assert code == 2, err
     assert "checkpoints.corrupt/ (damaged checkpoints set aside)" in msg
-    assert "summary.json" in msg and "metrics.jsonl (5 logged records)" in msg
+    assert "summary.json" in msg and "metrics.jsonl (6 logged records)" in msg
     assert "(model differ)" in msg and "never saved" not in msg
     assert _snapshot(run) == before
 
