@@ -42,12 +42,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from headline_jobs import (REPO, SIDES, Context, GenerateJob, Job, MainJob,  # noqa: E402
-                           MiniLMJob, StepJob, median, spread, child_env, log_tail,
+                           MiniLMJob, StepJob, spread, child_env, log_tail,
                            run_measured)
 
 PAIR_JOBS = {"a": MainJob, "b": MiniLMJob, "c": GenerateJob}

@@ -7,6 +7,7 @@ of the child or of any descendant it waited for, not a sum; no polling).
 """
 from __future__ import annotations
 
+import abc
 import json
 import os
 import re
@@ -16,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,8 +81,8 @@ class Context:
     shared: dict[str, Any] = field(default_factory=dict)  # e.g. the main job's trained run
 
 
-class Job:
-    """One headline row: a jaxlm command, its peer's, and how to read each one's quality."""
+class Row:
+    """One headline row, with its own work folder under the context's."""
     key = ""
     title = ""
     peer_title = ""
@@ -90,16 +92,22 @@ class Job:
         self.dir = ctx.work / self.key
         self.dir.mkdir(parents=True, exist_ok=True)
 
+
+class Job(Row, abc.ABC):
+    """A row measured in pairs: a jaxlm command, its peer's, and how to read each one's
+    quality."""
+
     def setup(self, env: dict[str, str]) -> dict[str, Any]:
         """Unmeasured preparation (e.g. a model to generate from); returns what it recorded."""
         return {}
 
+    @abc.abstractmethod
     def command(self, side: str, tag: str) -> list[str]:
-        raise NotImplementedError
+        """The process to run for `side` (jaxlm or peer) in the pair tagged `tag`."""
 
+    @abc.abstractmethod
     def read(self, side: str, tag: str, measured: dict[str, Any]) -> dict[str, Any]:
         """Quality and timing read from the finished process's outputs (`quality` is a float)."""
-        raise NotImplementedError
 
     def cleanup(self, side: str, tag: str) -> None:
         """Drop a finished run's large outputs (checkpoints) once read."""
@@ -108,14 +116,9 @@ class Job:
         """Anything computed from the two sides of one pair (generation: token agreement)."""
         return {}
 
+    @abc.abstractmethod
     def quality_cells(self, pairs: list[dict[str, Any]]) -> tuple[str, str]:
-        raise NotImplementedError
-
-
-def median(xs: list[float]) -> float:
-    xs = sorted(xs)
-    n = len(xs)
-    return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
+        """The table's two quality cells (jaxlm, peer) from every pair."""
 
 
 def spread(values: list[float], fmt: str) -> str:
@@ -366,7 +369,7 @@ def parse_step_table(text: str) -> dict[str, dict[str, float]]:
     return rows
 
 
-class StepJob:
+class StepJob(Row):
     """The train step, float32 and bf16, against PyTorch: one short run of
     benchmarks/train_step_vs_torch.py (it alternates the two frameworks itself, and measures the
     matmul peak of each dtype in every round for the MFU)."""
@@ -375,9 +378,7 @@ class StepJob:
     peer_title = "PyTorch `transformers` GPT-2 (`benchmarks/train_step_vs_torch.py`)"
 
     def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
-        self.dir = ctx.work / self.key
-        self.dir.mkdir(parents=True, exist_ok=True)
+        super().__init__(ctx)
         if ctx.quick:
             self.title = "QUICK train step (1 round of 1 step)"
 
