@@ -276,6 +276,11 @@ class TrainConfig(_Section):
                     f"{self.batch_size} (each micro-batch is batch_size / grad_accum rows).")
 
     @property
+    def eval_rows(self) -> int:
+        """The evaluation batch size: eval_batch_size, else batch_size."""
+        return self.eval_batch_size or self.batch_size
+
+    @property
     def objective(self) -> str:
         """Deprecated name of `task`."""
         deprecation_notice("train.objective", "train.task")

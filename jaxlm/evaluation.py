@@ -143,7 +143,7 @@ def evaluate_run(run_dir: str, spec: str | None = None, *, split: str = "test",
     # a language model's own validation as it was run (train.eval_batches caps it); the splits
     # a fine-tuning run reported at the end, and other data, in whole
     batches = task.eval_batches(run.cfg, run.tokenizer, source, whole=whole, batch_size=_fit_batch(
-        batch_size or run.cfg.train.eval_batch_size or run.cfg.train.batch_size, mesh))
+        batch_size or run.cfg.train.eval_rows, mesh))
     report = task.evaluate(evaluator, params, batches)
     if getattr(batches, "generate", False):
         report["generation"] = task.generation

@@ -164,7 +164,7 @@ def lm_eval_batches(cfg: Any, tok: TextTokenizer, source: Source, *, batch_size:
     batch_size 0: train.eval_batch_size, else train.batch_size; max_batches None:
     train.eval_batches (0 or -1: every batch; the auto sample is the task's validation_batches)."""
     d, t = cfg.data, cfg.train
-    size = batch_size or t.eval_batch_size or t.batch_size
+    size = batch_size or t.eval_rows
     cap = max(t.eval_batches if max_batches is None else max_batches, 0)
     mask = mask_spec_for(cfg, tok)
     if d.sampling == "packed":

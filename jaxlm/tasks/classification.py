@@ -79,7 +79,7 @@ class ClassificationTask(Task):
                      whole: bool = False, process_index: int = 0, process_count: int = 1
                      ) -> list[dict]:
         from jaxlm.data.classification import classification_eval_batches
-        size = batch_size or cfg.train.eval_batch_size or cfg.train.batch_size
+        size = batch_size or cfg.train.eval_rows
         return classification_eval_batches(source, tokenizer, global_batch=size,
                                            **self._common(cfg, process_index, process_count))
 

@@ -181,8 +181,7 @@ class GenerativeTask(Task):
                      whole: bool = False, process_index: int = 0, process_count: int = 1):
         from jaxlm.data.generative import eval_batches
         batches = eval_batches(self.encode(cfg, tokenizer, source), seq_len=cfg.data.seq_len,
-                               global_batch=batch_size or cfg.train.eval_batch_size
-                               or cfg.train.batch_size,
+                               global_batch=batch_size or cfg.train.eval_rows,
                                max_batches=0 if whole else max(cfg.train.eval_batches, 0),
                                process_index=process_index, process_count=process_count)
         batches.tokenizer, batches.generate = tokenizer, True

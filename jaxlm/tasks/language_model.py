@@ -60,8 +60,7 @@ class CausalLMTask(Task):
         t = cfg.train
         cap = t.eval_batches
         if cap == 0 and t.eval_every:
-            size = t.eval_batch_size or t.batch_size
-            cap = max(1, math.ceil(t.eval_every * t.batch_size / AUTO_EVAL_SHARE / size))
+            cap = max(1, math.ceil(t.eval_every * t.batch_size / AUTO_EVAL_SHARE / t.eval_rows))
         return lm_eval_batches(cfg, tokenizer, source, max_batches=max(cap, 0),
                                process_index=process_index, process_count=process_count)
 

@@ -62,7 +62,7 @@ def check_batch(cfg: Config, mesh: Any) -> None:
             f"across the {dp} data-parallel shards of the mesh (mesh.data x mesh.fsdp). Use a batch "
             f"size that is a multiple of {dp * cfg.train.grad_accum}, or change the mesh.",
             culprit="train.batch_size")
-    eval_size = cfg.train.eval_batch_size or cfg.train.batch_size
+    eval_size = cfg.train.eval_rows
     if eval_size % dp:
         raise ConfigError(
             f"train.eval_batch_size={eval_size} does not divide across the {dp} data-parallel "
