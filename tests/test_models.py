@@ -118,6 +118,22 @@ def test_dropout_is_deterministic_per_key_and_off_without_key():
     np.testing.assert_array_equal(model(x), model(x))
 
 
+@pytest.mark.parametrize("dims", [(512, 128), (128, 512), (128, 128), (70, 128)])
+def test_weight_grad_equals_plain_contraction_for_narrowing_and_widening_layers(dims):
+    """A narrowing layer (I > O: the MLP's down projection) takes the g^T x order; its gradient
+    is the plain x^T g."""
+    from jaxlm.models.mixed import _transpose_gradient_side, weight_grad
+    i, o = dims
+    kx, kg = jax.random.split(jax.random.key(1))
+    x = jax.random.normal(kx, (12, 64, i))
+    g = jax.random.normal(kg, (12, 64, o))
+    assert _transpose_gradient_side(x.shape, g.shape) == (dims == (512, 128))
+    got = jax.jit(weight_grad)(x, g)
+    want = np.einsum("bti,bto->io", np.asarray(x, np.float64), np.asarray(g, np.float64))
+    assert got.shape == (i, o)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=2e-5, atol=2e-4)
+
+
 @pytest.mark.parametrize("shape", [(4, 16, 32), (8, 32)])  # [B, T, I] activations; pooled [B, I]
 def test_bf16_mixed_matmul_gradients_match_float32(shape):
     """All three matmuls run on bf16 inputs (weight gradients too, on CPU as well), accumulate in

@@ -47,7 +47,27 @@ def weight_grad(x_NxI: jax.Array, g_NxO: jax.Array) -> jax.Array:
     """
     if x_NxI.ndim < 3 and x_NxI.dtype != jnp.float32 and jax.default_backend() == "cpu":
         x_NxI, g_NxO = x_NxI.astype(jnp.float32), g_NxO.astype(jnp.float32)
+    if _transpose_gradient_side(x_NxI.shape, g_NxO.shape):
+        g_OxI = jnp.einsum("...o,...i->oi", g_NxO, x_NxI, preferred_element_type=jnp.float32)
+        return jax.lax.optimization_barrier(g_OxI).T
     return jnp.einsum("...i,...o->io", x_NxI, g_NxO, preferred_element_type=jnp.float32)
+
+
+def _transpose_gradient_side(x_shape: tuple[int, ...], g_shape: tuple[int, ...]) -> bool:
+    """Whether `weight_grad` should contract as g^T x and transpose the [O, I] result.
+
+    The contraction's left operand is the one XLA copies into transposed order: x [N, I] by
+    default. When the layer narrows (I > O, e.g. an MLP's down projection) that copy is the
+    widest activation of the layer, and XLA:CPU fuses it with the activation's producer into a
+    slow strided loop; copying g [N, O] and then the [O, I] result moves fewer elements. The
+    optimization barrier keeps XLA from folding the final transpose back into the contraction,
+    which would restore the default order (benchmarks/profile_train_step.py: float32 step).
+    """
+    n = 1
+    for d in x_shape[:-1]:
+        n *= d
+    i, o = x_shape[-1], g_shape[-1]
+    return o * (n + i) < n * i
 
 
 def _bwd(w_is_OxI, res, g):
