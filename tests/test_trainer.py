@@ -77,3 +77,23 @@ def test_a_task_of_ones_own_logs_its_extra_metric(tmp_path, tiny_corpus, grad_ac
     val = summary["val"]
     assert 0.0 < val["confidence"] <= 1.0 and np.isfinite(val["loss"])
     assert summary["train"]["confidence"] == train_recs[-1]["confidence"]
+
+
+def test_validation_waits_for_queued_steps_before_its_time_leaves_the_throughput(monkeypatch):
+    """Steps still queued when validation starts are waited for before the hook's clock starts,
+    so their time stays in the logged throughput instead of vanishing into the hook's."""
+    from types import SimpleNamespace
+
+    from jaxlm.train.hooks import TrainingHooks
+    events = []
+    monkeypatch.setattr("jaxlm.train.hooks.jax.block_until_ready",
+                        lambda x: events.append(("wait", x)) or x)
+    hooks = TrainingHooks(logger=SimpleNamespace(log=lambda *a: None), checkpointer=None,
+                          iterator=None, layout=None, tokens_per_step=1,
+                          evaluate=lambda params: events.append(("evaluate", params)) or {},
+                          show_progress=False)
+    hooks.bar, hooks.hook_s = SimpleNamespace(write=lambda *a: None), 0.0
+    state = SimpleNamespace(step="step-5-array", params="params")
+    hooks.validate(None, StepInfo(step=5, state=state, metrics={}))
+    assert events[:2] == [("wait", "step-5-array"), ("evaluate", "params")]
+    assert hooks.hook_s > 0.0
