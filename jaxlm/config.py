@@ -213,7 +213,7 @@ class DataConfig(_Section):
     packing: str = "concat"  # sampling=packed: concat-then-split or first-fit bins (grain)
     mask_prob: float = 0.15  # task=masked: fraction of tokens scored (80/10/10 replaced)
     whole_word_mask: bool = False
-    length_buckets: list[int] = field(default_factory=list)  # classification (empty: powers of 2)
+    length_buckets: list[int] = field(default_factory=list)  # classification (empty: fitted)
     prefetch: int = 4  # batches prepared ahead in a background thread
     # folder of tokenised text files, reused across runs (jaxlm.data.token_store); empty:
     # $JAXLM_TOKEN_CACHE, else ~/.cache/jaxlm/tokens

@@ -259,6 +259,40 @@ def test_packed_mlm_batches_score_only_masked_tokens(shakespeare_docs):
 # Classification
 
 
+def test_fitted_buckets_follow_the_batches_longest_examples():
+    from jaxlm.data.classification import fitted_buckets
+    # batches whose longest examples spread over 36..64: a few multiples of 8, seq_len last
+    longest = np.random.default_rng(0).integers(36, 65, 500)
+    b = fitted_buckets(longest, 64)
+    assert b[-1] == 64 and 2 <= len(b) <= 4 and all(x % 8 == 0 for x in b)
+    padded = np.mean([min(x for x in b if x >= n) for n in longest])
+    assert padded < 0.9 * 64  # fixed powers of two (16/32/64) pad every one of them to 64
+    # every batch as long as seq_len, or all of one length: one program
+    assert fitted_buckets([64] * 10, 64) == [64]
+    assert fitted_buckets([20] * 10, 64) == [24, 64]
+    assert fitted_buckets([], 64) == [64]
+    assert fitted_buckets(longest, 64, most=1) == [64]
+    assert fitted_buckets([5, 300], 128) == [8, 128]  # longer than seq_len: cut to it
+
+
+def test_classification_buckets_fit_the_data_unless_configured(data_dir):
+    """Without data.length_buckets, training and evaluation batches pad to buckets fitted to
+    their own longest examples, far less than to seq_len; the same every time (resume)."""
+    sst = open_source(f"labeled:{data_dir}/sst2:validation")
+    tok = TextTokenizer(train_tokenizer(sst.texts(), "wordpiece", 1500))
+    kw = dict(seq_len=128, global_batch=16)
+    ev = classification_eval_batches(sst, tok, **kw)
+    shapes = [b["inputs"].shape[1] for b in ev]
+    assert 1 < len(set(shapes)) <= 4 and max(shapes) <= 128
+    assert sum(shapes) < 0.9 * len(ev) * 128
+    for b in ev:  # every example fits its batch's bucket
+        assert (b["segment_ids"].sum(1) <= b["inputs"].shape[1]).all()
+    train = [list(iter(classification_dataset(sst, tok, num_steps=30, seed=1, **kw)))
+             for _ in range(2)]
+    assert [b["inputs"].shape for b in train[0]] == [b["inputs"].shape for b in train[1]]
+    assert len({b["inputs"].shape[1] for b in train[0]}) > 1
+
+
 def test_classification_batches_buckets_hosts_and_exactly_once_eval(data_dir):
     sst = open_source(f"labeled:{data_dir}/sst2:validation")
     tok = TextTokenizer(train_tokenizer(sst.texts(), "wordpiece", 1500))

@@ -6,6 +6,11 @@ example of the *global* batch, so every host pads to the same shape and jit comp
 bucket. Examples are [CLS] text [SEP] (the tokenizer's own post-processor when it has one, e.g. a
 BERT tokenizer.json) cut to seq_len, keeping [SEP].
 
+Buckets: `data.length_buckets`, else fitted to the batches themselves (`fitted_buckets`): the
+longest example of a random batch of short sentences is still long, so fixed powers of two pad
+most batches to seq_len; a few multiples of 8 placed where the batches' longest examples fall
+pad far less, for one compiled program each.
+
 Training batches: a seeded permutation per epoch (grain), global batch s = examples s*B ... s*B+B-1
 of that stream, host h takes rows h*B/P ... (h+1)*B/P - 1. The iterator state is an index, the same
 on every host. Evaluation batches: every example exactly once, in order; the last batch is filled
@@ -66,6 +71,35 @@ def encode_examples(source: Source, tok: TextTokenizer, seq_len: int
     return ids, lengths, labels
 
 
+def fitted_buckets(batch_longest: Sequence[int], seq_len: int, *, most: int = 4,
+                   multiple: int = 8, min_gain: float = 0.05) -> list[int]:
+    """Up to `most` bucket lengths (multiples of `multiple`, and seq_len) for batches whose
+    longest examples are `batch_longest`: starting from seq_len alone, greedily add the length
+    that cuts the mean padded length the most, while it cuts it by at least `min_gain` (each
+    bucket costs a compilation)."""
+    longest = np.minimum(np.asarray(batch_longest, np.int64), seq_len)
+    if longest.size == 0:
+        return [seq_len]
+    need = np.minimum(-(-longest // multiple) * multiple, seq_len)
+    candidates = sorted(set(need.tolist()) - {seq_len})
+    buckets = [seq_len]
+
+    def mean_padded(bs: list[int]) -> float:
+        edges = np.asarray(sorted(bs))
+        return float(edges[np.searchsorted(edges, need)].mean())
+
+    current = mean_padded(buckets)
+    while len(buckets) < most and candidates:
+        best = min(candidates, key=lambda c: mean_padded(buckets + [c]))
+        after = mean_padded(buckets + [best])
+        if current - after < min_gain * current:
+            break
+        buckets.append(best)
+        candidates.remove(best)
+        current = after
+    return sorted(buckets)
+
+
 def length_bucket(length: int, buckets: Sequence[int]) -> int:
     """The smallest bucket that holds `length` (the largest when none does)."""
     for b in buckets:
@@ -80,11 +114,19 @@ class _Encoded:
     def __init__(self, source: Source, tok: TextTokenizer, seq_len: int,
                  buckets: Sequence[int] | None, pad_id: int):
         self.ids, self.lengths, self.labels = encode_examples(source, tok, seq_len)
-        self.buckets = sorted(set(buckets or default_buckets(seq_len)))
-        if self.buckets[-1] < seq_len:
+        self.seq_len, self.buckets = seq_len, sorted(set(buckets or ()))
+        if self.buckets and self.buckets[-1] < seq_len:
             self.buckets.append(seq_len)
         self.pad_id = pad_id
         self.fill_id = tok.cls_id if tok.cls_id is not None else pad_id
+
+    def fit_buckets(self, batches: Sequence[Sequence[int]]) -> None:
+        """Buckets fitted to these global batches (index lists, -1 = padding row), unless the
+        config gave them."""
+        if not self.buckets:
+            self.buckets = fitted_buckets(
+                [max((int(self.lengths[i]) for i in b if i >= 0), default=1) for b in batches],
+                self.seq_len)
 
     def batch(self, global_idx: Sequence[int], host_slice: slice) -> dict[str, np.ndarray]:
         """Rows `host_slice` of the global batch `global_idx` (-1 = a padding row)."""
@@ -105,6 +147,9 @@ class _Encoded:
             seg[r, :len(x)] = 1
             labels[r], weights[r] = self.labels[i], 1.0
         return {"inputs": inputs, "segment_ids": seg, "labels": labels, "weights": weights}
+
+
+FIT_STEPS = 2048  # training batches the buckets are fitted to (the first ones of the run)
 
 
 def _host_slice(global_batch: int, process_index: int, process_count: int) -> slice:
@@ -130,6 +175,8 @@ def classification_dataset(source: Source, tok: TextTokenizer, *, seq_len: int, 
         idx = [int(order[step * global_batch + j]) for j in range(global_batch)]
         return enc.batch(idx, hs)
 
+    enc.fit_buckets([[int(order[step * global_batch + j]) for j in range(global_batch)]
+                     for step in range(min(num_steps, FIT_STEPS))])
     ds = grain.MapDataset.range(num_steps).map(make)
     return Batches(ds.to_iter_dataset(grain.ReadOptions(num_threads=2,
                                                         prefetch_buffer_size=prefetch)))
@@ -156,11 +203,10 @@ def classification_eval_batches(source: Source, tok: TextTokenizer, *, seq_len: 
     enc = _Encoded(source, tok, seq_len, buckets, tok.pad_id or 0)
     n = len(enc.ids)
     hs = _host_slice(global_batch, process_index, process_count)
-    out = []
-    for s in range(math.ceil(n / global_batch)):
-        idx = [i if i < n else -1 for i in range(s * global_batch, (s + 1) * global_batch)]
-        out.append(enc.batch(idx, hs))
-    return out
+    rows = [[i if i < n else -1 for i in range(s * global_batch, (s + 1) * global_batch)]
+            for s in range(math.ceil(n / global_batch))]
+    enc.fit_buckets(rows)
+    return [enc.batch(idx, hs) for idx in rows]
 
 
 def classification_sources(cfg: Any) -> dict[str, Source]:
