@@ -42,3 +42,11 @@ def tiny_corpus(tmp_path: Path, data_dir: Path) -> Path:
     p = tmp_path / "tiny.txt"
     p.write_text(text)
     return p
+
+
+@pytest.fixture(scope="session")
+def w(tmp_path_factory, data_dir: Path) -> Path:
+    """The bad-input tests' workspace (tests/reliability_workspace.py), built once per session
+    for the catalogue and the run-handling tests."""
+    from reliability_workspace import build_workspace
+    return build_workspace(tmp_path_factory.mktemp("catalogue"), data_dir)
