@@ -26,7 +26,6 @@ from flax import nnx
 from jaxlm.data.tokenizer import TextTokenizer
 from jaxlm.errors import CheckpointError, ConfigError
 from jaxlm.generation.decode import decoder_for
-from jaxlm.generation.precompile import WindowPrograms
 from jaxlm.generation.sampling import Sampling
 from jaxlm.sharding import shard_params, use_mesh
 
@@ -120,51 +119,19 @@ class Generator:
                    sampling: Sampling, key: jax.Array, stop: np.ndarray,
                    on_tokens: TokenCallback | None, chunk: int) -> list[list[int]]:
         """Generate for one batch of prompts, window after window (see the module docstring)."""
-        B = len(prompts)
-        shapes = self._window_shapes(max(len(p) for p in prompts), num_new)
-        later = [s for s in shapes[1:] if s != shapes[0]]
-        programs = WindowPrograms(self.decoder, self.params, B, later,
-                                  key=jax.random.fold_in(key, 1), stop_ids=stop,
-                                  sampling=sampling, filler=self.filler,
-                                  mesh=self.mesh) if later else None
-        try:
-            return self._windows(prompts, done, num_new, sampling, key, stop, on_tokens, chunk,
-                                 programs)
-        finally:
-            if programs is not None:
-                programs.close()
-
-    def _window(self, L: int, remaining: int, window: int) -> tuple[int, int]:
-        """(prompt slots P, new tokens N) of a window whose longest context has L tokens."""
-        limit = self.context_len
-        if L + remaining - 1 <= limit:  # the rest fits in one cache
-            return min(_round_up(L, self.bucket), limit - remaining + 1), remaining
-        P = min(L, limit - 1 if window == 0 else self.keep)
-        return P, limit - P + 1
-
-    def _window_shapes(self, prompt_len: int, num_new: int) -> list[tuple[int, int]]:
-        """Every window's (P, N) when no row stops early."""
-        shapes, made, window = [], 0, 0
-        while made < num_new:
-            P, N = self._window(prompt_len + made, num_new - made, window)
-            shapes.append((P, N))
-            made, window = made + min(N, num_new - made), window + 1
-        return shapes
-
-    def _windows(self, prompts: list[list[int]], done: list[bool], num_new: int,
-                 sampling: Sampling, key: jax.Array, stop: np.ndarray,
-                 on_tokens: TokenCallback | None, chunk: int,
-                 programs: WindowPrograms | None) -> list[list[int]]:
-        B = len(prompts)
+        B, limit = len(prompts), self.context_len
         gen: list[list[int]] = [[] for _ in range(B)]
         done = list(done)
         remaining, window = num_new, 0
         stop_set = set(int(s) for s in stop if s >= 0)
         while remaining > 0 and not all(done):
             ctx = [p + g for p, g in zip(prompts, gen)]
-            P, N = self._window(max(len(c) for c in ctx), remaining, window)
-            if programs is not None:
-                programs.wait((P, N))
+            L = max(len(c) for c in ctx)
+            if L + remaining - 1 <= limit:  # the rest fits in one cache
+                P, N = min(_round_up(L, self.bucket), limit - remaining + 1), remaining
+            else:
+                P = min(L, limit - 1 if window == 0 else self.keep)
+                N = limit - P + 1
             tokens = np.full((B, P), self.filler, np.int32)
             pad = np.zeros(B, np.int32)
             for b, c in enumerate(ctx):

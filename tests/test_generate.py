@@ -130,32 +130,6 @@ def test_generation_past_the_context_runs_in_windows():
     assert long[:first_window] == short
 
 
-@pytest.mark.parametrize("on_mesh", [False, True])
-def test_each_window_program_compiles_once(on_mesh):
-    """A short prompt's first window and the later windows are different programs; the later
-    ones compile in the background while the first runs, and each compiles exactly once (the
-    background compilation is the one the later windows use, with or without a mesh)."""
-    compiled: list[str] = []
-
-    def listen(event: str, duration: float, **kw) -> None:
-        if event == "/jax/core/compile/backend_compile_duration":
-            compiled.append(str(kw.get("fun_name")))
-
-    model = tiny("gpt2", max_len=20 if on_mesh else 18)  # programs no other test compiled
-    mesh = make_mesh(1, 1, 1, jax.devices()[:1]) if on_mesh else None
-    g = Generator(model, mesh=mesh)
-    shapes = set(g._window_shapes(len(PROMPTS[1]), 50))
-    assert len(shapes) >= 2
-    jax.monitoring.register_event_duration_secs_listener(listen)
-    try:
-        out = g.generate_ids([PROMPTS[1]], max_new_tokens=50, temperature=0.0)[0]
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listen)
-    assert len(out) == 50
-    assert sum("_prefill" in n for n in compiled) == len(shapes), compiled
-    assert sum("_decode" in n for n in compiled) == len(shapes), compiled
-
-
 def test_generation_under_a_mesh_matches_one_device():
     model = tiny("llama_gqa")
     mesh = make_mesh(2, 2, 2, jax.devices()[:8])
