@@ -120,18 +120,19 @@ class _Encoded:
         self.pad_id = pad_id
         self.fill_id = tok.cls_id if tok.cls_id is not None else pad_id
 
+    def longest(self, global_idx: Sequence[int]) -> int:
+        """The longest example of a global batch (index list, -1 = a padding row)."""
+        real = [i for i in global_idx if i >= 0]
+        return int(self.lengths[real].max()) if real else 1
+
     def fit_buckets(self, batches: Sequence[Sequence[int]]) -> None:
-        """Buckets fitted to these global batches (index lists, -1 = padding row), unless the
-        config gave them."""
+        """Buckets fitted to these global batches, unless the config gave them."""
         if not self.buckets:
-            self.buckets = fitted_buckets(
-                [max((int(self.lengths[i]) for i in b if i >= 0), default=1) for b in batches],
-                self.seq_len)
+            self.buckets = fitted_buckets([self.longest(b) for b in batches], self.seq_len)
 
     def batch(self, global_idx: Sequence[int], host_slice: slice) -> dict[str, np.ndarray]:
         """Rows `host_slice` of the global batch `global_idx` (-1 = a padding row)."""
-        real = [i for i in global_idx if i >= 0]
-        L = length_bucket(int(self.lengths[real].max()) if real else 1, self.buckets)
+        L = length_bucket(self.longest(global_idx), self.buckets)
         rows = list(global_idx)[host_slice]
         b = len(rows)
         inputs = np.full((b, L), self.pad_id, np.int32)
@@ -171,12 +172,13 @@ def classification_dataset(source: Source, tok: TextTokenizer, *, seq_len: int, 
     order = grain.MapDataset.range(n).shuffle(seed=seed).repeat(None)
     hs = _host_slice(global_batch, process_index, process_count)
 
-    def make(step: int) -> dict[str, np.ndarray]:
-        idx = [int(order[step * global_batch + j]) for j in range(global_batch)]
-        return enc.batch(idx, hs)
+    def indices(step: int) -> list[int]:
+        return [int(order[step * global_batch + j]) for j in range(global_batch)]
 
-    enc.fit_buckets([[int(order[step * global_batch + j]) for j in range(global_batch)]
-                     for step in range(min(num_steps, FIT_STEPS))])
+    def make(step: int) -> dict[str, np.ndarray]:
+        return enc.batch(indices(step), hs)
+
+    enc.fit_buckets([indices(step) for step in range(min(num_steps, FIT_STEPS))])
     ds = grain.MapDataset.range(num_steps).map(make)
     return Batches(ds.to_iter_dataset(grain.ReadOptions(num_threads=2,
                                                         prefetch_buffer_size=prefetch)))

@@ -16,6 +16,7 @@ transposed-operand Eigen path autodiff's dot transposes end up in (1.17x on the 
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import jax
@@ -63,10 +64,7 @@ def _transpose_gradient_side(x_shape: tuple[int, ...], g_shape: tuple[int, ...])
     optimization barrier keeps XLA from folding the final transpose back into the contraction,
     which would restore the default order (benchmarks/profile_train_step.py: float32 step).
     """
-    n = 1
-    for d in x_shape[:-1]:
-        n *= d
-    i, o = x_shape[-1], g_shape[-1]
+    n, i, o = math.prod(x_shape[:-1]), x_shape[-1], g_shape[-1]
     return o * (n + i) < n * i
 
 
