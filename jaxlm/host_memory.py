@@ -1,13 +1,12 @@
 """Keep freed host memory for reuse, so that XLA:CPU stops page-faulting its step buffer.
 
-XLA:CPU allocates each execution's temporary buffer (579 MB for the train step of
-benchmarks/train_step_vs_torch.py's 13.8M GPT) with posix_memalign from a worker thread. glibc
-serves a request that large in a thread's arena only with a fresh mmap, and unmaps it when it is
-freed, so on every step the kernel faults in and zeroes every page again: 148k page faults and
-~0.22 s of system time per step, a third of the step's CPU time. With one arena (the main,
-brk-grown heap), no mmap and no trimming, the buffer is reused from step to step: 0 page faults,
-bf16 step 470-473 -> 344-383 ms (benchmarks/profile_train_step.py, with and without
-JAXLM_HOST_MALLOC=system).
+XLA:CPU allocates each execution's temporary buffer (hundreds of MB for a mid-sized model's
+train step) with posix_memalign from a worker thread. glibc serves a request that large in a
+thread's arena only with a fresh mmap, and unmaps it when it is freed, so on every step the kernel
+faults in and zeroes every page again, a large share of the step's CPU time. With one arena (the
+main, brk-grown heap), no mmap and no trimming, the buffer is reused from step to step
+(benchmarks/profile_train_step.py prints the step time, page faults and kernel time; run it with
+and without JAXLM_HOST_MALLOC=system).
 
 It has to run before the XLA backend starts its threads (glibc binds a thread to an arena at its
 first allocation and fixes the arena limit then). Importing jaxlm does not apply it (a library does
@@ -19,9 +18,11 @@ JAX (its training commands only when every train step has one shape, see
     jaxlm.reuse_freed_host_memory()  # before the first JAX computation
     import jax
 
-Its costs: the process keeps its peak heap, as any caching allocator
-does (peak resident memory 2.4-3.0 GB against 1.4 GB in that script), and threads share one malloc
-lock, which makes XLA compilation ~10% slower (3.6-3.7 s against 3.2-3.4 s). A job of more than a
+Its costs: the process keeps its peak heap, as any caching allocator does; small allocations
+now and then split a freed buffer, so that a step finds none whole and grows the heap by one
+more, until it holds a few (tests/test_host_memory.py shows both); and threads share one malloc
+lock, which slows XLA compilation a little (benchmarks/profile_train_step.py prints peak memory
+and compile time; run it with and without JAXLM_HOST_MALLOC=system). A job of more than a
 handful of steps gains; `JAXLM_HOST_MALLOC=system` turns it off.
 """
 from __future__ import annotations
