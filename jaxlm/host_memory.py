@@ -24,6 +24,12 @@ more, until it holds a few (tests/test_host_memory.py shows both); and threads s
 lock, which slows XLA compilation a little (benchmarks/profile_train_step.py prints peak memory
 and compile time; run it with and without JAXLM_HOST_MALLOC=system). A job of more than a
 handful of steps gains; `JAXLM_HOST_MALLOC=system` turns it off.
+
+The `jaxlm` command's training commands leave it off when their steps have several shapes (a
+classifier's length buckets): each shape's buffer splits the ones freed before it, so the heap
+settles at a few of the largest, and peak memory rises more than a peer's would allow.
+`JAXLM_HOST_MALLOC=reuse` turns it on for them too, for speed at that memory (the MiniLM SST-2
+job: README, "host memory reuse").
 """
 from __future__ import annotations
 
@@ -48,6 +54,13 @@ def will_run_on_cpu(environ: dict | None = None, device_files: list[str] | None 
         device_files = glob.glob("/dev/nvidia[0-9]*") + glob.glob("/dev/accel*") + glob.glob(
             "/dev/vfio/[0-9]*")
     return not device_files
+
+
+def requested() -> str:
+    """What JAXLM_HOST_MALLOC asks for: "system" (never switch), "reuse" (switch even where the
+    `jaxlm` command would not) or "" (let it decide)."""
+    value = os.environ.get(OPT_OUT, "").strip().lower()
+    return value if value in ("system", "reuse") else ""
 
 
 def allow_reuse() -> None:
@@ -76,8 +89,7 @@ def reuse_freed_host_memory(when_allowed: bool = False) -> bool:
         return True
     if when_allowed and not _allowed:
         return False
-    if (sys.platform != "linux" or os.environ.get(OPT_OUT, "").lower() == "system"
-            or not will_run_on_cpu()):
+    if sys.platform != "linux" or requested() == "system" or not will_run_on_cpu():
         return False
     try:
         libc = ctypes.CDLL(None)

@@ -142,3 +142,21 @@ def test_training_commands_reuse_only_when_every_step_has_one_shape():
     assert lines[0] == "2 False True", out.stderr[-2000:]
     assert lines[1] == "False False False"
     assert lines[2] == "True True False"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
+@pytest.mark.parametrize("setting, expected", [("reuse", "True True"), ("system", "False False")])
+def test_the_environment_overrides_the_commands_choice(setting, expected):
+    """JAXLM_HOST_MALLOC=reuse switches a classifier's finetune too (speed for memory);
+    =system keeps glibc's defaults even for pretraining."""
+    task = "classification" if setting == "reuse" else "causal"
+    code = ("from jaxlm import host_memory as h\n"
+            "from jaxlm.commands import tune_host_malloc\n"
+            "from jaxlm.config import config_from_dict\n"
+            "h.allow_reuse()\n"
+            f"print(tune_host_malloc(config_from_dict({{'train': {{'task': '{task}'}}}})), "
+            "h.applied())\n")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAXLM_HOST_MALLOC": setting}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.stdout.split()[-2:] == expected.split(), out.stderr[-2000:]

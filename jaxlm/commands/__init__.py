@@ -83,10 +83,10 @@ def tune_host_malloc(cfg: Any) -> bool:
     allowed it and every train step has the same shapes: then XLA:CPU's step buffer is reused
     from step to step. Steps of several shapes (a classifier's length buckets, unpacked
     generative rows) allocate buffers of several sizes, which fragment the one heap and keep
-    its peak resident, for no speed-up (benchmarks/headline.py's MiniLM job). Call it before
-    JAX starts."""
-    from jaxlm.host_memory import reuse_freed_host_memory
+    its peak resident well above a peer's (benchmarks/headline.py's MiniLM job), unless
+    JAXLM_HOST_MALLOC=reuse asks for speed at that memory. Call it before JAX starts."""
+    from jaxlm.host_memory import requested, reuse_freed_host_memory
     task = cfg.train.task
     one_shape = (task not in ("classification", "generative")
                  or (task == "generative" and cfg.generative.packing))
-    return one_shape and reuse_freed_host_memory(when_allowed=True)
+    return (one_shape or requested() == "reuse") and reuse_freed_host_memory(when_allowed=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jaxlm.config import ModelConfig
@@ -198,8 +199,35 @@ class Attention(nnx.Module):
         return self.o_proj(out.reshape(B, T, cfg.num_heads * cfg.head_dim)), new_kv
 
 
+@jax.custom_vjp
+def gelu(x: jax.Array) -> jax.Array:
+    """Exact (erf) GELU, `jax.nn.gelu(approximate=False)`, whose backward pass keeps only the
+    input: autodiff would store erfc's intermediate terms for the backward pass as well, three
+    [tokens, d_ff] buffers per layer besides the input, and XLA writes each one out in the
+    forward pass. Recomputing the derivative from the input in the backward pass is cheaper than
+    writing, keeping and reading them (benchmarks/profile_train_step.py; on CPU the step's
+    temporary buffer, faulted in every step, shrinks by that much)."""
+    return jax.nn.gelu(x, approximate=False)
+
+
+def _gelu_fwd(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return jax.nn.gelu(x, approximate=False), x
+
+
+def _gelu_bwd(x: jax.Array, g: jax.Array) -> tuple[jax.Array]:
+    # the barrier keeps XLA from merging this recomputation with the forward pass's (CSE),
+    # which would keep the forward's intermediate terms alive until now after all
+    xf = jax.lax.optimization_barrier(x).astype(jnp.float32)
+    cdf = 0.5 * jax.lax.erfc(-xf * np.float32(np.sqrt(0.5)))
+    pdf = jnp.exp(-0.5 * xf * xf) * np.float32(1 / np.sqrt(2 * np.pi))
+    return ((g.astype(jnp.float32) * (cdf + xf * pdf)).astype(g.dtype),)
+
+
+gelu.defvjp(_gelu_fwd, _gelu_bwd)
+
+
 ACTIVATIONS = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu": gelu,
     "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     "silu": jax.nn.silu,
     "relu": jax.nn.relu,
