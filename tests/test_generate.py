@@ -125,6 +125,10 @@ def test_generation_past_the_context_runs_in_windows():
     g = Generator(model)
     long = g.generate_ids([PROMPTS[0]], max_new_tokens=40, temperature=0.0)[0]
     assert len(long) == 40 and max(long) < model.backbone.cfg.vocab_size
+    # the windows (the prompt's, then shorter contexts) fill the same 16 cache slots: their
+    # decode loops share one compiled program (a prefill compiles per prompt length)
+    assert g.decoder.decode._cache_size() == 1
+    assert g.decoder.prefill._cache_size() == 2
     first_window = 16 - len(PROMPTS[0]) + 1  # the tokens that fit before the first refill
     short = g.generate_ids([PROMPTS[0]], max_new_tokens=first_window, temperature=0.0)[0]
     assert long[:first_window] == short

@@ -5,8 +5,11 @@ cache slot (one `dynamic_update_slice` per layer) while its positions start at 0
 token: position = slot - pad. That keeps learned absolute positions (GPT-2) and rotary ones (Llama)
 right for prompts of different lengths; padding slots are masked out of attention.
 
-The cache holds S = P + N - 1 slots for N new tokens (the last token is never fed back). Shapes
-depend only on (B, P, N), so `prefill` and `decode` compile once per shape and sampling setting.
+The cache holds S = P + N - 1 slots for N new tokens (the last token is never fed back).
+`prefill` compiles once per (B, P, N); `decode` once per (B, S): P and N are values in its state
+and the output buffer has S columns, so the windows of a long generation (`jaxlm.generate`: the
+first continues the prompt, the later ones a shorter context, all filling the same S slots)
+share one decode program instead of compiling one per window shape.
 `decode` runs until `stop_at` tokens exist or every row has met a stop token; calling it again with
 a larger `stop_at` continues, which is how text streams in chunks without recompiling.
 """
@@ -24,7 +27,8 @@ from jaxlm.models.layers import dtypes
 from jaxlm.sharding import shard
 
 Cache = list[tuple[jax.Array, jax.Array]]
-# cache, out [B, N], step, done [B], pad [B], key, stop_ids [n], nonfinite (NaN/Inf logits seen)
+# cache, out [B, S] (new token i in column i), step, done [B], pad [B], key, stop_ids [n],
+# nonfinite (NaN/Inf logits seen), prompt_len P and num_new N (int32 scalars)
 DecodeState = dict[str, Any]
 
 CACHE_AXES = ("batch", "length", "act_kv_heads", None)
@@ -84,19 +88,18 @@ def _prefill(graphdef: nnx.GraphDef, params: Any, tokens_BxP: jax.Array, pad_B: 
     step = jnp.int32(0)
     nonfinite = _nonfinite(logits_BxV, done_B)
     tok_B, done_B = _next(logits_BxV, key, step, sampling, done_B, stop_ids, filler)
-    out_BxN = jnp.full((B, num_new), filler, jnp.int32).at[:, 0].set(tok_B)
-    return {"cache": cache, "out": shard(out_BxN, ("batch", None)), "step": step + 1,
+    out_BxS = jnp.full((B, P + num_new - 1), filler, jnp.int32).at[:, 0].set(tok_B)
+    return {"cache": cache, "out": shard(out_BxS, ("batch", None)), "step": step + 1,
             "done": done_B, "pad": pad_B, "key": key, "stop_ids": stop_ids,
-            "nonfinite": nonfinite}
+            "nonfinite": nonfinite, "prompt_len": jnp.int32(P), "num_new": jnp.int32(num_new)}
 
 
 def _decode(graphdef: nnx.GraphDef, params: Any, state: DecodeState, stop_at: jax.Array, *,
            sampling: Sampling, filler: int = 0) -> DecodeState:
-    """Generate tokens one at a time (a while loop) until `stop_at` tokens exist in every row, the
-    output buffer is full, or every row is done. The state's buffers are donated and updated."""
+    """Generate tokens one at a time (a while loop) until `stop_at` tokens (at most the state's
+    N) exist in every row, or every row is done. The state's buffers are donated and updated."""
     model = nnx.merge(graphdef, params)
-    B, N = state["out"].shape
-    P = state["cache"][0][0].shape[1] - N + 1
+    P, N = state["prompt_len"], state["num_new"]
     limit = jnp.minimum(stop_at, N)
 
     def cond(st: DecodeState) -> jax.Array:
