@@ -39,7 +39,7 @@ import os
 import sys
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
-OPT_OUT = "JAXLM_HOST_MALLOC"
+SETTING = "JAXLM_HOST_MALLOC"  # system | reuse | unset
 _applied = False
 _allowed = False
 
@@ -59,7 +59,7 @@ def will_run_on_cpu(environ: dict | None = None, device_files: list[str] | None 
 def requested() -> str:
     """What JAXLM_HOST_MALLOC asks for: "system" (never switch), "reuse" (switch even where the
     `jaxlm` command would not) or "" (let it decide)."""
-    value = os.environ.get(OPT_OUT, "").strip().lower()
+    value = os.environ.get(SETTING, "").strip().lower()
     return value if value in ("system", "reuse") else ""
 
 

@@ -6,8 +6,8 @@ token: position = slot - pad. That keeps learned absolute positions (GPT-2) and 
 right for prompts of different lengths; padding slots are masked out of attention.
 
 The cache holds S = P + N - 1 slots for N new tokens (the last token is never fed back).
-`prefill` compiles once per (B, P, N); `decode` once per (B, S): P and N are values in its state
-and the output buffer has S columns, so the windows of a long generation (`jaxlm.generate`: the
+`prefill` compiles once per (B, P, N); `decode` once per (B, S): P is a value in its state (N
+follows from S and P) and the output buffer has S columns, so the windows of a long generation (`jaxlm.generate`: the
 first continues the prompt, the later ones a shorter context, all filling the same S slots)
 share one decode program instead of compiling one per window shape.
 `decode` runs until `stop_at` tokens exist or every row has met a stop token; calling it again with
@@ -28,7 +28,7 @@ from jaxlm.sharding import shard
 
 Cache = list[tuple[jax.Array, jax.Array]]
 # cache, out [B, S] (new token i in column i), step, done [B], pad [B], key, stop_ids [n],
-# nonfinite (NaN/Inf logits seen), prompt_len P and num_new N (int32 scalars)
+# nonfinite (NaN/Inf logits seen), prompt_len P (an int32 scalar; N = S - P + 1)
 DecodeState = dict[str, Any]
 
 CACHE_AXES = ("batch", "length", "act_kv_heads", None)
@@ -91,15 +91,16 @@ def _prefill(graphdef: nnx.GraphDef, params: Any, tokens_BxP: jax.Array, pad_B: 
     out_BxS = jnp.full((B, P + num_new - 1), filler, jnp.int32).at[:, 0].set(tok_B)
     return {"cache": cache, "out": shard(out_BxS, ("batch", None)), "step": step + 1,
             "done": done_B, "pad": pad_B, "key": key, "stop_ids": stop_ids,
-            "nonfinite": nonfinite, "prompt_len": jnp.int32(P), "num_new": jnp.int32(num_new)}
+            "nonfinite": nonfinite, "prompt_len": jnp.int32(P)}
 
 
 def _decode(graphdef: nnx.GraphDef, params: Any, state: DecodeState, stop_at: jax.Array, *,
            sampling: Sampling, filler: int = 0) -> DecodeState:
-    """Generate tokens one at a time (a while loop) until `stop_at` tokens (at most the state's
-    N) exist in every row, or every row is done. The state's buffers are donated and updated."""
+    """Generate tokens one at a time (a while loop) until `stop_at` tokens (at most N)
+    exist in every row, or every row is done. The state's buffers are donated and updated."""
     model = nnx.merge(graphdef, params)
-    P, N = state["prompt_len"], state["num_new"]
+    P = state["prompt_len"]
+    N = state["cache"][0][0].shape[1] - P + 1
     limit = jnp.minimum(stop_at, N)
 
     def cond(st: DecodeState) -> jax.Array:

@@ -205,8 +205,8 @@ def gelu(x: jax.Array) -> jax.Array:
     input: autodiff would store erfc's intermediate terms for the backward pass as well, three
     [tokens, d_ff] buffers per layer besides the input, and XLA writes each one out in the
     forward pass. Recomputing the derivative from the input in the backward pass is cheaper than
-    writing, keeping and reading them (benchmarks/profile_train_step.py; on CPU the step's
-    temporary buffer, faulted in every step, shrinks by that much)."""
+    writing, keeping and reading them; on CPU the step's temporary buffer, faulted in every
+    step, shrinks by that much (tests/test_models.py checks it; README, "exact GELU")."""
     return jax.nn.gelu(x, approximate=False)
 
 
