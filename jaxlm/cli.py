@@ -60,9 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line (argv: default sys.argv[1:]); returns the exit code.
 
     As a program (argv None) it first tunes glibc malloc for XLA:CPU, before any command imports
-    JAX (`jaxlm.host_memory`), and keeps compiled steps in a persistent cache for reruns
-    (`jaxlm.compile_cache`); called with argv (tests, `run` in a notebook) it leaves the
+    JAX (`jaxlm.host_memory`; a training command, on a kernel that gives huge pages only when
+    asked, restarts itself once with glibc's huge-page tunable), and keeps compiled steps in a
+    persistent cache for reruns (`jaxlm.compile_cache`); called with argv (tests, `run` in a notebook) it leaves the
     process's allocator and JAX's settings as they are."""
+    if argv is None and _trains(sys.argv[1:]):
+        from jaxlm.host_memory import restart_with_huge_pages
+        restart_with_huge_pages()  # returns unless it restarts this process
     parser = build_parser()
     args = parser.parse_args(argv)
     if argv is None:
@@ -93,6 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("jaxlm: interrupted.\n")
         return 130
+
+
+def _trains(argv: list[str]) -> bool:
+    """Whether `argv` runs a training command (not only asks for its help): only a job of many
+    steps gains more from huge pages than a restart costs."""
+    return bool(argv) and argv[0] in SHAPE_AWARE_MALLOC and not {"-h", "--help"} & set(argv)
 
 
 def _rerun(argv: list[str], retry: tuple[str, ...]) -> list[str]:
