@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     As a program (argv None) it first tunes glibc malloc for XLA:CPU, before any command imports
     JAX (`jaxlm.host_memory`; a training command, on a kernel that gives huge pages only when
     asked, restarts itself once with glibc's huge-page tunable), and keeps compiled steps in a
-    persistent cache for reruns (`jaxlm.compile_cache`); called with argv (tests, `run` in a notebook) it leaves the
-    process's allocator and JAX's settings as they are."""
+    persistent cache for reruns (`jaxlm.compile_cache`); called with argv (tests, `run` in a
+    notebook) it leaves the process's allocator and JAX's settings as they are."""
     if argv is None and _trains(sys.argv[1:]):
         from jaxlm.host_memory import restart_with_huge_pages
         restart_with_huge_pages()  # returns unless it restarts this process

@@ -35,8 +35,8 @@ Huge pages (`restart_with_huge_pages`): where the kernel gives 2 MB pages only t
 (transparent_hugepage "madvise", a common default), `jaxlm pretrain` and `jaxlm finetune` restart
 themselves once with glibc's `glibc.malloc.hugetlb=1` tunable, so that malloc asks for them. A
 buffer that is still mapped afresh every step (the several-shape steps above) then page-faults in
-512 times less often, at no memory cost. `GLIBC_TUNABLES=glibc.malloc.hugetlb=0` (or JAXLM_HOST_MALLOC=system)
-keeps the process as started.
+512 times less often, at no memory cost. `GLIBC_TUNABLES=glibc.malloc.hugetlb=0` (or
+JAXLM_HOST_MALLOC=system) keeps the process as started.
 """
 from __future__ import annotations
 

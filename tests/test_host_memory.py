@@ -173,7 +173,8 @@ def test_huge_pages_are_asked_for_only_where_the_kernel_waits_to_be_asked():
         assert other["GLIBC_TUNABLES"] == f"glibc.malloc.arena_max=2:{HUGE_PAGES_TUNABLE}"
     assert huge_pages_environ(cpu, "always") is None  # the kernel gives them unasked
     assert huge_pages_environ(cpu, "never") is None
-    assert huge_pages_environ({**cpu, "GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, "madvise") is None
+    opted_out = {**cpu, "GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}
+    assert huge_pages_environ(opted_out, "madvise") is None
     assert huge_pages_environ({**cpu, "JAXLM_HOST_MALLOC": "system"}, "madvise") is None
     assert huge_pages_environ({"JAX_PLATFORMS": "cuda"}, "madvise") is None
 
@@ -225,11 +226,14 @@ def test_training_commands_restart_with_huge_pages_and_others_do_not():
             "sys.argv = ['jaxlm', *sys.argv[1:]]\n"
             "rc = jaxlm.cli.main()\n"
             "print(rc, os.environ.get('GLIBC_TUNABLES', '-'))\n")
-    env = {k: v for k, v in os.environ.items() if k not in ("JAXLM_HOST_MALLOC", "GLIBC_TUNABLES")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("JAXLM_HOST_MALLOC", "GLIBC_TUNABLES")}
     asked = "glibc.malloc.hugetlb=1" if transparent_huge_pages_mode() == "madvise" else "-"
     for args, expected in ((["finetune", "--config", "missing.yaml"], f"2 {asked}"),
                            (["pretrain", "--config", "missing.yaml"], f"2 {asked}"),
                            (["generate", "--run", "missing-run", "--prompt", "x"], "2 -")):
-        out = subprocess.run([sys.executable, "-c", code, *args], env={**env, "JAX_PLATFORMS": "cpu"},
-                             capture_output=True, text=True, timeout=300)
-        assert out.stdout.strip().split("\n")[-1] == expected, (args, out.stdout, out.stderr[-2000:])
+        out = subprocess.run([sys.executable, "-c", code, *args],
+                             env={**env, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True,
+                             timeout=300)
+        last = out.stdout.strip().split("\n")[-1]
+        assert last == expected, (args, out.stdout, out.stderr[-2000:])
