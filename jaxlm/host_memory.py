@@ -63,11 +63,23 @@ def will_run_on_cpu(environ: dict | None = None, device_files: list[str] | None 
     return not device_files
 
 
-def requested() -> str:
+def requested(environ: dict | None = None) -> str:
     """What JAXLM_HOST_MALLOC asks for: "system" (never switch), "reuse" (switch even where the
     `jaxlm` command would not) or "" (let it decide)."""
-    value = os.environ.get(SETTING, "").strip().lower()
+    value = (os.environ if environ is None else environ).get(SETTING, "").strip().lower()
     return value if value in ("system", "reuse") else ""
+
+
+def _glibc() -> ctypes.CDLL | None:
+    """This process's C library when it is glibc on Linux (the settings here are glibc's)."""
+    if sys.platform != "linux":
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # noqa: B018 - AttributeError off glibc (e.g. musl)
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 def allow_reuse() -> None:
@@ -96,14 +108,10 @@ def reuse_freed_host_memory(when_allowed: bool = False) -> bool:
         return True
     if when_allowed and not _allowed:
         return False
-    if sys.platform != "linux" or requested() == "system" or not will_run_on_cpu():
+    libc = _glibc()
+    if libc is None or requested() == "system" or not will_run_on_cpu():
         return False
-    try:
-        libc = ctypes.CDLL(None)
-        libc.gnu_get_libc_version  # noqa: B018 - AttributeError off glibc (e.g. musl)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
+    mallopt = libc.mallopt
     ok = (mallopt(_M_ARENA_MAX, 1) == 1 and mallopt(_M_MMAP_MAX, 0) == 1
           and mallopt(_M_TRIM_THRESHOLD, -1) == 1)  # -1: SIZE_MAX, never trim
     _applied = bool(ok)
@@ -155,16 +163,10 @@ def huge_pages_environ(environ: dict | None = None, thp_mode: str | None = None
     (`restart_with_huge_pages`)."""
     environ = dict(os.environ if environ is None else environ)
     mode = transparent_huge_pages_mode() if thp_mode is None else thp_mode
-    if (sys.platform != "linux" or mode != "madvise"
-            or environ.get(SETTING, "").strip().lower() == "system"
-            or not will_run_on_cpu(environ)):
-        return None
     tunables = environ.get("GLIBC_TUNABLES", "")
-    if "glibc.malloc.hugetlb" in tunables:
-        return None
-    try:
-        ctypes.CDLL(None).gnu_get_libc_version  # noqa: B018 - AttributeError off glibc
-    except (OSError, AttributeError):
+    if (mode != "madvise" or "glibc.malloc.hugetlb" in tunables
+            or requested(environ) == "system" or not will_run_on_cpu(environ)
+            or _glibc() is None):
         return None
     environ["GLIBC_TUNABLES"] = f"{tunables}:{HUGE_PAGES_TUNABLE}" if tunables else \
         HUGE_PAGES_TUNABLE

@@ -7,9 +7,9 @@ right for prompts of different lengths; padding slots are masked out of attentio
 
 The cache holds S = P + N - 1 slots for N new tokens (the last token is never fed back).
 `prefill` compiles once per (B, P, N); `decode` once per (B, S): P is a value in its state (N
-follows from S and P) and the output buffer has S columns, so the windows of a long generation (`jaxlm.generate`: the
-first continues the prompt, the later ones a shorter context, all filling the same S slots)
-share one decode program instead of compiling one per window shape.
+follows from S and P) and the output buffer has S columns, so the windows of a long generation
+(`jaxlm.generate`: the first continues the prompt, the later ones a shorter context, all filling
+the same S slots) share one decode program instead of compiling one per window shape.
 `decode` runs until `stop_at` tokens exist or every row has met a stop token; calling it again with
 a larger `stop_at` continues, which is how text streams in chunks without recompiling.
 """
