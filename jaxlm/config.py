@@ -214,6 +214,10 @@ class DataConfig(_Section):
     mask_prob: float = 0.15  # task=masked: fraction of tokens scored (80/10/10 replaced)
     whole_word_mask: bool = False
     length_buckets: list[int] = field(default_factory=list)  # classification (empty: fitted)
+    # classification: several short examples share a row (segment ids keep them apart, every
+    # example's logits are unchanged), so a step costs the tokens its examples hold, not batch x
+    # the longest; false (or length_buckets given): one example per row, padded to a bucket
+    pack_examples: bool = True
     prefetch: int = 4  # batches prepared ahead in a background thread
     # folder of tokenised text files, reused across runs (jaxlm.data.token_store); empty:
     # $JAXLM_TOKEN_CACHE, else ~/.cache/jaxlm/tokens

@@ -16,8 +16,8 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxlm.metrics import perplexity
-from jaxlm.sharding import put_batch, rows_sharding, shard_params
-from jaxlm.tasks.losses import LossFn
+from jaxlm.sharding import put_batch, rows_sharding, shard_params, use_mesh
+from jaxlm.tasks.losses import LossFn, model_inputs
 
 SYNC_EVERY = 32  # evaluation batches dispatched between two reads of their sums
 
@@ -39,7 +39,7 @@ class Evaluator:
             return {"loss": loss, **aux}
 
         def outputs(params: Any, batch: dict) -> jax.Array:
-            return model_of(params)(batch["inputs"], segment_ids_BxT=batch.get("segment_ids"))
+            return model_of(params)(batch["inputs"], **model_inputs(batch))
 
         self._sums = jax.jit(sums, **shardings)
         self._outputs = jax.jit(outputs, **shardings)
@@ -83,7 +83,8 @@ class Evaluator:
                 **{k: v / max(weight, 1.0) for k, v in sums.items()}, "tokens": int(weight)}
 
     def outputs(self, params: Any, batches: list[dict]) -> np.ndarray:
-        """The model's outputs (e.g. class logits) for every row, padding rows included."""
+        """The model's outputs (e.g. class logits) for every row, padding rows included (of
+        packed classification rows, [rows, K, C]: every example slot)."""
         rows = [np.asarray(jax.device_get(self._outputs(params, self._put(b)))) for b in batches]
         return np.concatenate(rows) if rows else np.zeros((0,), np.float32)
 
@@ -142,8 +143,10 @@ def evaluate_run(run_dir: str, spec: str | None = None, *, split: str = "test",
     evaluator, params = Evaluator.for_model(run.model, task.loss, mesh, run.cfg.mesh.rules)
     # a language model's own validation as it was run (train.eval_batches caps it); the splits
     # a fine-tuning run reported at the end, and other data, in whole
-    batches = task.eval_batches(run.cfg, run.tokenizer, source, whole=whole, batch_size=_fit_batch(
-        batch_size or run.cfg.train.eval_rows, mesh))
+    with use_mesh(mesh, run.cfg.mesh.rules):  # rows laid out for the mesh, as in training
+        batches = task.eval_batches(run.cfg, run.tokenizer, source, whole=whole,
+                                    batch_size=_fit_batch(batch_size or run.cfg.train.eval_rows,
+                                                          mesh))
     report = task.evaluate(evaluator, params, batches)
     if getattr(batches, "generate", False):
         report["generation"] = task.generation

@@ -15,6 +15,15 @@ Training batches: a seeded permutation per epoch (grain), global batch s = examp
 of that stream, host h takes rows h*B/P ... (h+1)*B/P - 1. The iterator state is an index, the same
 on every host. Evaluation batches: every example exactly once, in order; the last batch is filled
 with zero-weight padding rows.
+
+Packed batches (`pack=True`, what fine-tuning uses unless `data.pack_examples: false`): the same
+B examples per step, but several short examples share a row of seq_len tokens, so the model runs
+on about the tokens the examples hold rather than B times the longest one (a batch of random
+sentences is mostly padding otherwise). Segment ids 1..K number the examples of a row (attention
+never crosses them) and positions restart at 0 for each, so every example's logits are the ones
+it gets alone in a row; labels and weights are [R, K] (example slot k of row r; weight 0: empty).
+Rows are filled longest example first, each into the first row with room (first-fit decreasing);
+R takes a few fitted values (one compiled program each) and K is fixed per run.
 """
 from __future__ import annotations
 
@@ -150,6 +159,75 @@ class _Encoded:
         return {"inputs": inputs, "segment_ids": seg, "labels": labels, "weights": weights}
 
 
+def first_fit_decreasing(lengths: Sequence[int], capacity: int, slots: int = 0
+                         ) -> list[list[int]]:
+    """Positions of examples grouped into rows of `capacity` tokens: the longest first, each into
+    the first row with room (and, with `slots`, fewer than that many examples). Deterministic:
+    ties keep their order."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -int(lengths[i])):
+        n = int(lengths[i])
+        r = next((r for r, free in enumerate(room)
+                  if free >= n and (not slots or len(rows[r]) < slots)), None)
+        if r is None:
+            rows.append([])
+            room.append(capacity)
+            r = len(rows) - 1
+        rows[r].append(i)
+        room[r] -= n
+    return rows
+
+
+class _Packer:
+    """Packed batches of an encoded split: row counts fitted to the batches (multiples of
+    `row_multiple`, so rows split evenly over data-parallel shards, micro-batches and hosts),
+    examples per row fixed by the most the fitted batches put in one row."""
+
+    def __init__(self, enc: _Encoded, batches: Sequence[Sequence[int]], row_multiple: int):
+        self.enc = enc
+        plans = [self.plan(b, 0) for b in batches]
+        self.slots = max((len(row) for p in plans for row in p), default=1)
+        # fitted up to the most rows a fitted batch needs; one example per row, the last bucket,
+        # holds any batch (it is compiled only if a later batch needs it)
+        up = lambda n: -(-n // row_multiple) * row_multiple  # noqa: E731
+        needs = [len(p) for p in plans] or [1]
+        self.row_buckets = sorted(set(fitted_buckets(needs, up(max(needs)), multiple=row_multiple))
+                                  | {up(max((len(b) for b in batches), default=1))})
+
+    def plan(self, global_idx: Sequence[int], slots: int) -> list[list[int]]:
+        """The examples of each row (global example indices)."""
+        real = [i for i in global_idx if i >= 0]
+        groups = first_fit_decreasing(self.enc.lengths[real], self.enc.seq_len, slots)
+        return [[real[j] for j in g] for g in groups]
+
+    def batch(self, global_idx: Sequence[int], process_index: int, process_count: int
+              ) -> dict[str, np.ndarray]:
+        """This host's rows of the packed global batch `global_idx` (-1 = no example)."""
+        plan = self.plan(global_idx, self.slots)
+        R = length_bucket(len(plan), self.row_buckets)
+        per_host = R // process_count
+        mine = (plan + [[]] * R)[process_index * per_host:(process_index + 1) * per_host]
+        enc, L, K = self.enc, self.enc.seq_len, self.slots
+        out = {"inputs": np.full((per_host, L), enc.pad_id, np.int32),
+               "segment_ids": np.zeros((per_host, L), np.int32),
+               "positions": np.zeros((per_host, L), np.int32),
+               "labels": np.zeros((per_host, K), np.int32),
+               "weights": np.zeros((per_host, K), np.float32)}
+        for r, row in enumerate(mine):
+            if not row:  # an empty row: one visible token so attention has something to see
+                out["inputs"][r, 0], out["segment_ids"][r, 0] = enc.fill_id, 1
+            at = 0
+            for k, i in enumerate(row):
+                x = enc.ids[i]
+                out["inputs"][r, at:at + len(x)] = x
+                out["segment_ids"][r, at:at + len(x)] = k + 1
+                out["positions"][r, at:at + len(x)] = np.arange(len(x))
+                out["labels"][r, k], out["weights"][r, k] = enc.labels[i], 1.0
+                at += len(x)
+        return out
+
+
 FIT_STEPS = 2048  # training batches the buckets are fitted to (the first ones of the run)
 
 
@@ -164,8 +242,10 @@ def _host_slice(global_batch: int, process_index: int, process_count: int) -> sl
 def classification_dataset(source: Source, tok: TextTokenizer, *, seq_len: int, global_batch: int,
                            num_steps: int, seed: int, buckets: Sequence[int] | None = None,
                            process_index: int = 0, process_count: int = 1,
-                           prefetch: int = 4) -> Batches:
-    """This host's training batches for `num_steps` steps (reshuffled every epoch)."""
+                           prefetch: int = 4, pack: bool = False, row_multiple: int = 1
+                           ) -> Batches:
+    """This host's training batches for `num_steps` steps (reshuffled every epoch); `pack`:
+    packed rows (module docstring), their count a multiple of `row_multiple`."""
     enc = _Encoded(source, tok, seq_len, buckets, tok.pad_id or 0)
     _require_two_classes(source, np.unique(enc.labels))
     n = len(enc.ids)
@@ -175,10 +255,13 @@ def classification_dataset(source: Source, tok: TextTokenizer, *, seq_len: int, 
     def indices(step: int) -> list[int]:
         return [int(order[step * global_batch + j]) for j in range(global_batch)]
 
-    def make(step: int) -> dict[str, np.ndarray]:
-        return enc.batch(indices(step), hs)
-
-    enc.fit_buckets([indices(step) for step in range(min(num_steps, FIT_STEPS))])
+    fit = [indices(step) for step in range(min(num_steps, FIT_STEPS))]
+    if pack:
+        packer = _Packer(enc, fit, math.lcm(row_multiple, process_count))
+        make = lambda step: packer.batch(indices(step), process_index, process_count)  # noqa: E731
+    else:
+        enc.fit_buckets(fit)
+        make = lambda step: enc.batch(indices(step), hs)  # noqa: E731
     ds = grain.MapDataset.range(num_steps).map(make)
     return Batches(ds.to_iter_dataset(grain.ReadOptions(num_threads=2,
                                                         prefetch_buffer_size=prefetch)))
@@ -199,14 +282,19 @@ def _require_two_classes(source: Source, present: Sequence[int]) -> None:
 
 def classification_eval_batches(source: Source, tok: TextTokenizer, *, seq_len: int,
                                 global_batch: int, buckets: Sequence[int] | None = None,
-                                process_index: int = 0, process_count: int = 1
+                                process_index: int = 0, process_count: int = 1,
+                                pack: bool = False, row_multiple: int = 1
                                 ) -> list[dict[str, np.ndarray]]:
-    """Every example of the split exactly once, in order; padding rows have weight 0."""
+    """Every example of the split exactly once, `global_batch` at a time in order; padding rows
+    (and a packed batch's empty example slots) have weight 0."""
     enc = _Encoded(source, tok, seq_len, buckets, tok.pad_id or 0)
     n = len(enc.ids)
     hs = _host_slice(global_batch, process_index, process_count)
     rows = [[i if i < n else -1 for i in range(s * global_batch, (s + 1) * global_batch)]
             for s in range(math.ceil(n / global_batch))]
+    if pack:
+        packer = _Packer(enc, rows, math.lcm(row_multiple, process_count))
+        return [packer.batch(idx, process_index, process_count) for idx in rows]
     enc.fit_buckets(rows)
     return [enc.batch(idx, hs) for idx in rows]
 

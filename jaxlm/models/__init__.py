@@ -45,11 +45,13 @@ class Classifier(nnx.Module):
                                    pooler=pooler)
 
     def __call__(self, tokens_BxT: jax.Array, *, segment_ids_BxT: jax.Array | None = None,
-                 dropout_rng: jax.Array | None = None, **kw) -> jax.Array:
-        """Class logits [B, C] in float32."""
+                 dropout_rng: jax.Array | None = None, examples_per_row: int = 0,
+                 **kw) -> jax.Array:
+        """Class logits [B, C] in float32; [B, K, C] for rows packed with K examples each
+        (segment k + 1 of a row is example k; pass their `positions_BxT`)."""
         rngs = (None, None) if dropout_rng is None else tuple(jax.random.split(dropout_rng))
         x = self.backbone(tokens_BxT, segment_ids_BxT=segment_ids_BxT, dropout_rng=rngs[0], **kw)
-        return self.head(x, segment_ids_BxT, rngs[1])
+        return self.head(x, segment_ids_BxT, rngs[1], examples_per_row)
 
 
 def build_model(cfg: ModelConfig, task: str = "causal", *, seed: int = 0,

@@ -64,6 +64,22 @@ def pool(x_BxTxD: jax.Array, segment_ids_BxT: jax.Array | None, pooling: str) ->
     return jnp.take_along_axis(x_BxTxD, last_B[:, None, None], axis=1)[:, 0]
 
 
+def pool_segments(x_BxTxD: jax.Array, segment_ids_BxT: jax.Array, pooling: str, slots: int
+                  ) -> jax.Array:
+    """One vector per packed example [B, K, D]: example k of a row is the tokens of segment
+    k + 1 (its first token, their mean, or its last token); an empty slot gives a vector that is
+    scored with weight 0."""
+    mask_BxKxT = segment_ids_BxT[:, None, :] == jnp.arange(1, slots + 1)[None, :, None]
+    if pooling == "mean":
+        w = mask_BxKxT.astype(jnp.float32)
+        total = jnp.einsum("bkt,btd->bkd", w, x_BxTxD.astype(jnp.float32))
+        return (total / jnp.maximum(w.sum(-1), 1.0)[..., None]).astype(x_BxTxD.dtype)
+    T = x_BxTxD.shape[1]
+    at_BxK = (jnp.argmax(mask_BxKxT, -1) if pooling == "first"
+              else T - 1 - jnp.argmax(mask_BxKxT[..., ::-1], -1))
+    return jnp.take_along_axis(x_BxTxD, at_BxK[..., None], axis=1)
+
+
 class ClassifierHead(nnx.Module):
     """Pooling, an optional dense+tanh pooler (BERT), dropout and a [D, C] classifier."""
 
@@ -78,9 +94,15 @@ class ClassifierHead(nnx.Module):
                                 use_bias=True)
 
     def __call__(self, x_BxTxD: jax.Array, segment_ids_BxT: jax.Array | None,
-                 dropout_rng: jax.Array | None = None) -> jax.Array:
-        h_BxD = pool(x_BxTxD, segment_ids_BxT, self.pooling)
+                 dropout_rng: jax.Array | None = None, examples_per_row: int = 0) -> jax.Array:
+        """Logits [B, C]; of packed rows (`examples_per_row` K > 0), [B, K, C]."""
+        if examples_per_row:
+            if segment_ids_BxT is None:
+                raise ValueError("packed rows (examples_per_row > 0) need their segment ids")
+            h = pool_segments(x_BxTxD, segment_ids_BxT, self.pooling, examples_per_row)
+        else:
+            h = pool(x_BxTxD, segment_ids_BxT, self.pooling)
         if self.pooler is not None:
-            h_BxD = jnp.tanh(self.pooler(h_BxD))
-        h_BxD = dropout(h_BxD, self.cfg.dropout, dropout_rng)
-        return self.classifier(h_BxD).astype(jnp.float32)
+            h = jnp.tanh(self.pooler(h))
+        h = dropout(h, self.cfg.dropout, dropout_rng)
+        return self.classifier(h).astype(jnp.float32)

@@ -63,9 +63,12 @@ class ClassificationTask(Task):
     def loss(self, model: Any, batch: dict, dropout_rng: jax.Array | None):
         return classification_loss(model, batch, dropout_rng)
 
-    def _common(self, cfg: Config, process_index: int, process_count: int) -> dict[str, Any]:
+    def _common(self, cfg: Config, process_index: int, process_count: int, micro_batches: int
+                ) -> dict[str, Any]:
         return dict(seq_len=cfg.data.seq_len, buckets=list(cfg.data.length_buckets) or None,
-                    process_index=process_index, process_count=process_count)
+                    process_index=process_index, process_count=process_count,
+                    pack=cfg.data.pack_examples and not cfg.data.length_buckets,
+                    row_multiple=_data_shards(cfg) * micro_batches)
 
     def train_batches(self, cfg: Config, tokenizer: Any, sources: dict[str, Source], *,
                       process_index: int = 0, process_count: int = 1):
@@ -73,7 +76,8 @@ class ClassificationTask(Task):
         return classification_dataset(sources["train"], tokenizer,
                                       global_batch=cfg.train.batch_size,
                                       num_steps=cfg.train.steps, seed=cfg.train.seed,
-                                      **self._common(cfg, process_index, process_count))
+                                      **self._common(cfg, process_index, process_count,
+                                                     cfg.train.grad_accum))
 
     def eval_batches(self, cfg: Config, tokenizer: Any, source: Source, *, batch_size: int = 0,
                      whole: bool = False, process_index: int = 0, process_count: int = 1
@@ -81,7 +85,7 @@ class ClassificationTask(Task):
         from jaxlm.data.classification import classification_eval_batches
         size = batch_size or cfg.train.eval_rows
         return classification_eval_batches(source, tokenizer, global_batch=size,
-                                           **self._common(cfg, process_index, process_count))
+                                           **self._common(cfg, process_index, process_count, 1))
 
     def evaluate(self, evaluator: Any, params: Any, batches: list[dict]) -> dict[str, Any]:
         """Classification report (accuracy, macro and per-class P/R/F1, confusion matrix, loss)
@@ -89,11 +93,21 @@ class ClassificationTask(Task):
         from jaxlm.metrics import classification_report
 
         logits = evaluator.outputs(params, batches)
-        labels = np.concatenate([b["labels"] for b in batches])
-        keep = np.concatenate([b["weights"] for b in batches]) > 0
+        logits = logits.reshape(-1, logits.shape[-1])  # packed rows: [rows, K, C]
+        labels = np.concatenate([b["labels"].reshape(-1) for b in batches])
+        keep = np.concatenate([b["weights"].reshape(-1) for b in batches]) > 0
         logits, labels = logits[keep].astype(np.float64), labels[keep]
         top = logits.max(-1, keepdims=True)
         logp = logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
         loss = float(-logp[np.arange(len(labels)), labels].mean()) if len(labels) else 0.0
         return classification_report(labels, logits.argmax(-1), len(self.class_names),
                                      self.class_names, loss)
+
+
+def _data_shards(cfg: Config) -> int:
+    """How many ways the active mesh (`jaxlm.sharding.use_mesh`) splits a batch's rows; 1 with
+    none (rows are then not placed over devices)."""
+    from jaxlm.sharding import current_mesh, data_parallel_size
+
+    mesh = current_mesh()
+    return 1 if mesh is None else data_parallel_size(mesh, cfg.mesh.rules)

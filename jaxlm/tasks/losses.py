@@ -63,15 +63,30 @@ def token_loss(model: Any, batch: Batch, dropout_rng: jax.Array | None) -> tuple
                                     "accuracy": (hit_BxT.astype(jnp.float32) * w_BxT).sum()}
 
 
+def model_inputs(batch: Batch) -> dict[str, Any]:
+    """The keyword arguments a model is called with for `batch`, besides its inputs: segment ids,
+    positions when the batch has them (packed rows), and for packed classification rows (labels
+    [B, K]) the number of example slots per row."""
+    kw: dict[str, Any] = {"segment_ids_BxT": batch.get("segment_ids")}
+    if "positions" in batch:
+        kw["positions_BxT"] = batch["positions"]
+    labels = batch.get("labels")
+    if labels is not None and labels.ndim == 2:
+        kw["examples_per_row"] = labels.shape[1]
+    return kw
+
+
 def classification_loss(model: Any, batch: Batch, dropout_rng: jax.Array | None
                         ) -> tuple[jax.Array, dict]:
-    """Cross-entropy of the pooled class logits; `weights` [B] is 0 for padding rows."""
-    logits_BxC = model(batch["inputs"], segment_ids_BxT=batch.get("segment_ids"),
-                       dropout_rng=dropout_rng)
-    ce_B = optax.softmax_cross_entropy_with_integer_labels(logits_BxC, batch["labels"])
-    w_B = batch["weights"].astype(jnp.float32)
-    correct = (jnp.argmax(logits_BxC, -1) == batch["labels"]).astype(jnp.float32)
-    return (ce_B * w_B).sum(), {"weight": w_B.sum(), "accuracy": (correct * w_B).sum()}
+    """Cross-entropy of the pooled class logits; `weights` is 0 for padding rows (and for the
+    empty example slots of packed rows, whose labels and weights are [B, K])."""
+    logits = model(batch["inputs"], **model_inputs(batch), dropout_rng=dropout_rng)
+    logits_NxC = logits.reshape(-1, logits.shape[-1])
+    labels_N = batch["labels"].reshape(-1)
+    ce_N = optax.softmax_cross_entropy_with_integer_labels(logits_NxC, labels_N)
+    w_N = batch["weights"].astype(jnp.float32).reshape(-1)
+    correct = (jnp.argmax(logits_NxC, -1) == labels_N).astype(jnp.float32)
+    return (ce_N * w_N).sum(), {"weight": w_N.sum(), "accuracy": (correct * w_N).sum()}
 
 
 LOSSES: dict[str, LossFn] = {
