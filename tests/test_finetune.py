@@ -177,3 +177,34 @@ def test_final_validation_report_reuses_the_kept_checkpoints_validation(sst_smal
     assert fresh["accuracy"] == summary["validation"]["accuracy"]
     assert fresh["confusion_matrix"] == summary["validation"]["confusion_matrix"]
     assert fresh["loss"] == pytest.approx(summary["validation"]["loss"], rel=1e-6)
+
+
+def test_pretrained_init_skips_the_replaced_weights_and_equals_init_then_copy(
+        sst_small, pretrained, tmp_path):
+    """The fine-tuning state is built in one program that never draws the weights the checkpoint
+    replaces (a smaller program: faster to compile), bit for bit the fresh init with the
+    checkpoint copied in, on the training shardings (here FSDP over 2 devices)."""
+    from jaxlm.models.lora import join_adapters, split_adapters
+    from jaxlm.sharding import use_mesh
+    from jaxlm.train import fit
+    from jaxlm.train.init_from import init_from_pretrained
+
+    root, _ = sst_small
+    cfg = ft_config(root, mesh={"num_devices": 2, "data": 1, "fsdp": 2},
+                    finetune={"init_from": str(pretrained)})
+    s = fit.prepare(cfg, str(tmp_path / "ft"), False, None)
+    with use_mesh(s.mesh, cfg.mesh.rules):
+        steps = fit.compile_task_steps(s)
+        new = fit._init_pretrained(steps, s)
+        old = steps.init()
+        params, adapters = split_adapters(old.params)
+        params = init_from_pretrained(params, s.pretrained,
+                                      split_adapters(steps.state_sharding.params)[0], False)
+        old = old.replace(params=join_adapters(params, adapters))
+        assert jax.tree.structure(new) == jax.tree.structure(old)
+        for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(old)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+            assert a.sharding == b.sharding
+        init, given = fit.pretrained_init(steps, s)
+        size = lambda f, *a: len(f.lower(*a).compile().as_text())  # noqa: E731
+        assert size(init, given) < 0.25 * size(steps.init)  # the backbone's draws are gone

@@ -157,16 +157,37 @@ def restore_or_init(steps: CompiledSteps, ckpt: Any, iterator: Any, s: Setup
         frozen = (None if steps.layout.trained is None else
                   restore_frozen(s.run.path, steps.layout, steps.state_sharding.params))
         return steps.layout.from_checkpoint(tree, frozen), step
-    state = steps.init()
-    if s.pretrained is not None:  # into the plain model's parameters: adapters stay as built
-        params, adapters = split_adapters(state.params)
-        params = init_from_pretrained(params, s.pretrained,
-                                      split_adapters(steps.state_sharding.params)[0],
-                                      s.cfg.finetune.pooler and s.task.name == "classification")
-        state = state.replace(params=join_adapters(params, adapters))
+    state = steps.init() if s.pretrained is None else _init_pretrained(steps, s)
     if steps.layout.trained is not None:  # LoRA: the frozen base, once per run
         save_frozen(s.run.path, steps.layout, state)
     return state, 0
+
+
+def _init_pretrained(steps: CompiledSteps, s: Setup) -> TrainState:
+    """A fresh state with the pretrained weights copied into the plain model's parameters
+    (adapters stay as built), in one program that never draws the weights they replace."""
+    init, given = pretrained_init(steps, s)
+    return init(given)
+
+
+def pretrained_init(steps: CompiledSteps, s: Setup) -> tuple[Any, dict[str, jax.Array]]:
+    """(the jitted init, its argument: the pretrained arrays placed on their shardings, by
+    parameter path) of `_init_pretrained`."""
+    abstract = jax.tree.map(lambda x: x, split_adapters(steps.abstract_state.params)[0])
+    placed = init_from_pretrained(  # the pretrained arrays, placed; the rest stays abstract
+        abstract, s.pretrained, split_adapters(steps.state_sharding.params)[0],
+        s.cfg.finetune.pooler and s.task.name == "classification")
+    given = {jax.tree_util.keystr(k): x for k, x in jax.tree_util.tree_leaves_with_path(placed)
+             if isinstance(x, jax.Array)}
+
+    def replace(fresh: Any, given: dict[str, jax.Array]) -> Any:
+        params, adapters = split_adapters(fresh)
+        paths, tree = jax.tree_util.tree_flatten_with_path(params)
+        params = jax.tree.unflatten(tree, [given.get(jax.tree_util.keystr(k), x)
+                                           for k, x in paths])
+        return join_adapters(params, adapters)
+
+    return steps.init_replacing(replace), given
 
 
 def _optimizer(s: Setup):

@@ -115,27 +115,37 @@ def check_backbone_shapes(expected: Any, loaded: Any, source: str) -> None:
 
 
 def graft(target: Any, loaded: Any, shardings: Any | None = None) -> Any:
-    """`loaded`'s values (exactly) in `target`'s structure, dtypes and shardings."""
-    leaves = [np.asarray(x) for x in jax.tree.leaves(loaded)]
+    """`loaded`'s values (exactly) in `target`'s structure, dtypes and shardings (without
+    shardings, also inside jit: `loaded` may hold traced arrays)."""
+    leaves = jax.tree.leaves(loaded)
     want = jax.tree.leaves(target)
     if len(leaves) != len(want):
         raise CheckpointError(f"Cannot copy {len(leaves)} tensors into {len(want)} parameters.")
-    shard_leaves = jax.tree.leaves(shardings) if shardings is not None else [None] * len(want)
-    new = [jax.device_put(x.astype(t.dtype), sh) if sh is not None else jax.numpy.asarray(x, t.dtype)
-           for x, t, sh in zip(leaves, want, shard_leaves)]
+    if shardings is None:
+        new = [jax.numpy.asarray(x, t.dtype) for x, t in zip(leaves, want)]
+    else:
+        new = [jax.device_put(np.asarray(x).astype(t.dtype), sh)
+               for x, t, sh in zip(leaves, want, jax.tree.leaves(shardings))]
     return jax.tree.unflatten(jax.tree.structure(target), new)
 
 
-def init_from_pretrained(params: Any, pre: Pretrained, shardings: Any, use_pooler: bool) -> Any:
+def init_from_pretrained(params: Any, pre: Pretrained, shardings: Any | None, use_pooler: bool
+                         ) -> Any:
     """Params with the pretrained backbone copied in, and the pretrained BERT pooler when a
     classifier's head has one, and the LM head when both models are causal LMs with an untied
     one; everything else keeps its fresh initialisation."""
+    def at(*path: str) -> Any:  # the shardings of a subtree (None: no placement, e.g. in jit)
+        out = shardings
+        for key in path:
+            out = None if out is None else out[key]
+        return out
+
     check_backbone_shapes(params["backbone"], pre.backbone, pre.source)
-    params["backbone"] = graft(params["backbone"], pre.backbone, shardings["backbone"])
+    params["backbone"] = graft(params["backbone"], pre.backbone, at("backbone"))
     if "lm_head" in params and "lm_head" in pre.extra:
         check_backbone_shapes(params["lm_head"], pre.extra["lm_head"], pre.source)
-        params["lm_head"] = graft(params["lm_head"], pre.extra["lm_head"], shardings["lm_head"])
+        params["lm_head"] = graft(params["lm_head"], pre.extra["lm_head"], at("lm_head"))
     if use_pooler and "pooler" in pre.extra:
         head = params["head"]
-        head["pooler"] = graft(head["pooler"], pre.extra["pooler"], shardings["head"]["pooler"])
+        head["pooler"] = graft(head["pooler"], pre.extra["pooler"], at("head", "pooler"))
     return params

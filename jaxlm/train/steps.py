@@ -139,6 +139,10 @@ class CompiledSteps:
     train: Callable[[TrainState, dict], tuple[TrainState, dict]]
     eval: Evaluator
     init: Callable[[], TrainState]
+    # init_replacing(replace)(given): a fresh state whose parameters are
+    # replace(fresh params, given) (e.g. a pretrained backbone copied in): compiled without the
+    # random initialisation of the weights `replace` overwrites, which XLA drops as unused
+    init_replacing: Callable[[Callable[[Any, Any], Any]], Callable[[Any], TrainState]]
     layout: StateLayout
     state_sharding: TrainState
     batch_sharding: NamedSharding
@@ -177,6 +181,13 @@ def compile_steps(make_model: Callable[[], nnx.Module], tx: optax.GradientTransf
         return new_state(nnx.to_pure_dict(nnx.state(unsharded_model(), nnx.Param)), tx, seed,
                          lambda p: layout.split(p)[0])
 
+    def init_replacing(replace: Callable[[Any, Any], Any]) -> Callable[[Any], TrainState]:
+        def init_with(given: Any) -> TrainState:
+            fresh = nnx.to_pure_dict(nnx.state(unsharded_model(), nnx.Param))
+            return new_state(replace(fresh, given), tx, seed, lambda p: layout.split(p)[0])
+
+        return jax.jit(init_with, out_shardings=shardings)
+
     abstract_state = jax.eval_shape(init)
     # the nnx layout keeps each variable's logical-axis metadata, which the shardings come from
     params_sharding = layout.plain_params(named_shardings(layout.abstract_params, mesh, rules))
@@ -192,5 +203,5 @@ def compile_steps(make_model: Callable[[], nnx.Module], tx: optax.GradientTransf
     evaluator = Evaluator(layout.model, loss_fn, params_sharding=shardings.params,
                           batch_sharding=batch_prefix)
     return CompiledSteps(train=train, eval=evaluator, init=jax.jit(init, out_shardings=shardings),
-                         layout=layout, state_sharding=shardings, batch_sharding=batch_prefix,
+                         init_replacing=init_replacing, layout=layout, state_sharding=shardings, batch_sharding=batch_prefix,
                          abstract_state=abstract_state)
