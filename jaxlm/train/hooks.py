@@ -76,8 +76,8 @@ class TrainingHooks:
     checkpointer: Any  # jaxlm.checkpoint.Checkpointer
     iterator: Any  # the data iterator (its position goes into checkpoints)
     layout: Any  # StateLayout: the state's checkpoint layout
-    tokens_per_step: int
-    flops_per_step: float = 0.0
+    tokens_per_step: int  # for steps that do not say how many token positions they computed
+    flops_per_step: float = 0.0  # of a step of tokens_per_step positions
     peak_flops: float | None = None
     on_nonfinite: str = "stop"
     evaluate: Callable[[Any], dict] | None = None  # params -> validation report
@@ -98,6 +98,7 @@ class TrainingHooks:
                         dynamic_ncols=True, desc="train")
         self.start = self.mark = time.perf_counter()
         self.mark_step, self.first, self.hook_s, self.guard = start, True, 0.0, guard
+        self.tokens = 0  # token positions computed since the mark
         trainer.add_hook(self.progress, 1, deferred=True)
         trainer.add_hook(self.log, t.log_every, deferred=True)
         if self.evaluate is not None and t.eval_every:
@@ -111,7 +112,9 @@ class TrainingHooks:
             jax.block_until_ready(info.metrics["loss"])
             release_freed_host_memory()  # set-up and compilation are done
             self.first, self.mark, self.hook_s = False, time.perf_counter(), 0.0
-            self.compile_s, self.mark_step = self.mark - self.start, info.step
+            self.compile_s, self.mark_step, self.tokens = self.mark - self.start, info.step, 0
+        else:  # steps of several shapes (packed classification rows) compute different counts
+            self.tokens += info.tokens or self.tokens_per_step
         self.bar.update(1)
 
     def log(self, trainer: Trainer, info: StepInfo) -> None:
@@ -121,12 +124,15 @@ class TrainingHooks:
                                int(m.pop("nonfinite_last_step")))
         now = time.perf_counter()
         if info.step > self.mark_step:
-            step_s = (now - self.mark - self.hook_s) / (info.step - self.mark_step)
-            m.update(tokens_per_s=self.tokens_per_step / step_s, step_time_s=step_s)
+            steps = info.step - self.mark_step
+            step_s = (now - self.mark - self.hook_s) / steps
+            tokens = self.tokens / steps  # per step
+            m.update(tokens_per_s=tokens / step_s, step_time_s=step_s)
             self.tokens_per_s.append(m["tokens_per_s"])
             if self.peak_flops:
-                m["mfu"] = self.flops_per_step / step_s / self.peak_flops
-            self.mark, self.mark_step, self.hook_s = now, info.step, 0.0
+                flops = self.flops_per_step * tokens / self.tokens_per_step
+                m["mfu"] = flops / step_s / self.peak_flops
+            self.mark, self.mark_step, self.hook_s, self.tokens = now, info.step, 0.0, 0
         m.pop("weight", None)
         self.last_train = m
         self.logger.log(info.step, "train", m)

@@ -15,6 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+import jax
+import numpy as np
+
 from jaxlm.sharding import put_batch
 from jaxlm.train.state import TrainState
 from jaxlm.train.steps import CompiledSteps
@@ -28,6 +31,7 @@ class StepInfo:
     step: int
     metrics: dict[str, Any]
     state: TrainState | None = None
+    tokens: int = 0  # token positions the step computed (rows x length, every host's rows)
 
 
 HookFn = Callable[["Trainer", StepInfo], None]
@@ -78,11 +82,12 @@ class Trainer:
         """Train from `start_step` (the state's step) to `total_steps`; returns the last state."""
         pending: StepInfo | None = None
         for step in range(start_step + 1, self.total_steps + 1):
-            batch = put_batch(next(batches), self.steps.batch_sharding)
-            state, metrics = self.steps.train(state, batch)
+            host = next(batches)
+            tokens = int(np.size(host["inputs"])) * jax.process_count() if "inputs" in host else 0
+            state, metrics = self.steps.train(state, put_batch(host, self.steps.batch_sharding))
             self._run(pending, deferred=True)  # step-1's metrics: step is already queued
-            pending = StepInfo(step, metrics)
-            self._run(StepInfo(step, metrics, state), deferred=False)
+            pending = StepInfo(step, metrics, tokens=tokens)
+            self._run(StepInfo(step, metrics, state, tokens), deferred=False)
             if self.stop_requested:
                 break
         self._run(pending, deferred=True)
