@@ -158,21 +158,19 @@ def test_length_buckets_or_pack_examples_false_keep_one_example_per_row(tmp_path
         assert batch["labels"].ndim == (2 if packed else 1)
 
 
-def test_packed_fine_tuning_learns_and_logs_the_tokens_it_computed(tmp_path, data_dir):
-    """A packed run end to end: it learns, its validation and test reports score every example
-    once, and its throughput counts the token positions its packed steps computed (fewer than
-    batch x seq_len), so MFU is not inflated by the padding packing removed."""
-    from jaxlm.config import config_from_dict
-    from jaxlm.data.sources import open_source
-    from jaxlm.data.tokenizer import load_tokenizer
-    from jaxlm.train.finetune import finetune
-
+def _sst_subset(tmp_path, data_dir):
     root = tmp_path / "sst"
     root.mkdir()
     for name, n in (("train.txt", 400), ("dev.txt", 100), ("test.txt", 100)):
         lines = (data_dir / "sst2" / name).read_text().splitlines()[:n]
         (root / name).write_text("\n".join(lines) + "\n")
-    cfg = config_from_dict({
+    return root
+
+
+def _tiny_run(root, **train):
+    from jaxlm.config import config_from_dict
+
+    return config_from_dict({
         "model": {"family": "bert", "num_layers": 2, "d_model": 32, "num_heads": 2,
                   "max_len": 64},
         "mesh": {"num_devices": 1},
@@ -180,7 +178,40 @@ def test_packed_fine_tuning_learns_and_logs_the_tokens_it_computed(tmp_path, dat
                  "tokenizer": {"kind": "wordpiece", "vocab_size": 600}},
         "optim": {"lr": 3e-3, "warmup_steps": 0, "schedule": "constant"},
         "train": {"task": "classification", "steps": 24, "batch_size": 16, "eval_every": 12,
-                  "log_every": 4, "checkpoint_every": 24}})
+                  "log_every": 4, "checkpoint_every": 24, **train}})
+
+
+def test_packed_rows_split_over_data_parallel_devices_and_micro_batches(tmp_path, data_dir):
+    """On a 2-device data-parallel mesh with 2 micro-batches (row counts padded to multiples of
+    4), the first step's loss and gradient norm equal the one-device, one-micro-batch run's."""
+    from jaxlm.train.finetune import finetune
+
+    root = _sst_subset(tmp_path, data_dir)
+    firsts = []
+    for name, mesh, accum in (("one", 1, 1), ("dp2", 2, 2)):
+        cfg = _tiny_run(root, steps=2, log_every=1, eval_every=2, checkpoint_every=2,
+                        grad_accum=accum)
+        cfg.mesh.num_devices = mesh
+        cfg.model.dropout = 0.0
+        summary = finetune(cfg, str(tmp_path / name), show_progress=False)
+        assert summary["validation"]["n"] == 100
+        rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").open()]
+        firsts.append(next(r for r in rows if r["split"] == "train" and r["step"] == 1))
+    # the same examples in other rows (padded to 4) and matmul shapes: float32 rounding only
+    np.testing.assert_allclose(firsts[1]["loss"], firsts[0]["loss"], rtol=5e-5)
+    np.testing.assert_allclose(firsts[1]["grad_norm"], firsts[0]["grad_norm"], rtol=2e-4)
+
+
+def test_packed_fine_tuning_learns_and_logs_the_tokens_it_computed(tmp_path, data_dir):
+    """A packed run end to end: it learns, its validation and test reports score every example
+    once, and its throughput counts the token positions its packed steps computed (fewer than
+    batch x seq_len), so MFU is not inflated by the padding packing removed."""
+    from jaxlm.data.sources import open_source
+    from jaxlm.data.tokenizer import load_tokenizer
+    from jaxlm.train.finetune import finetune
+
+    root = _sst_subset(tmp_path, data_dir)
+    cfg = _tiny_run(root)
     summary = finetune(cfg, str(tmp_path / "run"), show_progress=False)
     assert summary["validation"]["n"] == 100 and summary["test"]["n"] == 100
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
