@@ -41,6 +41,23 @@ def _batches(ids: list[list[int]], batch_size: int, seq_len: int, pad_id: int) -
     return out
 
 
+def _packed_logits(evaluator: Any, params: Any, encoded: list[np.ndarray], tok: Any,
+                   seq_len: int, batch_size: int) -> np.ndarray:
+    """Class logits [N, C] of texts packed several to a row, in the texts' order."""
+    from jaxlm.data.classification import packed_text_batches
+
+    batches, plans = packed_text_batches(encoded, tok, seq_len, batch_size)
+    slots = evaluator.outputs(params, batches)  # [rows of every batch, K, C]
+    out = np.zeros((len(encoded), slots.shape[-1]), slots.dtype)
+    r0 = 0
+    for batch, plan in zip(batches, plans):
+        for r, row in enumerate(plan):
+            for k, i in enumerate(row):
+                out[i] = slots[r0 + r, k]
+        r0 += len(batch["inputs"])
+    return out
+
+
 def predict_proba(run: LoadedRun, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
     """Class probabilities [N, C] for texts, through the one evaluator (`Evaluator.outputs`)."""
     if run.task != "classification":
@@ -51,12 +68,17 @@ def predict_proba(run: LoadedRun, texts: Sequence[str], batch_size: int = 64) ->
     from jaxlm.evaluation import Evaluator
     from jaxlm.tasks import classification_loss
 
-    ids = [row.tolist() for row in encode_texts(run.tokenizer, texts, run.cfg.data.seq_len)]
-    if not ids:
+    seq_len = run.cfg.data.seq_len
+    encoded = encode_texts(run.tokenizer, texts, seq_len)
+    if not encoded:
         return np.zeros((0, len(run.class_names)), np.float32)
     evaluator, params = Evaluator.for_model(run.model, classification_loss)
-    logits = evaluator.outputs(params, _batches(ids, batch_size, run.cfg.data.seq_len,
-                                                run.tokenizer.pad_id or 0))[:len(ids)]
+    if run.cfg.data.pack_examples and not run.cfg.data.length_buckets:  # as the run trained
+        logits = _packed_logits(evaluator, params, encoded, run.tokenizer, seq_len, batch_size)
+    else:
+        ids = [row.tolist() for row in encoded]
+        logits = evaluator.outputs(params, _batches(ids, batch_size, seq_len,
+                                                    run.tokenizer.pad_id or 0))[:len(ids)]
     logits = logits.astype(np.float64) - logits.max(-1, keepdims=True)
     probs = np.exp(logits)
     return (probs / probs.sum(-1, keepdims=True)).astype(np.float32)

@@ -231,3 +231,16 @@ def test_packed_fine_tuning_learns_and_logs_the_tokens_it_computed(tmp_path, dat
             np.testing.assert_allclose(r["tokens_per_s"] * r["step_time_s"], np.mean(window),
                                        rtol=1e-9)
             since = r["step"]
+    # prediction packs its texts too and gives them back in their order, as unpacked rows do
+    from jaxlm.inference import predict_proba
+    from jaxlm.run import load_run
+
+    run = load_run(tmp_path / "run")
+    texts = [line.split(" ", 1)[1] for line in (root / "test.txt").read_text().splitlines()[:40]]
+    packed = predict_proba(run, texts, batch_size=16)
+    run.cfg.data.pack_examples = False
+    flat = predict_proba(run, texts, batch_size=16)
+    np.testing.assert_allclose(packed, flat, atol=1e-5)
+    run.cfg.data.pack_examples = True
+    alone = np.concatenate([predict_proba(run, [t]) for t in texts[:6]])
+    np.testing.assert_allclose(packed[:6], alone, atol=1e-5)  # each text's own row, in order

@@ -120,9 +120,12 @@ def length_bucket(length: int, buckets: Sequence[int]) -> int:
 class _Encoded:
     """Pre-tokenized split; builds host batches from global example indices."""
 
-    def __init__(self, source: Source, tok: TextTokenizer, seq_len: int,
-                 buckets: Sequence[int] | None, pad_id: int):
-        self.ids, self.lengths, self.labels = encode_examples(source, tok, seq_len)
+    def __init__(self, source: Source | None, tok: TextTokenizer, seq_len: int,
+                 buckets: Sequence[int] | None, pad_id: int,
+                 encoded: tuple[list[np.ndarray], np.ndarray, np.ndarray] | None = None):
+        """The examples of `source`, or `encoded` (ids, lengths, labels) when given."""
+        self.ids, self.lengths, self.labels = (encoded if encoded is not None else
+                                               encode_examples(source, tok, seq_len))
         self.seq_len, self.buckets = seq_len, sorted(set(buckets or ()))
         if self.buckets and self.buckets[-1] < seq_len:
             self.buckets.append(seq_len)
@@ -226,6 +229,22 @@ class _Packer:
                 out["labels"][r, k], out["weights"][r, k] = enc.labels[i], 1.0
                 at += len(x)
         return out
+
+
+def packed_text_batches(ids: Sequence[np.ndarray], tok: TextTokenizer, seq_len: int,
+                        batch_size: int
+                        ) -> tuple[list[dict[str, np.ndarray]], list[list[list[int]]]]:
+    """Packed rows of encoded texts (`encode_texts`), `batch_size` texts per batch in order, and
+    each batch's plan: the text indices of each row, in slot order (prediction reads the
+    [rows, K, C] logits back into the texts' order with it)."""
+    lengths = np.array([max(len(x), 1) for x in ids], np.int32)
+    pad_id = tok.pad_id or 0
+    enc = _Encoded(None, tok, seq_len, None, pad_id,
+                   encoded=(list(ids), lengths, np.zeros(len(ids), np.int32)))
+    groups = [list(range(s, min(s + batch_size, len(ids)))) for s in range(0, len(ids), batch_size)]
+    packer = _Packer(enc, groups, 1)
+    return ([packer.batch(g, 0, 1) for g in groups],
+            [packer.plan(g, packer.slots) for g in groups])
 
 
 FIT_STEPS = 2048  # training batches the buckets are fitted to (the first ones of the run)

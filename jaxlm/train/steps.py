@@ -203,5 +203,6 @@ def compile_steps(make_model: Callable[[], nnx.Module], tx: optax.GradientTransf
     evaluator = Evaluator(layout.model, loss_fn, params_sharding=shardings.params,
                           batch_sharding=batch_prefix)
     return CompiledSteps(train=train, eval=evaluator, init=jax.jit(init, out_shardings=shardings),
-                         init_replacing=init_replacing, layout=layout, state_sharding=shardings, batch_sharding=batch_prefix,
+                         init_replacing=init_replacing, layout=layout,
+                         state_sharding=shardings, batch_sharding=batch_prefix,
                          abstract_state=abstract_state)
