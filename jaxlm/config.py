@@ -224,6 +224,12 @@ class DataConfig(_Section):
     token_cache: str = ""
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
 
+    @property
+    def packs_examples(self) -> bool:
+        """Whether classification rows are packed: pack_examples, unless length_buckets asks for
+        one example per row padded to its buckets."""
+        return self.pack_examples and not self.length_buckets
+
     def _check_rules(self) -> None:
         self.tokenizer.validate()
         require_positive(self, "data", ("seq_len",))

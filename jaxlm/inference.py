@@ -73,7 +73,7 @@ def predict_proba(run: LoadedRun, texts: Sequence[str], batch_size: int = 64) ->
     if not encoded:
         return np.zeros((0, len(run.class_names)), np.float32)
     evaluator, params = Evaluator.for_model(run.model, classification_loss)
-    if run.cfg.data.pack_examples and not run.cfg.data.length_buckets:  # as the run trained
+    if run.cfg.data.packs_examples:  # as the run trained
         logits = _packed_logits(evaluator, params, encoded, run.tokenizer, seq_len, batch_size)
     else:
         ids = [row.tolist() for row in encoded]

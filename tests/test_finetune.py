@@ -195,7 +195,8 @@ def test_pretrained_init_skips_the_replaced_weights_and_equals_init_then_copy(
     s = fit.prepare(cfg, str(tmp_path / "ft"), False, None)
     with use_mesh(s.mesh, cfg.mesh.rules):
         steps = fit.compile_task_steps(s)
-        new = fit._init_pretrained(steps, s)
+        init, given = fit.pretrained_init(steps, s)
+        new = init(given)
         old = steps.init()
         params, adapters = split_adapters(old.params)
         params = init_from_pretrained(params, s.pretrained,
@@ -205,6 +206,5 @@ def test_pretrained_init_skips_the_replaced_weights_and_equals_init_then_copy(
         for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(old)):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
             assert a.sharding == b.sharding
-        init, given = fit.pretrained_init(steps, s)
         size = lambda f, *a: len(f.lower(*a).compile().as_text())  # noqa: E731
         assert size(init, given) < 0.25 * size(steps.init)  # the backbone's draws are gone

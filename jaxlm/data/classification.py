@@ -76,8 +76,12 @@ def encode_examples(source: Source, tok: TextTokenizer, seq_len: int
     examples = [source[i] for i in range(n)]
     labels = np.array([e["label"] for e in examples], np.int32)
     ids = encode_texts(tok, [e["text"] for e in examples], seq_len)
-    lengths = np.array([max(len(x), 1) for x in ids], np.int32)
-    return ids, lengths, labels
+    return ids, example_lengths(ids), labels
+
+
+def example_lengths(ids: Sequence[np.ndarray]) -> np.ndarray:
+    """Each example's length in tokens (at least 1: an empty example still takes a slot)."""
+    return np.array([max(len(x), 1) for x in ids], np.int32)
 
 
 def fitted_buckets(batch_longest: Sequence[int], seq_len: int, *, most: int = 4,
@@ -237,10 +241,8 @@ def packed_text_batches(ids: Sequence[np.ndarray], tok: TextTokenizer, seq_len: 
     """Packed rows of encoded texts (`encode_texts`), `batch_size` texts per batch in order, and
     each batch's plan: the text indices of each row, in slot order (prediction reads the
     [rows, K, C] logits back into the texts' order with it)."""
-    lengths = np.array([max(len(x), 1) for x in ids], np.int32)
-    pad_id = tok.pad_id or 0
-    enc = _Encoded(None, tok, seq_len, None, pad_id,
-                   encoded=(list(ids), lengths, np.zeros(len(ids), np.int32)))
+    enc = _Encoded(None, tok, seq_len, None, tok.pad_id or 0,
+                   encoded=(list(ids), example_lengths(ids), np.zeros(len(ids), np.int32)))
     groups = [list(range(s, min(s + batch_size, len(ids)))) for s in range(0, len(ids), batch_size)]
     packer = _Packer(enc, groups, 1)
     return ([packer.batch(g, 0, 1) for g in groups],

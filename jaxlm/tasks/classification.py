@@ -67,7 +67,7 @@ class ClassificationTask(Task):
                 ) -> dict[str, Any]:
         return dict(seq_len=cfg.data.seq_len, buckets=list(cfg.data.length_buckets) or None,
                     process_index=process_index, process_count=process_count,
-                    pack=cfg.data.pack_examples and not cfg.data.length_buckets,
+                    pack=cfg.data.packs_examples,
                     row_multiple=_data_shards(cfg) * micro_batches)
 
     def train_batches(self, cfg: Config, tokenizer: Any, sources: dict[str, Source], *,

@@ -157,22 +157,21 @@ def restore_or_init(steps: CompiledSteps, ckpt: Any, iterator: Any, s: Setup
         frozen = (None if steps.layout.trained is None else
                   restore_frozen(s.run.path, steps.layout, steps.state_sharding.params))
         return steps.layout.from_checkpoint(tree, frozen), step
-    state = steps.init() if s.pretrained is None else _init_pretrained(steps, s)
+    if s.pretrained is None:
+        state = steps.init()
+    else:
+        init, given = pretrained_init(steps, s)
+        state = init(given)
     if steps.layout.trained is not None:  # LoRA: the frozen base, once per run
         save_frozen(s.run.path, steps.layout, state)
     return state, 0
 
 
-def _init_pretrained(steps: CompiledSteps, s: Setup) -> TrainState:
-    """A fresh state with the pretrained weights copied into the plain model's parameters
-    (adapters stay as built), in one program that never draws the weights they replace."""
-    init, given = pretrained_init(steps, s)
-    return init(given)
-
-
 def pretrained_init(steps: CompiledSteps, s: Setup) -> tuple[Any, dict[str, jax.Array]]:
-    """(the jitted init, its argument: the pretrained arrays placed on their shardings, by
-    parameter path) of `_init_pretrained`."""
+    """(a jitted init, its argument): `init(given)` is a fresh state with the pretrained weights
+    (`given`: placed on their shardings, by parameter path) copied into the plain model's
+    parameters (adapters stay as built), in one program that never draws the weights they
+    replace."""
     abstract = jax.tree.map(lambda x: x, split_adapters(steps.abstract_state.params)[0])
     placed = init_from_pretrained(  # the pretrained arrays, placed; the rest stays abstract
         abstract, s.pretrained, split_adapters(steps.state_sharding.params)[0],

@@ -115,17 +115,14 @@ def check_backbone_shapes(expected: Any, loaded: Any, source: str) -> None:
 
 
 def graft(target: Any, loaded: Any, shardings: Any | None = None) -> Any:
-    """`loaded`'s values (exactly) in `target`'s structure, dtypes and shardings (without
-    shardings, also inside jit: `loaded` may hold traced arrays)."""
-    leaves = jax.tree.leaves(loaded)
+    """`loaded`'s values (exactly) in `target`'s structure, dtypes and shardings."""
+    leaves = [np.asarray(x) for x in jax.tree.leaves(loaded)]
     want = jax.tree.leaves(target)
     if len(leaves) != len(want):
         raise CheckpointError(f"Cannot copy {len(leaves)} tensors into {len(want)} parameters.")
-    if shardings is None:
-        new = [jax.numpy.asarray(x, t.dtype) for x, t in zip(leaves, want)]
-    else:
-        new = [jax.device_put(np.asarray(x).astype(t.dtype), sh)
-               for x, t, sh in zip(leaves, want, jax.tree.leaves(shardings))]
+    shard_leaves = jax.tree.leaves(shardings) if shardings is not None else [None] * len(want)
+    new = [jax.device_put(x.astype(t.dtype), sh) if sh is not None else jax.numpy.asarray(x, t.dtype)
+           for x, t, sh in zip(leaves, want, shard_leaves)]
     return jax.tree.unflatten(jax.tree.structure(target), new)
 
 
@@ -134,7 +131,7 @@ def init_from_pretrained(params: Any, pre: Pretrained, shardings: Any | None, us
     """Params with the pretrained backbone copied in, and the pretrained BERT pooler when a
     classifier's head has one, and the LM head when both models are causal LMs with an untied
     one; everything else keeps its fresh initialisation."""
-    def at(*path: str) -> Any:  # the shardings of a subtree (None: no placement, e.g. in jit)
+    def at(*path: str) -> Any:  # the shardings of a subtree (None: no placement)
         out = shardings
         for key in path:
             out = None if out is None else out[key]

@@ -81,9 +81,10 @@ class Trainer:
     def fit(self, state: TrainState, batches: Iterator[dict], start_step: int = 0) -> TrainState:
         """Train from `start_step` (the state's step) to `total_steps`; returns the last state."""
         pending: StepInfo | None = None
+        hosts = jax.process_count()
         for step in range(start_step + 1, self.total_steps + 1):
             host = next(batches)
-            tokens = int(np.size(host["inputs"])) * jax.process_count() if "inputs" in host else 0
+            tokens = int(np.size(host["inputs"])) * hosts if "inputs" in host else 0
             state, metrics = self.steps.train(state, put_batch(host, self.steps.batch_sharding))
             self._run(pending, deferred=True)  # step-1's metrics: step is already queued
             pending = StepInfo(step, metrics, tokens=tokens)
