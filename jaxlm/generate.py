@@ -110,15 +110,16 @@ class Generator:
                 cb = None if on_tokens is None else (
                     lambda b, ids, s=start, r=real: on_tokens(s + b, ids) if b < r else None)
                 rows = self._run_group(group, [False] * real + [True] * (B - real),
-                                       max_new_tokens, sampling, jax.random.fold_in(key, g), stop,
-                                       cb, chunk)
+                                       max_new_tokens, sampling, (key, g), stop, cb, chunk)
                 out.extend(rows[:real])
         return out
 
     def _run_group(self, prompts: list[list[int]], done: list[bool], num_new: int,
-                   sampling: Sampling, key: jax.Array, stop: np.ndarray,
+                   sampling: Sampling, key: tuple[jax.Array, int], stop: np.ndarray,
                    on_tokens: TokenCallback | None, chunk: int) -> list[list[int]]:
-        """Generate for one batch of prompts, window after window (see the module docstring)."""
+        """Generate for one batch of prompts, window after window (see the module docstring).
+        key: the PRNG key and this group's number (the prefill folds in the group, then the
+        window)."""
         B, limit = len(prompts), self.context_len
         gen: list[list[int]] = [[] for _ in range(B)]
         done = list(done)
@@ -139,8 +140,8 @@ class Generator:
                 pad[b] = P - len(c)
                 tokens[b, pad[b]:] = c
             target = min(N, remaining)
-            state = self.decoder.prefill(self.params, tokens, pad, np.asarray(done),
-                                         jax.random.fold_in(key, window), stop, num_new=N,
+            state = self.decoder.prefill(self.params, tokens, pad, np.asarray(done), key[0],
+                                         np.array([key[1], window], np.int32), stop, num_new=N,
                                          sampling=sampling, filler=self.filler)
             consumed, step = 0, 1
             while True:

@@ -32,10 +32,20 @@ def abstract_params(cfg: ModelConfig, tasks: dict[str, dict],
     differ by root."""
     out: dict[ParamPath, nnx.Variable] = {}
     for task, kw in tasks.items():
-        with nnx.use_eager_sharding(False):
-            model = nnx.eval_shape(lambda: apply_lora(build_model(cfg, task, **kw), lora))
-        out.update(dict(nnx.to_flat_state(nnx.state(model, nnx.Param))))
+        out.update(flat_params(abstract_model(cfg, task, kw, lora)))
     return out
+
+
+def abstract_model(cfg: ModelConfig, task: str, kw: dict, lora: dict | None = None
+                   ) -> nnx.Module:
+    """The model for `task` (build_model kwargs `kw`, `lora`'s adapters) as shapes only."""
+    with nnx.use_eager_sharding(False):
+        return nnx.eval_shape(lambda: apply_lora(build_model(cfg, task, **kw), lora))
+
+
+def flat_params(model: nnx.Module) -> dict[ParamPath, nnx.Variable]:
+    """{param path: Param} of a model."""
+    return dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
 
 
 def to_state(flat: dict[ParamPath, Any], abstract: dict[ParamPath, nnx.Variable]) -> nnx.State:
@@ -112,7 +122,8 @@ def model_from_params(cfg: ModelConfig, task: str, head: dict, flat: dict[ParamP
     no random initialisation is computed and thrown away. `lora`: model.json's adapters."""
     kw = ({k: head[k] for k in ("num_labels", "pooling", "pooler") if k in head}
           if task == "classification" else {})
-    abstract = abstract_params(cfg, {task: kw}, lora)
+    model = abstract_model(cfg, task, kw, lora)
+    abstract = flat_params(model)
     unknown = [path_str(p) for p in flat if p not in abstract]
     missing = [path_str(p) for p in abstract if p not in flat]
     bad = [f"{path_str(p)} {list(a.shape)} vs {list(abstract[p].get_value().shape)}"
@@ -128,11 +139,8 @@ def model_from_params(cfg: ModelConfig, task: str, head: dict, flat: dict[ParamP
             f"{'; '.join(parts)}. The run directory was modified or mixes two runs.",
             culprit=where)
     require_finite(flat, where)
-    with nnx.use_eager_sharding(False):
-        graphdef = nnx.graphdef(nnx.eval_shape(lambda: apply_lora(build_model(cfg, task, **kw),
-                                                                  lora)))
     with jax.default_device(jax.devices()[0]):
-        return nnx.merge(graphdef, to_state(flat, abstract))
+        return nnx.merge(nnx.graphdef(model), to_state(flat, abstract))
 
 
 _EARLIER = ("Pick an earlier checkpoint with --checkpoint STEP (`jaxlm info --run RUN_DIR` lists "

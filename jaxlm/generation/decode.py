@@ -74,13 +74,17 @@ def _nonfinite(logits_BxV: jax.Array, done_B: jax.Array) -> jax.Array:
 
 
 def _prefill(graphdef: nnx.GraphDef, params: Any, tokens_BxP: jax.Array, pad_B: jax.Array,
-            done_B: jax.Array, key: jax.Array, stop_ids: jax.Array, *, num_new: int,
-            sampling: Sampling, filler: int = 0) -> DecodeState:
+            done_B: jax.Array, key: jax.Array, stream: jax.Array, stop_ids: jax.Array, *,
+            num_new: int, sampling: Sampling, filler: int = 0) -> DecodeState:
     """Run the prompts through the model, fill the cache and sample the first new token.
 
     tokens_BxP: left-padded prompts; pad_B: each row's number of padding slots; done_B: rows to
-    skip (they emit `filler`); key: a PRNG key (new token i uses fold_in(key, i)).
+    skip (they emit `filler`); key, stream: a PRNG key and int32 numbers folded into it in turn
+    (the caller's prompt group and window), so that no key program compiles apart from this
+    one; new token i uses fold_in(that key, i).
     """
+    for i in range(stream.shape[0]):
+        key = jax.random.fold_in(key, stream[i])
     model = nnx.merge(graphdef, params)
     B, P = tokens_BxP.shape
     cache = new_cache(model.backbone.cfg, B, P + num_new - 1)
