@@ -42,8 +42,10 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-# training commands that switch malloc only when their steps repeat one shape (the config says)
-SHAPE_AWARE_MALLOC = ("pretrain", "finetune")
+# training commands (they restart with huge pages where the kernel waits to be asked)
+TRAINING = ("pretrain", "finetune")
+# commands that switch malloc as their config's train step needs (`commands.tune_host_malloc`)
+SHAPE_AWARE_MALLOC = (*TRAINING, "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         from jaxlm.host_memory import allow_reuse, reuse_freed_host_memory
         if getattr(args, "command", None) in SHAPE_AWARE_MALLOC:
             allow_reuse()  # the command decides from its config (commands.tune_host_malloc)
-        else:
-            reuse_freed_host_memory()
+        else:  # a few executions, compilation first: thread arenas (jaxlm.host_memory)
+            reuse_freed_host_memory(one_arena=False)
         use_compilation_cache()
     if not getattr(args, "func", None):
         parser.print_help()
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 def _trains(argv: list[str]) -> bool:
     """Whether `argv` runs a training command (not only asks for its help): only a job of many
     steps gains more from huge pages than a restart costs."""
-    return bool(argv) and argv[0] in SHAPE_AWARE_MALLOC and not {"-h", "--help"} & set(argv)
+    return bool(argv) and argv[0] in TRAINING and not {"-h", "--help"} & set(argv)
 
 
 def _rerun(argv: list[str], retry: tuple[str, ...]) -> list[str]:

@@ -1,12 +1,20 @@
 """Keep freed host memory for reuse, so that XLA:CPU stops page-faulting its step buffer.
 
-XLA:CPU allocates each execution's temporary buffer (hundreds of MB for a mid-sized model's
-train step) with posix_memalign from a worker thread. glibc serves a request that large in a
-thread's arena only with a fresh mmap, and unmaps it when it is freed, so on every step the kernel
-faults in and zeroes every page again, a large share of the step's CPU time. With one arena (the
-main, brk-grown heap), no mmap and no trimming, the buffer is reused from step to step
+XLA:CPU allocates each execution's temporary buffer (tens of MB for a small model's train step,
+hundreds for a mid-sized one) with posix_memalign from a worker thread. glibc serves a request
+that large with a fresh mmap, and unmaps it when it is freed, so on every step the kernel faults
+in and zeroes every page again, a large share of the step's CPU time. With no mmap and no
+trimming, freed blocks stay in the heap and the buffer is reused from step to step
 (benchmarks/profile_train_step.py prints the step time, page faults and kernel time; run it with
 and without JAXLM_HOST_MALLOC=system).
+
+A thread's arena grows by heaps of at most THREAD_HEAP_BYTES, and glibc mmaps a larger block
+afresh whatever the settings say; such a buffer is reused only when every thread allocates from
+the one main (brk-grown) heap: `one_arena`. But one arena means one malloc lock for all of
+XLA's threads, which slows a small model's train step and every compilation
+(benchmarks/host_malloc_arenas.py prints both for the main job's step), so the `jaxlm` command
+asks for it only when its estimate of the step's buffer (`jaxlm.commands.step_buffer_estimate`)
+exceeds a thread's heap.
 
 It has to run before the XLA backend starts its threads (glibc binds a thread to an arena at its
 first allocation and fixes the arena limit then). Importing jaxlm does not apply it (a library does
@@ -20,10 +28,8 @@ JAX (its training commands only when every train step has one shape, see
 
 Its costs: the process keeps its peak heap, as any caching allocator does; small allocations
 now and then split a freed buffer, so that a step finds none whole and grows the heap by one
-more, until it holds a few (tests/test_host_memory.py shows both); and threads share one malloc
-lock, which slows XLA compilation a little (benchmarks/profile_train_step.py prints peak memory
-and compile time; run it with and without JAXLM_HOST_MALLOC=system). A job of more than a
-handful of steps gains; `JAXLM_HOST_MALLOC=system` turns it off.
+more, until it holds a few (tests/test_host_memory.py shows both); with one arena, the shared lock
+above. A job of more than a handful of steps gains; `JAXLM_HOST_MALLOC=system` turns it off.
 
 The `jaxlm` command's training commands leave it off when their steps have several shapes (a
 classifier's length buckets): each shape's buffer splits the ones freed before it, so the heap
@@ -46,8 +52,12 @@ import os
 import sys
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+# The largest heap of a thread's arena (glibc's HEAP_MAX_SIZE on 64-bit): a larger block asked
+# for from a thread's arena is mmapped afresh (and unmapped when freed), whatever mallopt says.
+THREAD_HEAP_BYTES = 64 << 20
 SETTING = "JAXLM_HOST_MALLOC"  # system | reuse | unset
 _applied = False
+_one_arena = False
 _allowed = False
 
 
@@ -94,16 +104,26 @@ def applied() -> bool:
     return _applied
 
 
-def reuse_freed_host_memory(when_allowed: bool = False) -> bool:
-    """Switch glibc malloc to one arena without mmap or trimming, for the whole process, so that
-    XLA:CPU reuses each step's temporary buffer instead of page-faulting it in again (a CPU train
-    step runs faster; see the module docstring for the costs). Call it before JAX starts its
-    backend (the first computation or device query); the `jaxlm` command calls it for you.
+def setting() -> str:
+    """This process's malloc: "system", "reuse, one arena" or "reuse, thread arenas"."""
+    if not _applied:
+        return "system"
+    return "reuse, one arena" if _one_arena else "reuse, thread arenas"
+
+
+def reuse_freed_host_memory(when_allowed: bool = False, *, one_arena: bool = True) -> bool:
+    """Switch glibc malloc to keep freed memory (no mmap, no trimming) for the whole process, so
+    that XLA:CPU reuses each step's temporary buffer instead of page-faulting it in again (a CPU
+    train step runs faster; see the module docstring for the costs). With `one_arena` (for steps
+    whose buffer is larger than a thread's heap, THREAD_HEAP_BYTES) every thread allocates from
+    the main heap; without it threads keep their own arenas, which is faster for smaller buffers.
+    Call it before JAX starts its backend (the first computation or device query); the `jaxlm`
+    command calls it for you.
 
     Returns True when it was applied (or had been). Does nothing off Linux/glibc, when JAX will
     not run on the CPU (`will_run_on_cpu`), or with JAXLM_HOST_MALLOC=system; with
     `when_allowed`, nothing unless `allow_reuse` was called."""
-    global _applied
+    global _applied, _one_arena
     if _applied:
         return True
     if when_allowed and not _allowed:
@@ -112,9 +132,9 @@ def reuse_freed_host_memory(when_allowed: bool = False) -> bool:
     if libc is None or requested() == "system" or not will_run_on_cpu():
         return False
     mallopt = libc.mallopt
-    ok = (mallopt(_M_ARENA_MAX, 1) == 1 and mallopt(_M_MMAP_MAX, 0) == 1
+    ok = ((not one_arena or mallopt(_M_ARENA_MAX, 1) == 1) and mallopt(_M_MMAP_MAX, 0) == 1
           and mallopt(_M_TRIM_THRESHOLD, -1) == 1)  # -1: SIZE_MAX, never trim
-    _applied = bool(ok)
+    _applied, _one_arena = bool(ok), one_arena
     return _applied
 
 

@@ -6,28 +6,32 @@ import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from typing import NamedTuple
 
+import jax
 import pytest
 
-from jaxlm.host_memory import will_run_on_cpu
+from jaxlm.host_memory import THREAD_HEAP_BYTES as THREAD_HEAP, will_run_on_cpu
 
-# A jitted step whose temporary buffer (134 MB) is far above glibc's largest mmap threshold (32 MB).
+# A jitted step whose temporary buffer (134 MB for N=4096) is far above glibc's largest mmap
+# threshold (32 MB) and a thread arena's heap (64 MB); N=2560 gives one between the two.
 PROBE = textwrap.dedent("""
     import os, resource, sys
     os.environ["JAX_PLATFORMS"] = "cpu"
     import jaxlm
-    jaxlm.reuse_freed_host_memory()  # before JAX starts its backend
+    N, ONE_ARENA = int(os.environ.get("PROBE_N", 4096)), os.environ.get("PROBE_ARENAS") != "threads"
+    jaxlm.reuse_freed_host_memory(one_arena=ONE_ARENA)  # before JAX starts its backend
     import jax, jax.numpy as jnp
     from jaxlm.host_memory import reuse_freed_host_memory
 
     @jax.jit
     def step(x):
-        y = jnp.tanh(x @ x.T)            # [4096, 4096] float32 intermediate: 64 MB
+        y = jnp.tanh(x @ x.T)            # [N, N] float32 intermediate: 64 MB for N=4096
         z = jnp.exp(y) * 2.0 + y         # more large temporaries
         return (z @ x).sum() + (jnp.sin(y) @ x).sum()
 
-    x = jnp.ones((4096, 64), jnp.float32) / 64
+    x = jnp.ones((N, 64), jnp.float32) / 64
     faults = []  # per step
     for _ in range(30):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -98,6 +102,55 @@ def test_step_buffer_is_reused_instead_of_page_faulted_in_every_step():
                     f"faulted the step buffer in, although malloc kept it:\n{on.report}")
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
+def test_threads_keep_their_arenas_and_reuse_a_buffer_that_fits_their_heaps():
+    """Without one arena (XLA's threads keep their own locks), a buffer smaller than a thread's
+    heap is still reused: never mmapped, not faulted in again step after step. glibc's defaults
+    mmap it afresh every step."""
+    off = _probe(JAXLM_HOST_MALLOC="system", PROBE_N="2560")
+    assert off.max_mmapped >= off.temp and _refaulted(off) > 0.9, off.report
+    on = _probe(PROBE_N="2560", PROBE_ARENAS="threads")
+    assert on.applied and on.arenas > 1 and 32 << 20 < on.temp < THREAD_HEAP, on.report
+    assert on.max_mmapped < on.temp and _refaulted(on) < 0.25, on.report
+
+
+def test_the_step_buffer_estimate_errs_high_and_picks_one_arena_only_for_large_steps():
+    """The estimate is made before JAX starts, from the config; it must not fall below the buffer
+    XLA assigns (a buffer past a thread's heap would be mmapped every step), and the main job's
+    small step keeps its threads' arenas while a 16x batch asks for one arena."""
+    import dataclasses
+
+    import numpy as np
+
+    from jaxlm.commands import step_buffer_estimate
+    from jaxlm.config import load_config
+    from jaxlm.host_memory import THREAD_HEAP_BYTES
+    from jaxlm.models import build_model
+    from jaxlm.sharding import make_mesh, use_mesh
+    from jaxlm.tasks import LOSSES
+    from jaxlm.train.optim import build_optimizer
+    from jaxlm.train.steps import compile_steps, put_batch
+
+    main = load_config(Path(__file__).parents[1] / "configs/shakespeare_char.yaml")
+    large = dataclasses.replace(main, train=dataclasses.replace(main.train, batch_size=192))
+    assert step_buffer_estimate(main) < THREAD_HEAP_BYTES < step_buffer_estimate(large)
+    for cfg in (main, large):
+        B, T = cfg.train.batch_size, cfg.data.seq_len
+        toks = np.zeros((B, T + 1), np.int32)
+        host = {"inputs": toks[:, :-1], "targets": toks[:, 1:],
+                "weights": np.ones((B, T), np.float32)}
+        model_cfg = dataclasses.replace(cfg.model, vocab_size=65)  # the char vocabulary
+        mesh = make_mesh(num_devices=1)
+        tx, lr = build_optimizer(cfg.optim, cfg.train.steps)
+        with use_mesh(mesh):
+            steps = compile_steps(lambda: build_model(model_cfg, "causal", seed=0), tx,
+                                  LOSSES["causal"], lr, mesh)
+            state = jax.eval_shape(steps.init)
+            batch = put_batch(host, steps.batch_sharding)
+            temp = steps.train.lower(state, batch).compile().memory_analysis().temp_size_in_bytes
+        assert 0.3 * step_buffer_estimate(cfg) < temp <= step_buffer_estimate(cfg), (B, temp)
+
+
 def test_applies_only_where_jax_runs_on_cpu():
     assert will_run_on_cpu({"JAX_PLATFORMS": "cpu"}, ["/dev/nvidia0"])
     assert not will_run_on_cpu({"JAX_PLATFORMS": "cuda"}, [])
@@ -108,13 +161,14 @@ def test_applies_only_where_jax_runs_on_cpu():
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
 def test_the_command_applies_it_and_importing_jaxlm_does_not():
+    """Commands that do not train (a few executions, compilation first) keep thread arenas."""
     code = ("import sys; import jaxlm, jaxlm.cli; from jaxlm import host_memory as h; "
             "before = h.applied(); sys.argv = ['jaxlm']; jaxlm.cli.main(); "
-            "print(before, h.applied())")
+            "print(before, h.applied(), h.setting().replace(' ', '_'))")
     env = {k: v for k, v in os.environ.items() if k != "JAXLM_HOST_MALLOC"}
     out = subprocess.run([sys.executable, "-c", code], env={**env, "JAX_PLATFORMS": "cpu"},
                          capture_output=True, text=True, timeout=300)
-    assert out.stdout.split()[-2:] == ["False", "True"], out.stderr[-2000:]
+    assert out.stdout.split()[-3:] == ["False", "True", "reuse,_thread_arenas"], out.stderr[-2000:]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
@@ -134,7 +188,8 @@ def test_training_commands_reuse_only_when_every_step_has_one_shape():
         "print(tune_host_malloc(cls), tune_host_malloc(gen), h.applied())\n"
         "lm = config_from_dict({'train': {'task': 'causal'}})\n"
         "from jax._src import xla_bridge\n"
-        "print(tune_host_malloc(lm), h.applied(), xla_bridge.backends_are_initialized())\n")
+        "print(tune_host_malloc(lm), h.applied(), xla_bridge.backends_are_initialized())\n"
+        "print(h.setting())\n")
     env = {k: v for k, v in os.environ.items() if k != "JAXLM_HOST_MALLOC"}
     out = subprocess.run([sys.executable, "-c", code], env={**env, "JAX_PLATFORMS": "cpu"},
                          capture_output=True, text=True, timeout=300)
@@ -142,6 +197,7 @@ def test_training_commands_reuse_only_when_every_step_has_one_shape():
     assert lines[0] == "2 False True", out.stderr[-2000:]
     assert lines[1] == "False False False"
     assert lines[2] == "True True False"
+    assert lines[3] == "reuse, thread arenas"  # the default model's step fits a thread's heap
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")

@@ -81,12 +81,29 @@ def generation_args(args: argparse.Namespace) -> dict[str, Any]:
 def tune_host_malloc(cfg: Any) -> bool:
     """Switch malloc to reuse freed memory (`jaxlm.host_memory`) when the `jaxlm` command
     allowed it and every train step has the same shapes: then XLA:CPU's step buffer is reused
-    from step to step. Steps of several shapes (a classifier's length buckets, unpacked
-    generative rows) allocate buffers of several sizes, which fragment the one heap and keep
-    its peak resident well above a peer's (benchmarks/headline.py's MiniLM job), unless
+    from step to step; with one arena only when the step's buffer may not fit a thread's heap
+    (`step_buffer_estimate`). Steps of several shapes (a classifier's length buckets, unpacked
+    generative rows) allocate buffers of several sizes, which fragment the heap and keep its
+    peak resident well above a peer's (benchmarks/headline.py's MiniLM job), unless
     JAXLM_HOST_MALLOC=reuse asks for speed at that memory. Call it before JAX starts."""
-    from jaxlm.host_memory import requested, reuse_freed_host_memory
+    from jaxlm.host_memory import THREAD_HEAP_BYTES, requested, reuse_freed_host_memory
     task = cfg.train.task
     one_shape = (task not in ("classification", "generative")
                  or (task == "generative" and cfg.generative.packing))
-    return (one_shape or requested() == "reuse") and reuse_freed_host_memory(when_allowed=True)
+    one_arena = step_buffer_estimate(cfg) > THREAD_HEAP_BYTES
+    return ((one_shape or requested() == "reuse")
+            and reuse_freed_host_memory(when_allowed=True, one_arena=one_arena))
+
+
+def step_buffer_estimate(cfg: Any) -> int:
+    """Bytes of XLA's temporary buffer for one train step of `cfg`, estimated from the config
+    alone (JAX must not start before malloc is set): per token of a micro-batch, each layer's
+    activations kept for the backward (about 6 d_model + 2 d_ff values and the attention weights
+    of every head), the logits' few copies, in float32, with a margin. It errs high
+    (benchmarks/host_malloc_arenas.py prints it against the buffer XLA assigned)."""
+    m = cfg.model
+    d_ff = m.d_ff or 4 * m.d_model
+    vocab = m.vocab_size or cfg.data.tokenizer.vocab_size or 256  # char vocabularies are small
+    tokens = -(-cfg.train.batch_size // cfg.train.grad_accum) * cfg.data.seq_len
+    per_token = m.num_layers * (6 * m.d_model + 2 * d_ff + 2 * m.num_heads * cfg.data.seq_len)
+    return int(2 * 4 * tokens * (per_token + 3 * vocab))

@@ -26,6 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run `jaxlm bench` with parsed arguments; returns the exit code."""
+    from jaxlm.commands import tune_host_malloc
     from jaxlm.config import load_config
     from jaxlm.distributed import initialize
     from jaxlm.errors import ConfigError
@@ -35,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--steps must be >= 1 and --warmup >= 0, got {args.steps} and "
                           f"{args.warmup}.", culprit="--steps")
     cfg = load_config(args.config, args.overrides)
+    tune_host_malloc(cfg)  # as training would, before JAX starts
     initialize(cfg.distributed)
     result = bench(cfg, steps=args.steps, warmup=args.warmup, compile_only=args.compile_only,
                    peak_tflops=args.peak_tflops)
