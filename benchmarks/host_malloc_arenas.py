@@ -14,12 +14,10 @@ decides between the two reuse settings before JAX starts.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
-import sys
 from pathlib import Path
+
+from measure_child import json_child
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = ("one arena", "thread arenas", "system")
@@ -27,32 +25,25 @@ SETTINGS = ("one arena", "thread arenas", "system")
 CHILD = r"""
 import json, os, resource, sys, time
 setting, steps = sys.argv[1], int(sys.argv[2])
+os.environ.pop("JAXLM_HOST_MALLOC", None)  # the setting under test, whatever the caller's
 sys.path.insert(0, REPO)
 from jaxlm.host_memory import reuse_freed_host_memory
 if setting != "system":
     assert reuse_freed_host_memory(one_arena=setting == "one arena")
 import dataclasses
-import jax, numpy as np
+import jax
 jax.config.update("jax_enable_compilation_cache", False)
 from jaxlm.config import load_config
-from jaxlm.models import build_model
-from jaxlm.sharding import make_mesh, use_mesh
-from jaxlm.tasks import LOSSES
-from jaxlm.train.optim import build_optimizer
-from jaxlm.train.steps import compile_steps, put_batch
+from jaxlm.sharding import use_mesh
+from jaxlm.train.bench import _batch_arrays, build_steps
+from jaxlm.train.steps import put_batch
 cfg = load_config(os.path.join(REPO, "configs/shakespeare_char.yaml"))
-B, T = cfg.train.batch_size, cfg.data.seq_len
-toks = np.random.default_rng(0).integers(0, 65, (B, T + 1)).astype(np.int32)
-host = {"inputs": toks[:, :-1], "targets": toks[:, 1:], "weights": np.ones((B, T), np.float32)}
-model_cfg = dataclasses.replace(cfg.model, vocab_size=65)
-mesh = make_mesh(num_devices=1)
-tx, lr = build_optimizer(cfg.optim, cfg.train.steps)
+cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=65))
 t0 = time.perf_counter()
-with use_mesh(mesh):
-    compiled = compile_steps(lambda: build_model(model_cfg, "causal", seed=0), tx,
-                             LOSSES["causal"], lr, mesh)
+compiled, model_cfg, mesh = build_steps(cfg)  # as `jaxlm pretrain` builds them
+with use_mesh(mesh, cfg.mesh.rules):
     state = compiled.init()
-    batch = put_batch(host, compiled.batch_sharding)
+    batch = put_batch(_batch_arrays(cfg, 65), compiled.batch_sharding)
     state, m = compiled.train(state, batch)
     jax.block_until_ready(state)
     first = time.perf_counter() - t0
@@ -72,14 +63,9 @@ print(json.dumps({"first_step_s": first, "step_s": sorted(times)[len(times) // 2
 TEMP = r"""
 import dataclasses, json, sys
 sys.path.insert(0, REPO)
-import jax, numpy as np
 from jaxlm.commands import step_buffer_estimate
 from jaxlm.config import config_from_dict, load_config
-from jaxlm.models import build_model
-from jaxlm.sharding import make_mesh, use_mesh
-from jaxlm.tasks import LOSSES
-from jaxlm.train.optim import build_optimizer
-from jaxlm.train.steps import compile_steps, put_batch
+from jaxlm.train.bench import bench
 sys.path.insert(0, REPO + "/benchmarks")
 from train_step_vs_torch import jaxlm_config
 out = {}
@@ -88,30 +74,15 @@ for name, cfg in (("main job", load_config(REPO + "/configs/shakespeare_char.yam
     estimate = step_buffer_estimate(cfg)  # from the config as written, as the command does
     if not cfg.model.vocab_size:  # the main job's character vocabulary
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=65))
-    B, T = cfg.train.batch_size, cfg.data.seq_len
-    toks = np.zeros((B, T + 1), np.int32)
-    host = {"inputs": toks[:, :-1], "targets": toks[:, 1:], "weights": np.ones((B, T), np.float32)}
-    mesh = make_mesh(num_devices=1)
-    tx, lr = build_optimizer(cfg.optim, cfg.train.steps)
-    with use_mesh(mesh):
-        steps = compile_steps(lambda: build_model(cfg.model, "causal", seed=0), tx,
-                              LOSSES["causal"], lr, mesh)
-        state = steps.init()
-        batch = put_batch(host, steps.batch_sharding)
-        temp = steps.train.lower(state, batch).compile().memory_analysis().temp_size_in_bytes
+    temp = bench(cfg, compile_only=True).memory["temp"]  # what XLA assigned, nothing run
     out[name] = {"xla_temp_mb": temp / 2**20, "estimate_mb": estimate / 2**20}
 print(json.dumps(out))
 """
 
 
 def child(code: str, *args: str) -> dict:
-    """Run `code` in a fresh interpreter (malloc is set before JAX starts); its JSON line."""
-    env = {k: v for k, v in os.environ.items() if k not in ("JAXLM_HOST_MALLOC", "XLA_FLAGS")}
-    out = subprocess.run([sys.executable, "-c", code.replace("REPO", repr(str(REPO))), *args],
-                         capture_output=True, text=True, env={**env, "JAX_PLATFORMS": "cpu"})
-    if out.returncode:
-        raise RuntimeError(out.stderr[-3000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    """`code` (REPO: this repository) in a fresh CPU process: malloc is set before JAX starts."""
+    return json_child(code.replace("REPO", repr(str(REPO))), *args)
 
 
 def main() -> None:

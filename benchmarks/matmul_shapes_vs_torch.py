@@ -13,13 +13,9 @@ thread pool). Prints microseconds per product and the ratio PyTorch / jax (below
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
 
-SHAPES = [(128, 384), (128, 512), (512, 128)]
-KINDS = ("forward", "input grad", "weight grad")
+from measure_child import json_child
 
 CHILD = r"""
 import json, os, sys, time
@@ -61,13 +57,7 @@ print(json.dumps(out))
 
 def run(cores: int, framework: str, rounds: int, reps: int) -> dict[str, float]:
     """Microseconds per product for one framework on `cores` cores, from a fresh process."""
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    out = subprocess.run([sys.executable, "-c", CHILD, str(cores), framework, str(rounds),
-                          str(reps)], capture_output=True, text=True,
-                         env={**env, "JAX_PLATFORMS": "cpu"})
-    if out.returncode:
-        raise RuntimeError(out.stderr[-3000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return json_child(CHILD, str(cores), framework, str(rounds), str(reps))
 
 
 def main() -> None:

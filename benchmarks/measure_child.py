@@ -8,6 +8,10 @@ MiB. It starts the clock just before the spawn and passes that time to the child
 $HEADLINE_SPAWN_TIME (so a child can time itself from its own start).
 
     python -S benchmarks/measure_child.py OUT.json COMMAND [ARGS...]
+
+`json_child` is the other way benchmarks run a child: a Python snippet in a fresh CPU process
+(so malloc settings, thread affinity or XLA flags are chosen before JAX starts), its result the
+JSON object it prints last.
 """
 import json
 import os
@@ -29,6 +33,17 @@ def main() -> int:
                    "peak_rss_mib": usage.ru_maxrss / 1024.0,  # Linux reports KiB
                    "user_s": usage.ru_utime, "sys_s": usage.ru_stime}, f)
     return 0
+
+
+def json_child(code: str, *args: str) -> dict:
+    """Run `python -c code args` on the CPU without the caller's XLA_FLAGS; the JSON object on
+    its last line of output (RuntimeError with its stderr if it fails)."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                         env={**env, "JAX_PLATFORMS": "cpu"})
+    if out.returncode:
+        raise RuntimeError(out.stderr[-3000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ def apply_params(model: nnx.Module, params: nnx.State) -> tuple[list[str], list[
     """Copy `params` into `model` where the paths match; returns (fresh, unused): the model's
     parameters left at their init (e.g. a new classifier) and the given ones the model has no
     place for (e.g. an MLM head when fine-tuning a classifier). A shape mismatch is an error."""
-    current = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+    current = flat_params(model)
     given = dict(nnx.to_flat_state(params))
     bad = [f"{path_str(p)} {list(v.get_value().shape)} vs model {list(current[p].get_value().shape)}"
            for p, v in given.items() if p in current

@@ -9,7 +9,6 @@ import textwrap
 from pathlib import Path
 from typing import NamedTuple
 
-import jax
 import pytest
 
 from jaxlm.host_memory import THREAD_HEAP_BYTES as THREAD_HEAP, will_run_on_cpu
@@ -120,34 +119,20 @@ def test_the_step_buffer_estimate_errs_high_and_picks_one_arena_only_for_large_s
     small step keeps its threads' arenas while a 16x batch asks for one arena."""
     import dataclasses
 
-    import numpy as np
-
     from jaxlm.commands import step_buffer_estimate
     from jaxlm.config import load_config
     from jaxlm.host_memory import THREAD_HEAP_BYTES
-    from jaxlm.models import build_model
-    from jaxlm.sharding import make_mesh, use_mesh
-    from jaxlm.tasks import LOSSES
-    from jaxlm.train.optim import build_optimizer
-    from jaxlm.train.steps import compile_steps, put_batch
+    from jaxlm.train.bench import bench
 
     main = load_config(Path(__file__).parents[1] / "configs/shakespeare_char.yaml")
     large = dataclasses.replace(main, train=dataclasses.replace(main.train, batch_size=192))
     assert step_buffer_estimate(main) < THREAD_HEAP_BYTES < step_buffer_estimate(large)
     for cfg in (main, large):
-        B, T = cfg.train.batch_size, cfg.data.seq_len
-        toks = np.zeros((B, T + 1), np.int32)
-        host = {"inputs": toks[:, :-1], "targets": toks[:, 1:],
-                "weights": np.ones((B, T), np.float32)}
-        model_cfg = dataclasses.replace(cfg.model, vocab_size=65)  # the char vocabulary
-        mesh = make_mesh(num_devices=1)
-        tx, lr = build_optimizer(cfg.optim, cfg.train.steps)
-        with use_mesh(mesh):
-            steps = compile_steps(lambda: build_model(model_cfg, "causal", seed=0), tx,
-                                  LOSSES["causal"], lr, mesh)
-            state = jax.eval_shape(steps.init)
-            batch = put_batch(host, steps.batch_sharding)
-            temp = steps.train.lower(state, batch).compile().memory_analysis().temp_size_in_bytes
+        B = cfg.train.batch_size
+        # the step `jaxlm pretrain` compiles, on one device, with the char vocabulary
+        one = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=65),
+                                  mesh=dataclasses.replace(cfg.mesh, num_devices=1))
+        temp = bench(one, compile_only=True).memory["temp"]
         assert 0.3 * step_buffer_estimate(cfg) < temp <= step_buffer_estimate(cfg), (B, temp)
 
 
