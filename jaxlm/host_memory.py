@@ -10,11 +10,18 @@ and without JAXLM_HOST_MALLOC=system).
 
 A thread's arena grows by heaps of at most THREAD_HEAP_BYTES, and glibc mmaps a larger block
 afresh whatever the settings say; such a buffer is reused only when every thread allocates from
-the one main (brk-grown) heap: `one_arena`. But one arena means one malloc lock for all of
-XLA's threads, which slows a small model's train step and every compilation
+the one main (brk-grown) heap: `one_arena`. But one arena means one malloc lock for all of XLA's
+threads, which slows a small model's train step and every compilation
 (benchmarks/host_malloc_arenas.py prints both for the main job's step), so the `jaxlm` command
 asks for it only when its estimate of the step's buffer (`jaxlm.commands.step_buffer_estimate`)
 exceeds a thread's heap.
+
+A thread's arena also unmaps a heap of its own once everything in it is freed, whatever the trim
+threshold, unless its top pad is a whole heap. Without that pad, a buffer that does not fit beside
+what its arena already holds gets a heap to itself and is faulted in afresh on every step, in
+some processes and not others as XLA's threads and arenas happen to pair up
+(tests/test_host_memory.py shows the case). Thread arenas therefore come with a top pad of
+THREAD_HEAP_BYTES: address space only, as pages are touched only when used.
 
 It has to run before the XLA backend starts its threads (glibc binds a thread to an arena at its
 first allocation and fixes the arena limit then). Importing jaxlm does not apply it (a library does
@@ -51,7 +58,7 @@ import glob
 import os
 import sys
 
-_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -2, -4, -8
 # The largest heap of a thread's arena (glibc's HEAP_MAX_SIZE on 64-bit): a larger block asked
 # for from a thread's arena is mmapped afresh (and unmapped when freed), whatever mallopt says.
 THREAD_HEAP_BYTES = 64 << 20
@@ -116,7 +123,8 @@ def reuse_freed_host_memory(when_allowed: bool = False, *, one_arena: bool = Tru
     that XLA:CPU reuses each step's temporary buffer instead of page-faulting it in again (a CPU
     train step runs faster; see the module docstring for the costs). With `one_arena` (for steps
     whose buffer is larger than a thread's heap, THREAD_HEAP_BYTES) every thread allocates from
-    the main heap; without it threads keep their own arenas, which is faster for smaller buffers.
+    the main heap; without it threads keep their own arenas, which is faster for smaller buffers,
+    and keep their emptied heaps (top pad THREAD_HEAP_BYTES) instead of unmapping them.
     Call it before JAX starts its backend (the first computation or device query); the `jaxlm`
     command calls it for you.
 
@@ -132,7 +140,8 @@ def reuse_freed_host_memory(when_allowed: bool = False, *, one_arena: bool = Tru
     if libc is None or requested() == "system" or not will_run_on_cpu():
         return False
     mallopt = libc.mallopt
-    ok = ((not one_arena or mallopt(_M_ARENA_MAX, 1) == 1) and mallopt(_M_MMAP_MAX, 0) == 1
+    arenas = mallopt(_M_ARENA_MAX, 1) if one_arena else mallopt(_M_TOP_PAD, THREAD_HEAP_BYTES)
+    ok = (arenas == 1 and mallopt(_M_MMAP_MAX, 0) == 1
           and mallopt(_M_TRIM_THRESHOLD, -1) == 1)  # -1: SIZE_MAX, never trim
     _applied, _one_arena = bool(ok), one_arena
     return _applied

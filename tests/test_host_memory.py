@@ -113,6 +113,52 @@ def test_threads_keep_their_arenas_and_reuse_a_buffer_that_fits_their_heaps():
     assert on.max_mmapped < on.temp and _refaulted(on) < 0.25, on.report
 
 
+# A thread whose arena holds 30 MB allocates, fills and frees a 50 MB buffer ten times (glibc
+# only, no JAX): the buffer does not fit beside the 30 MB in the arena's first 64 MB heap.
+EMPTIED_HEAP_PROBE = textwrap.dedent("""
+    import ctypes, resource, sys, threading
+    import jaxlm
+    print(jaxlm.reuse_freed_host_memory(one_arena=False))
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+    MB, faults = 1 << 20, []
+    def work():
+        held = libc.malloc(30 * MB)
+        ctypes.memset(held, 1, 30 * MB)
+        for _ in range(10):
+            before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+            buffer = libc.malloc(50 * MB)
+            ctypes.memset(buffer, 1, 50 * MB)
+            libc.free(buffer)
+            faults.append(resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before)
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    print(*faults)
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
+@pytest.mark.parametrize("setting", ["system", ""])
+def test_a_thread_arena_keeps_a_heap_it_emptied(setting):
+    """glibc unmaps a thread arena's heap once all of it is free, so a buffer that got a heap of
+    its own is faulted in again on every step (12,800 4 KB pages for 50 MB); jaxlm's top pad
+    keeps the heap, and only the first step faults the buffer in."""
+    env = {k: v for k, v in os.environ.items() if k not in ("JAXLM_HOST_MALLOC", "GLIBC_TUNABLES")}
+    out = subprocess.run([sys.executable, "-c", EMPTIED_HEAP_PROBE],
+                         env={**env, "JAXLM_HOST_MALLOC": setting, "JAX_PLATFORMS": "cpu"},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    applied, faults = out.stdout.splitlines()
+    faults = [int(f) for f in faults.split()]
+    pages = (50 << 20) // 4096
+    assert faults[0] > 0.9 * pages, faults  # the first step faults the buffer in
+    if setting == "system":
+        assert applied == "False" and min(faults[1:]) > 0.9 * pages, faults
+    else:
+        assert applied == "True" and max(faults[1:]) < 0.01 * pages, faults
+
+
 def test_the_step_buffer_estimate_errs_high_and_picks_one_arena_only_for_large_steps():
     """The estimate is made before JAX starts, from the config; it must not fall below the buffer
     XLA assigns (a buffer past a thread's heap would be mmapped every step), and the main job's
