@@ -198,6 +198,25 @@ def test_random_windows_host_shards_partition_the_global_batch():
         assert np.array_equal(np.concatenate([p["inputs"] for p in parts]), g["inputs"])
 
 
+def test_random_windows_rows_are_the_documented_draws():
+    """Row j of step s is the window at the offset drawn from default_rng([seed, s * B + j]):
+    the data a run sees (and so its losses) stays what earlier releases gave, whatever the
+    pipeline's internals, and a checkpoint's iterator position counts batches."""
+    stream = np.arange(3, 5_003, dtype=np.uint16)
+    T, B = 16, 6
+    it = iter(train_dataset(stream, seq_len=T, global_batch=B, num_steps=7, seed=5))
+    for s in range(4):
+        batch = next(it)
+        assert batch["inputs"].dtype == np.int32 and batch["weights"].dtype == np.float32
+        for j in range(B):
+            off = int(np.random.default_rng([5, s * B + j]).integers(0, len(stream) - T))
+            window = stream[off:off + T + 1].astype(np.int32)
+            assert np.array_equal(batch["inputs"][j], window[:-1])
+            assert np.array_equal(batch["targets"][j], window[1:])
+        assert np.all(batch["weights"] == 1)
+    assert it.get_state()["grain"] == {"next_index": 4}
+
+
 # ---------------------------------------------------------------------------------------------
 # Masked LM
 

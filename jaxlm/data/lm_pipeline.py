@@ -64,6 +64,13 @@ def to_lm_example(window: np.ndarray) -> dict[str, np.ndarray]:
             "weights": np.ones(len(window) - 1, np.float32)}
 
 
+def to_lm_batch(windows: np.ndarray) -> dict[str, np.ndarray]:
+    """`to_lm_example` for a [b, T+1] stack of windows at once."""
+    windows = np.asarray(windows, np.int32)
+    inputs, targets = np.ascontiguousarray(windows[:, :-1]), np.ascontiguousarray(windows[:, 1:])
+    return {"inputs": inputs, "targets": targets, "weights": np.ones(targets.shape, np.float32)}
+
+
 def to_mlm_example(window: np.ndarray, mask: MaskSpec, seed: int, row: int
                    ) -> dict[str, np.ndarray]:
     """The first T tokens of a window of T+1, corrupted for masked LM with rng (seed, row)."""
@@ -97,25 +104,23 @@ def train_dataset(tokens: np.ndarray, *, seq_len: int, global_batch: int, num_st
     check_corpus(tokens, seq_len, "training corpus")
     total = num_steps * global_batch
     if sampling == "random_windows":
-        base: Any = grain.MapDataset.source(RandomWindows(tokens, seq_len, seed, total))
+        base: Any = RandomWindows(tokens, seq_len, seed, total)
     else:
         chunks = grain.MapDataset.source(Chunks(tokens, seq_len))
         epochs = math.ceil(total / len(chunks))
         base = chunks.repeat(epochs).shuffle(seed=seed)
     b, first = host_rows(global_batch, process_index, process_count)
 
-    def global_row(i: int) -> int:
-        step, j = divmod(i, b)
-        return step * global_batch + first + j
+    def batch(step: int) -> dict[str, np.ndarray]:
+        # One grain element per batch, not per row: grain's per-element cost is most of a small
+        # batch's, and the rows (and so the iterator's state, a batch count) are the same.
+        rows = range(step * global_batch + first, step * global_batch + first + b)
+        if mask is None:
+            return to_lm_batch(np.stack([base[g] for g in rows]))
+        examples = [to_mlm_example(base[g], mask, seed, g) for g in rows]
+        return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
 
-    def example(i: int) -> dict[str, np.ndarray]:
-        g = global_row(i)
-        if mask is not None:
-            return to_mlm_example(base[g], mask, seed, g)
-        return to_lm_example(base[g])
-
-    ds = grain.MapDataset.range(num_steps * b).map(example)
-    ds = ds.batch(b, drop_remainder=True)
+    ds = grain.MapDataset.range(num_steps).map(batch)
     return Batches(ds.to_iter_dataset(grain.ReadOptions(num_threads=2,
                                                         prefetch_buffer_size=prefetch)))
 
