@@ -39,8 +39,13 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     return 6.0 * matmul_params(c) + 12.0 * c.num_layers * seq_len * c.num_heads * c.head_dim
 
 
-def measure_peak_flops(dtype: str = "float32", n: int = 2048, repeats: int = 5) -> float:
-    """FLOP/s of an n x n matmul on device 0: the practical peak MFU is measured against."""
+def measure_peak_flops(dtype: str = "float32", n: int = 0, repeats: int = 5) -> float:
+    """FLOP/s of an n x n matmul on device 0: the practical peak MFU is measured against.
+
+    n 0: 1024 on a CPU, whose matmul rate has levelled off by that size, so that every training
+    run does not spend most of a second measuring it with larger products; 2048 elsewhere."""
+    if not n:
+        n = 1024 if jax.default_backend() == "cpu" else 2048
     if dtype == "auto":
         dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
     dt = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[dtype]
