@@ -6,7 +6,8 @@ train step's tokens/s, for one config, in one run.
 
 The pipeline is the one `jaxlm pretrain` builds for the config (same sources, tokenizer, sampling,
 prefetch); it is timed by pulling host batches as fast as possible (after the one-off
-tokenization, reported separately). The train step is timed on device-resident batches taken from
+tokenization, reported separately), with the CPU time it takes per batch (every thread of the
+process: what a training run's pipeline takes from the cores its step runs on). The train step is timed on device-resident batches taken from
 that pipeline, so it measures compute alone. Also measured: the packed-documents pipeline (the
 same corpus cut into blank-line documents, packed with grain), for comparison. Prints the ratio;
 the pipeline should be >= 10x faster than the step.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -24,14 +26,23 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def time_pipeline(batches, n: int) -> tuple[float, int]:
+def cpu_seconds() -> float:
+    """User + system CPU time of this process so far, every thread (grain's prefetch too)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def time_pipeline(batches, n: int) -> tuple[float, int, float]:
+    """(tokens/s, tokens per batch, CPU milliseconds per batch): the CPU time is what a training
+    run's pipeline takes from the cores the step runs on."""
     it = iter(batches)
     first = next(it)  # thread start-up and the first fill of the prefetch buffer
     tokens_per_batch = int(first["inputs"].size)
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), cpu_seconds()
     for _ in range(n):
         next(it)
-    return n * tokens_per_batch / (time.perf_counter() - t), tokens_per_batch
+    cpu_ms = (cpu_seconds() - cpu) / n * 1e3
+    return n * tokens_per_batch / (time.perf_counter() - t), tokens_per_batch, cpu_ms
 
 
 def main() -> int:
@@ -65,14 +76,14 @@ def main() -> int:
     tok = TextTokenizer(train_tokenizer(tokenizer_texts(train), k.kind, k.vocab_size))
     data = lm_train_batches(cfg, tok, train)
     setup_s = time.perf_counter() - t0
-    pipe_tps, tpb = time_pipeline(data, min(args.batches, cfg.train.steps - 1))
+    pipe_tps, tpb, pipe_cpu_ms = time_pipeline(data, min(args.batches, cfg.train.steps - 1))
 
     # The same corpus as documents (blank-line blocks), packed: the pipeline for real corpora.
     spec = parse_spec(cfg.resolve_path(cfg.data.train))
     packed_cfg = dataclasses.replace(cfg, data=dataclasses.replace(
         cfg.data, train=f"{spec.kind}:{spec.target}?documents=blank_line", sampling="packed"))
     ptrain, _ = load_lm_sources(packed_cfg)
-    packed_tps, _ = time_pipeline(lm_train_batches(packed_cfg, tok, ptrain), args.batches)
+    packed_tps, _, packed_cpu_ms = time_pipeline(lm_train_batches(packed_cfg, tok, ptrain), args.batches)
 
     mcfg = model_config(cfg, tok, None)
     mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor,
@@ -100,8 +111,10 @@ def main() -> int:
           f"batch {cfg.train.batch_size} x seq {cfg.data.seq_len}, {jax.device_count()} "
           f"{jax.devices()[0].platform} device(s), {os.cpu_count()} CPUs")
     print(f"one-off data setup (read, train tokenizer, tokenize): {setup_s:.2f} s")
-    print(f"input pipeline ({cfg.data.sampling}):      {pipe_tps:12,.0f} tokens/s")
-    print(f"input pipeline (packed documents):  {packed_tps:12,.0f} tokens/s")
+    print(f"input pipeline ({cfg.data.sampling}):      {pipe_tps:12,.0f} tokens/s, "
+          f"CPU {pipe_cpu_ms:.2f} ms per batch")
+    print(f"input pipeline (packed documents):  {packed_tps:12,.0f} tokens/s, "
+          f"CPU {packed_cpu_ms:.2f} ms per batch")
     print(f"train step:                         {step_tps:12,.0f} tokens/s")
     print(f"ratio pipeline / train step: {ratio:.1f}x (packed: {packed_tps / step_tps:.1f}x); "
           f"target >= 10x: {'OK' if ratio >= 10 else 'NOT MET'}")
