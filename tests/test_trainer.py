@@ -51,6 +51,66 @@ def test_request_stop_and_stop_at_end_the_loop(monkeypatch):
     assert isinstance(StepInfo(1, {}), StepInfo)
 
 
+class _Pending:
+    """A step's metric that records when the loop waited for it."""
+
+    def __init__(self, step: int, waited: list[tuple[int, int]], steps: "_CountingSteps"):
+        self.step, self.waited, self.steps = step, waited, steps
+
+    def block_until_ready(self):
+        self.waited.append((self.step, self.steps.dispatched))
+        return self
+
+
+class _CountingSteps(_FakeSteps):
+    def __init__(self):
+        super().__init__()
+        self.waited: list[tuple[int, int]] = []
+
+    def train(self, state, batch):
+        self.dispatched += 1
+        return state + 1, {"loss": _Pending(state + 1, self.waited, self)}
+
+
+def test_the_host_runs_at_most_two_steps_ahead_of_the_device(monkeypatch):
+    """Step n is waited for once step n + 2 is dispatched: the device always has a step queued,
+    and the queue never grows (a deep one deadlocks multi-device XLA:CPU, test below)."""
+    monkeypatch.setattr("jaxlm.train.trainer.put_batch", lambda b, s: b)
+    steps = _CountingSteps()
+    Trainer(steps, total_steps=8).fit(0, iter(lambda: {}, None))
+    assert steps.waited == [(n, n + 2) for n in range(1, 7)]
+
+
+DEEP_QUEUE = """
+import sys
+from jaxlm.config import config_from_dict
+from jaxlm.train.fit import train
+cfg = config_from_dict({
+    "name": "deep", "model": {"num_layers": 2, "d_model": 128, "num_heads": 4, "max_len": 64},
+    "data": {"train": "text:" + sys.argv[1], "seq_len": 64},
+    "train": {"steps": 400, "batch_size": 16, "log_every": 1000, "eval_every": 0,
+              "checkpoint_every": 1000}})
+summary = train(cfg, sys.argv[2], show_progress=False, peak_flops=1e12)
+print("devices", summary["devices"], "step", summary["step"])
+"""
+
+
+def test_a_long_unsynchronised_loop_on_two_cpu_devices_finishes(tmp_path, tiny_corpus):
+    """Data parallel over two XLA:CPU devices with nothing that reads a step's result for 400
+    steps (no logging, no validation): with the host free to queue them all, the steps'
+    all-reduces deadlocked and XLA aborted the process."""
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+           "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", DEEP_QUEUE, str(tiny_corpus),
+                          str(tmp_path / "run")], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "devices 2 step 400" in out.stdout
+
+
 class CausalWithConfidence(CausalLMTask):
     """A task of one's own: causal LM whose loss also reports the mean top-1 probability."""
 

@@ -6,12 +6,19 @@ Two kinds of hooks, so that the host never waits on the device for bookkeeping:
 - *immediate* hooks (evaluation, checkpoints, preemption) see step N's state before the next
   step donates it.
 
+The host runs at most MAX_STEPS_IN_FLIGHT steps ahead of the device: one step queued behind the
+running one keeps the device busy, and a deeper queue gains nothing. On several XLA:CPU devices
+(a data-parallel CPU mesh, or the fake devices of `--xla_force_host_platform_device_count`) a
+queue of some dozens of steps deadlocks the steps' all-reduces, which XLA ends with a fatal
+abort after 40 s (tests/test_trainer.py runs such a loop).
+
 A hook may raise `jaxlm.errors.TrainingStopped` (after saving) or call `trainer.request_stop()`
 to end the loop after the current step. Learn-from: Levanter's `Trainer.add_hook(fn, every=N)`,
 clu's periodic actions as nanodo uses them.
 """
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -35,6 +42,7 @@ class StepInfo:
 
 
 HookFn = Callable[["Trainer", StepInfo], None]
+MAX_STEPS_IN_FLIGHT = 2  # dispatched steps the host may run ahead of the device (see above)
 
 
 @dataclass
@@ -81,11 +89,15 @@ class Trainer:
     def fit(self, state: TrainState, batches: Iterator[dict], start_step: int = 0) -> TrainState:
         """Train from `start_step` (the state's step) to `total_steps`; returns the last state."""
         pending: StepInfo | None = None
+        in_flight: deque = deque()
         hosts = jax.process_count()
         for step in range(start_step + 1, self.total_steps + 1):
             host = next(batches)
             tokens = int(np.size(host["inputs"])) * hosts if "inputs" in host else 0
             state, metrics = self.steps.train(state, put_batch(host, self.steps.batch_sharding))
+            in_flight.append(metrics)
+            if len(in_flight) > MAX_STEPS_IN_FLIGHT:
+                jax.block_until_ready(in_flight.popleft())
             self._run(pending, deferred=True)  # step-1's metrics: step is already queued
             pending = StepInfo(step, metrics, tokens=tokens)
             self._run(StepInfo(step, metrics, state, tokens), deferred=False)
