@@ -7,10 +7,10 @@ train step's tokens/s, for one config, in one run.
 The pipeline is the one `jaxlm pretrain` builds for the config (same sources, tokenizer, sampling,
 prefetch); it is timed by pulling host batches as fast as possible (after the one-off
 tokenization, reported separately), with the CPU time it takes per batch (every thread of the
-process: what a training run's pipeline takes from the cores its step runs on). The train step is timed on device-resident batches taken from
-that pipeline, so it measures compute alone. Also measured: the packed-documents pipeline (the
-same corpus cut into blank-line documents, packed with grain), for comparison. Prints the ratio;
-the pipeline should be >= 10x faster than the step.
+process: what a training run's pipeline takes from the cores its step runs on). The train step
+is timed on device-resident batches taken from that pipeline, so it measures compute alone. Also
+measured: the packed-documents pipeline (the same corpus cut into blank-line documents, packed
+with grain), for comparison. Prints the ratio; the pipeline should be >= 10x faster than the step.
 """
 from __future__ import annotations
 
@@ -83,7 +83,8 @@ def main() -> int:
     packed_cfg = dataclasses.replace(cfg, data=dataclasses.replace(
         cfg.data, train=f"{spec.kind}:{spec.target}?documents=blank_line", sampling="packed"))
     ptrain, _ = load_lm_sources(packed_cfg)
-    packed_tps, _, packed_cpu_ms = time_pipeline(lm_train_batches(packed_cfg, tok, ptrain), args.batches)
+    packed_tps, _, packed_cpu_ms = time_pipeline(lm_train_batches(packed_cfg, tok, ptrain),
+                                                 args.batches)
 
     mcfg = model_config(cfg, tok, None)
     mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor,

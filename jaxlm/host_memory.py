@@ -140,8 +140,9 @@ def reuse_freed_host_memory(when_allowed: bool = False, *, one_arena: bool = Tru
     if libc is None or requested() == "system" or not will_run_on_cpu():
         return False
     mallopt = libc.mallopt
-    arenas = mallopt(_M_ARENA_MAX, 1) if one_arena else mallopt(_M_TOP_PAD, THREAD_HEAP_BYTES)
-    ok = (arenas == 1 and mallopt(_M_MMAP_MAX, 0) == 1
+    # one arena, or threads' arenas that keep their emptied heaps (module docstring)
+    arena_set = mallopt(_M_ARENA_MAX, 1) if one_arena else mallopt(_M_TOP_PAD, THREAD_HEAP_BYTES)
+    ok = (arena_set == 1 and mallopt(_M_MMAP_MAX, 0) == 1
           and mallopt(_M_TRIM_THRESHOLD, -1) == 1)  # -1: SIZE_MAX, never trim
     _applied, _one_arena = bool(ok), one_arena
     return _applied

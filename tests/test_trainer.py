@@ -1,5 +1,8 @@
 """The trainer's loop and hooks, and tasks of one's own through the same driver as the CLI's."""
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -99,9 +102,6 @@ def test_a_long_unsynchronised_loop_on_two_cpu_devices_finishes(tmp_path, tiny_c
     """Data parallel over two XLA:CPU devices with nothing that reads a step's result for 400
     steps (no logging, no validation): with the host free to queue them all, the steps'
     all-reduces deadlocked and XLA aborted the process."""
-    import os
-    import subprocess
-    import sys
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
            "JAX_PLATFORMS": "cpu"}
     out = subprocess.run([sys.executable, "-c", DEEP_QUEUE, str(tiny_corpus),

@@ -9,7 +9,6 @@ that is measured (an n x n matmul of the compute dtype on one device) or given.
 from __future__ import annotations
 
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +26,7 @@ from jaxlm.train.flops import count_params, flops_per_token, measure_peak_flops
 from jaxlm.checkpoint import abstract_with_shardings
 from jaxlm.train.optim import build_optimizer
 from jaxlm.train.steps import CompiledSteps, compile_steps, put_batch
-from jaxlm.train.trainer import MAX_STEPS_IN_FLIGHT
+from jaxlm.train.trainer import InFlight
 
 
 @dataclass
@@ -151,12 +150,10 @@ def bench(cfg: Config, *, steps: int = 10, warmup: int = 2, compile_only: bool =
             state, metrics = compiled(state, batch)
             res.losses.append(float(metrics["loss"]))
         t0 = time.perf_counter()
-        in_flight: deque = deque()
+        in_flight = InFlight()  # the trainer's bounded queue (see jaxlm.train.trainer)
         for _ in range(steps):
             state, metrics = compiled(state, batch)
-            in_flight.append(metrics)  # as the trainer does, a bounded queue (see its docstring)
-            if len(in_flight) > MAX_STEPS_IN_FLIGHT:
-                jax.block_until_ready(in_flight.popleft())
+            in_flight.add(metrics)
         res.losses.append(float(metrics["loss"]))  # blocks until the last step is done
         res.step_s = (time.perf_counter() - t0) / steps
     res.tokens_per_s = res.tokens_per_step / res.step_s

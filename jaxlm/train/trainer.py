@@ -45,6 +45,19 @@ HookFn = Callable[["Trainer", StepInfo], None]
 MAX_STEPS_IN_FLIGHT = 2  # dispatched steps the host may run ahead of the device (see above)
 
 
+class InFlight:
+    """The results of the steps dispatched and maybe not done: `add` waits for the oldest once
+    more than MAX_STEPS_IN_FLIGHT are queued (the loop's bound, see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._queue: deque = deque()
+
+    def add(self, metrics: Any) -> None:
+        self._queue.append(metrics)
+        if len(self._queue) > MAX_STEPS_IN_FLIGHT:
+            jax.block_until_ready(self._queue.popleft())
+
+
 @dataclass
 class Hook:
     """`fn(trainer, info)` every `every` steps (0: only at the last step), and at the last step
@@ -89,15 +102,13 @@ class Trainer:
     def fit(self, state: TrainState, batches: Iterator[dict], start_step: int = 0) -> TrainState:
         """Train from `start_step` (the state's step) to `total_steps`; returns the last state."""
         pending: StepInfo | None = None
-        in_flight: deque = deque()
+        in_flight = InFlight()
         hosts = jax.process_count()
         for step in range(start_step + 1, self.total_steps + 1):
             host = next(batches)
             tokens = int(np.size(host["inputs"])) * hosts if "inputs" in host else 0
             state, metrics = self.steps.train(state, put_batch(host, self.steps.batch_sharding))
-            in_flight.append(metrics)
-            if len(in_flight) > MAX_STEPS_IN_FLIGHT:
-                jax.block_until_ready(in_flight.popleft())
+            in_flight.add(metrics)
             self._run(pending, deferred=True)  # step-1's metrics: step is already queued
             pending = StepInfo(step, metrics, tokens=tokens)
             self._run(StepInfo(step, metrics, state, tokens), deferred=False)
