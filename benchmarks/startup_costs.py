@@ -1,0 +1,108 @@
+"""What a cold `jaxlm pretrain` pays around its train steps, piece by piece, for one config.
+
+Measured in this process, from an empty compilation cache (a script does not turn jaxlm's
+persistent cache on), in the order a run meets them:
+- importing what `jaxlm pretrain` imports (a fresh interpreter, timed from its first line);
+- the init program: compiled, then run (the fresh train state);
+- the train step and the eval step: lowered and compiled for the config's batch shapes;
+- one train step, and scoring the whole validation split once (its batches, on the real corpus,
+  with the fresh parameters: the cost does not depend on their values), as the run's final
+  report does.
+Also, for scale, the steady train step (median of --steps), so each piece reads as a number of
+steps. PyTorch's eager mode compiles nothing; nanoGPT's protocol does not time a whole-split
+validation (benchmarks/headline.py compares the whole jobs).
+
+    .venv/bin/python benchmarks/startup_costs.py [--config configs/shakespeare_char.yaml]
+           [--steps 50] [--set KEY=VALUE ...]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+IMPORTS = "import jaxlm.distributed, jaxlm.train.pretrain"
+
+
+def import_seconds() -> float:
+    """Seconds a fresh interpreter takes to import what `jaxlm pretrain` imports."""
+    code = f"import time; t = time.perf_counter(); {IMPORTS}; print(time.perf_counter() - t)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=REPO)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", default=str(REPO / "configs/shakespeare_char.yaml"))
+    ap.add_argument("--steps", type=int, default=50, help="steady steps timed, for scale")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = ap.parse_args()
+    imports_s = import_seconds()
+
+    from jaxlm.host_memory import reuse_freed_host_memory
+    reuse_freed_host_memory(one_arena=False)  # as the `jaxlm` command sets it for this job
+    import jax
+
+    from jaxlm.checkpoint import abstract_with_shardings
+    from jaxlm.compile_cache import cache_dir
+    from jaxlm.config import load_config
+    from jaxlm.data.lm_data import lm_eval_batches, load_lm_sources, tokenizer_texts
+    from jaxlm.data.tokenizer import TextTokenizer, train_tokenizer
+    from jaxlm.sharding import put_batch, use_mesh
+    from jaxlm.train.bench import _batch_arrays, build_steps, lower_and_compile
+
+    cfg = load_config(args.config, args.overrides)
+    train, val = load_lm_sources(cfg)
+    k = cfg.data.tokenizer
+    tok = TextTokenizer(train_tokenizer(tokenizer_texts(train), k.kind, k.vocab_size))
+    cfg.model.vocab_size = cfg.model.vocab_size or tok.vocab_size
+    val_batches = lm_eval_batches(cfg, tok, val, max_batches=0)
+    steps, _, mesh = build_steps(cfg)
+    with use_mesh(mesh, cfg.mesh.rules):
+        t0 = time.perf_counter()
+        init = steps.init.lower().compile()
+        t1 = time.perf_counter()
+        state = jax.block_until_ready(init())
+        t2 = time.perf_counter()
+        train_step = lower_and_compile(cfg, steps, mesh)
+        t3 = time.perf_counter()
+        params = abstract_with_shardings(steps.abstract_state.params,
+                                         steps.state_sharding.params)
+        one = put_batch(val_batches[0], steps.batch_sharding)
+        steps.eval._sums.lower(params, one).compile()
+        t4 = time.perf_counter()
+        batch = put_batch(_batch_arrays(cfg, cfg.model.vocab_size), steps.batch_sharding)
+        times = []
+        for _ in range(args.steps + 2):
+            s0 = time.perf_counter()
+            state, metrics = train_step(state, batch)
+            jax.block_until_ready(metrics)
+            times.append(time.perf_counter() - s0)
+        step_s = statistics.median(times[2:])
+        steps.eval.mean_metrics(state.params, val_batches[:1])  # the eval step's first run
+        t5 = time.perf_counter()
+        steps.eval.mean_metrics(state.params, val_batches)
+        whole_s = time.perf_counter() - t5
+
+    rows = [("imports (fresh interpreter)", imports_s),
+            ("init program: compile", t1 - t0), ("init program: run", t2 - t1),
+            ("train step: lower + compile", t3 - t2), ("eval step: lower + compile", t4 - t3),
+            (f"whole validation split ({len(val_batches)} batches)", whole_s)]
+    print(f"config {args.config}; compilation cache: none here (the `jaxlm` command keeps one "
+          f"in {cache_dir()} for reruns)")
+    print(f"steady train step: {step_s * 1e3:.1f} ms (median of {args.steps})")
+    for name, s in rows:
+        print(f"  {name:45s} {s:6.2f} s  = {s / step_s:6.1f} steps")
+    total = sum(s for _, s in rows)
+    print(f"  {'total':45s} {total:6.2f} s  = {total / step_s:6.1f} steps")
+
+
+if __name__ == "__main__":
+    main()
