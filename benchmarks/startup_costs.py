@@ -4,10 +4,11 @@ Measured in this process, from an empty compilation cache (a script does not tur
 persistent cache on), in the order a run meets them:
 - importing what `jaxlm pretrain` imports (a fresh interpreter, timed from its first line);
 - the init program: compiled, then run (the fresh train state);
-- the train step and the eval step: lowered and compiled for the config's batch shapes;
-- one train step, and scoring the whole validation split once (its batches, on the real corpus,
-  with the fresh parameters: the cost does not depend on their values), as the run's final
-  report does.
+- the train step: lowered and compiled for the config's batch shape;
+- the eval step: its first call through the run's evaluator (compiling it, then one batch), as
+  the first validation meets it;
+- scoring the whole validation split once (its batches, on the real corpus, with the fresh
+  parameters: the cost does not depend on their values), as the run's final report does.
 Also, for scale, the steady train step (median of --steps), so each piece reads as a number of
 steps. PyTorch's eager mode compiles nothing; nanoGPT's protocol does not time a whole-split
 validation (benchmarks/headline.py compares the whole jobs).
@@ -50,7 +51,6 @@ def main() -> None:
     reuse_freed_host_memory(one_arena=False)  # as the `jaxlm` command sets it for this job
     import jax
 
-    from jaxlm.checkpoint import abstract_with_shardings
     from jaxlm.compile_cache import cache_dir
     from jaxlm.config import load_config
     from jaxlm.data.lm_data import lm_eval_batches, load_lm_sources, tokenizer_texts
@@ -73,10 +73,7 @@ def main() -> None:
         t2 = time.perf_counter()
         train_step = lower_and_compile(cfg, steps, mesh)
         t3 = time.perf_counter()
-        params = abstract_with_shardings(steps.abstract_state.params,
-                                         steps.state_sharding.params)
-        one = put_batch(val_batches[0], steps.batch_sharding)
-        steps.eval._sums.lower(params, one).compile()
+        steps.eval.mean_metrics(state.params, val_batches[:1])
         t4 = time.perf_counter()
         batch = put_batch(_batch_arrays(cfg, cfg.model.vocab_size), steps.batch_sharding)
         times = []
@@ -86,14 +83,13 @@ def main() -> None:
             jax.block_until_ready(metrics)
             times.append(time.perf_counter() - s0)
         step_s = statistics.median(times[2:])
-        steps.eval.mean_metrics(state.params, val_batches[:1])  # the eval step's first run
         t5 = time.perf_counter()
         steps.eval.mean_metrics(state.params, val_batches)
         whole_s = time.perf_counter() - t5
 
     rows = [("imports (fresh interpreter)", imports_s),
             ("init program: compile", t1 - t0), ("init program: run", t2 - t1),
-            ("train step: lower + compile", t3 - t2), ("eval step: lower + compile", t4 - t3),
+            ("train step: lower + compile", t3 - t2), ("eval step: compile + first batch", t4 - t3),
             (f"whole validation split ({len(val_batches)} batches)", whole_s)]
     print(f"config {args.config}; compilation cache: none here (the `jaxlm` command keeps one "
           f"in {cache_dir()} for reruns)")
