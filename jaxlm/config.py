@@ -270,12 +270,18 @@ class TrainConfig(_Section):
     # exits (code 3) naming the step, "skip" carries on and counts them (metric nonfinite_steps).
     on_nonfinite: str = "stop"
     preemption_check_every: int = 10  # multi-host: steps between agreeing on SIGTERM/SIGINT
+    # train steps per call of the compiled step (a loop on the device), so that the host's work
+    # per step is paid once per call; calls end where logging, validation or a checkpoint is
+    # due. 0 (auto): 16 for a task whose batches have one shape (language models, packed
+    # generative rows), else 1
+    steps_per_call: int = 0
 
     def _check_rules(self) -> None:
         require_positive(self, "train", ("steps", "batch_size", "grad_accum", "log_every",
                                           "checkpoint_every", "keep_checkpoints",
                                           "preemption_check_every"))
-        require_positive(self, "train", ("eval_every", "eval_batch_size"), zero_ok=True)
+        require_positive(self, "train", ("eval_every", "eval_batch_size", "steps_per_call"),
+                         zero_ok=True)
         if self.eval_batches < -1:
             bad_key("train.eval_batches", f"must be a number of batches, 0 (auto) or -1 (the "
                     f"whole validation split), got {self.eval_batches}.")

@@ -265,9 +265,11 @@ def data_parallel_size(mesh: Mesh, rules: dict[str, Any] | None = None) -> int:
 
 def put_batch(batch: dict, sharding: NamedSharding) -> dict:
     """Host-local numpy batch -> global jax arrays sharded along the batch axis (every host
-    passes its own rows)."""
+    passes its own rows). `sharding`'s spec is a prefix, for every leaf whatever its rank: the
+    rows axis (`rows_sharding`), or a steps axis and the rows axis for stacked batches."""
+    spec = tuple(sharding.spec)
     return {k: jax.make_array_from_process_local_data(
-        NamedSharding(sharding.mesh, P(sharding.spec[0], *([None] * (v.ndim - 1)))), v)
+        NamedSharding(sharding.mesh, P(*spec, *([None] * (v.ndim - len(spec))))), v)
         for k, v in batch.items()}
 
 

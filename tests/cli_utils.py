@@ -6,6 +6,7 @@ from contextlib import redirect_stderr, redirect_stdout
 
 import numpy as np
 
+import jaxlm.train.fit as fit_mod
 import jaxlm.train.trainer as trainer_mod
 from jaxlm.cli import main
 
@@ -22,7 +23,10 @@ def run_cli(argv: list[str]) -> tuple[int, str]:
 
 
 def poison_step(monkeypatch, bad_step: int) -> None:
-    """Make the loop's `bad_step`-th batch carry a NaN weight (a host-side fault)."""
+    """Make the loop's `bad_step`-th batch carry a NaN weight (a host-side fault). The loop runs
+    one step per call (train.steps_per_call's auto value pinned to 1), so that the batch of a
+    call is that step's; tests/test_steps_per_call.py poisons a step inside a call."""
+    monkeypatch.setattr(fit_mod, "AUTO_STEPS_PER_CALL", 1)
     calls = {"n": 0}
     real = trainer_mod.put_batch
 

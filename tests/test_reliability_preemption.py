@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+import jaxlm.train.fit as fit_mod
 import jaxlm.train.trainer as trainer_mod
 from jaxlm.config import config_from_dict
 from jaxlm.errors import TrainingStopped
@@ -58,6 +59,9 @@ def test_single_host_stops_at_once_and_restores_handlers():
 
 
 def _signal_at(monkeypatch, step: int, sig: int) -> None:
+    """Send `sig` as the loop moves its `step`-th batch, one step per call (train.steps_per_call
+    pinned to 1; tests/test_steps_per_call.py signals inside a multi-step call)."""
+    monkeypatch.setattr(fit_mod, "AUTO_STEPS_PER_CALL", 1)
     real, n = trainer_mod.put_batch, {"i": 0}
 
     def put(batch, sharding):
@@ -96,11 +100,11 @@ def test_sigterm_in_the_loop_saves_that_step_and_resume_matches(tiny_corpus, tmp
 WORKER = r"""
 import os, signal, sys
 import jax
-port, pid, run, corpus, term_step = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
+port, pid, run, corpus, term_step, per_call = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6]
 jax.distributed.initialize(f"127.0.0.1:{port}", 2, pid)
 import jaxlm.train.trainer as loop
 real, n = loop.put_batch, {"i": 0}
-def put(batch, sharding):  # SIGTERM reaches one host only, at its term_step-th batch
+def put(batch, sharding):  # SIGTERM reaches one host only, at its term_step-th call
     n["i"] += 1
     if pid == 1 and n["i"] == term_step:
         os.kill(os.getpid(), signal.SIGTERM)
@@ -112,25 +116,30 @@ sys.exit(main(["pretrain", "--config", "configs/shakespeare_char.yaml", "--run",
   "--set", "model.d_model=32", "--set", "model.num_heads=2", "--set", "data.seq_len=32",
   "--set", "train.batch_size=8", "--set", "train.steps=40", "--set", "train.eval_every=0",
   "--set", "train.log_every=5", "--set", "train.checkpoint_every=10",
-  "--set", "train.preemption_check_every=4"]))
+  "--set", "train.preemption_check_every=4", "--set", f"train.steps_per_call={per_call}"]))
 """
 
 
-def _two_hosts(run: Path, corpus: Path, term_step: int) -> list[tuple[int, str]]:
+def _two_hosts(run: Path, corpus: Path, term_step: int, per_call: int = 1
+               ) -> list[tuple[int, str]]:
     port = str(random.randint(20000, 40000))
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
            "JAX_PLATFORMS": "cpu"}
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, port, str(i), str(run), str(corpus),
-                               str(term_step)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                               str(term_step), str(per_call)], cwd=REPO, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for i in range(2)]
     return [(p.wait(timeout=300), p.communicate()[1]) for p in procs]
 
 
-def test_sigterm_on_one_of_two_hosts_stops_both_at_the_same_step(tiny_corpus, tmp_path):
-    """Two real processes (jax.distributed): host 1 alone gets SIGTERM after its 7th batch; both
-    hosts save one checkpoint at step 8 (the next agreement point, every 4 steps) and exit 143."""
+@pytest.mark.parametrize("per_call, term_call", [(1, 7), (16, 3)])
+def test_sigterm_on_one_of_two_hosts_stops_both_at_the_same_step(tiny_corpus, tmp_path,
+                                                                 per_call, term_call):
+    """Two real processes (jax.distributed): host 1 alone gets SIGTERM as it moves the batch of
+    step 7 (one step per call), or of steps 6-8 (16 steps per call: calls end at the steps where
+    logging, every 5, and the hosts' agreement, every 4, are due); both hosts save one checkpoint
+    at step 8 (the next agreement point) and exit 143."""
     run = tmp_path / "run"
-    outs = _two_hosts(run, tiny_corpus, 7)
+    outs = _two_hosts(run, tiny_corpus, term_call, per_call)
     for code, err in outs:
         assert code == 143, err[-3000:]
         assert "saved a checkpoint at step 8" in err and "Traceback" not in err

@@ -84,6 +84,11 @@ class Task(ABC):
         """Texts a new tokenizer is trained on."""
         return source.texts()
 
+    def batches_of_one_shape(self, cfg: Config) -> bool:
+        """Whether every training batch has the same shapes: then several steps may run in one
+        call of the compiled step (`train.steps_per_call`)."""
+        return False
+
     @abstractmethod
     def train_batches(self, cfg: Config, tokenizer: Any, sources: dict[str, Source], *,
                       process_index: int = 0, process_count: int = 1) -> Iterator[dict]:

@@ -166,6 +166,9 @@ class GenerativeTask(Task):
         self.labels = distinct if len(distinct) <= cfg.generative.max_labels else []
         self.max_new_tokens = cfg.generative.max_new_tokens or max_target_tokens(self._train)
 
+    def batches_of_one_shape(self, cfg: Config) -> bool:
+        return cfg.generative.packing  # packed rows of seq_len; unpacked rows vary in length
+
     def train_batches(self, cfg: Config, tokenizer: Any, sources: dict[str, Source], *,
                       process_index: int = 0, process_count: int = 1):
         from jaxlm.data.generative import train_dataset

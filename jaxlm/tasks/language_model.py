@@ -36,6 +36,9 @@ class CausalLMTask(Task):
         from jaxlm.data.lm_data import tokenizer_texts
         return tokenizer_texts(source)
 
+    def batches_of_one_shape(self, cfg: Config) -> bool:
+        return True  # seq_len windows or packed rows
+
     def train_batches(self, cfg: Config, tokenizer: Any, sources: dict[str, Source], *,
                       process_index: int = 0, process_count: int = 1):
         from jaxlm.data.lm_data import lm_train_batches

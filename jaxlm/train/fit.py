@@ -70,6 +70,22 @@ def check_batch(cfg: Config, mesh: Any) -> None:
             culprit="train.eval_batch_size")
 
 
+AUTO_STEPS_PER_CALL = 16  # train.steps_per_call: 0 for batches of one shape
+
+
+def steps_per_call(cfg: Config, task: Task) -> int:
+    """Train steps per call of the compiled step: train.steps_per_call, or for 0 (auto)
+    AUTO_STEPS_PER_CALL when the task's batches have one shape, else 1."""
+    asked, one_shape = cfg.train.steps_per_call, task.batches_of_one_shape(cfg)
+    if asked > 1 and not one_shape:
+        raise ConfigError(
+            f"train.steps_per_call={asked} runs several steps in one call, which needs training "
+            f"batches of one shape; train.task '{task.name}' makes batches of several shapes "
+            "(length buckets, or unpacked rows). Set train.steps_per_call to 1 or 0 (auto).",
+            culprit="train.steps_per_call")
+    return asked or (AUTO_STEPS_PER_CALL if one_shape else 1)
+
+
 def run_tokenizer(cfg: Config, run: Run, task: Task, train_src: Any,
                   pre: Pretrained | None, overwrite: bool = False) -> TextTokenizer:
     """The run's saved tokenizer (when the run resumes with `cfg`), the checkpoint's, a given
@@ -115,6 +131,7 @@ def prepare(cfg: Config, run_dir: str | None, overwrite: bool, task: Task | None
     check_trackers(cfg.logging)  # a missing package or server: refused before any work
     sources = task_cls.open_sources(cfg)
     task = task if task is not None else task_cls.from_config(cfg, sources)
+    steps_per_call(cfg, task)  # refused before any work too
     init_from = cfg.finetune.init_from if task.finetunes else ""
     pre = load_pretrained(cfg.resolve_path(init_from)) if init_from else None
     tok = run_tokenizer(cfg, run, task, sources["train"], pre, overwrite)
@@ -277,7 +294,7 @@ def _loop(s: Setup, steps: CompiledSteps, hooks: Iterable[Hook], show_progress: 
     def _keep_report(better: bool) -> None:
         if better:  # the full report of the kept parameters, for the final validation report
             kept["best"] = std.last_report
-    trainer = Trainer(steps, t.steps)
+    trainer = Trainer(steps, t.steps, steps_per_call=steps_per_call(cfg, s.task))
     guard = PreemptionGuard(t.preemption_check_every)
     std.install(trainer, start, state, cfg, guard)
     trainer.hooks.extend(hooks)

@@ -104,16 +104,18 @@ class TrainingHooks:
         if self.evaluate is not None and t.eval_every:
             trainer.add_hook(self.validate, t.eval_every)
         trainer.add_hook(self.checkpoint, t.checkpoint_every)
-        trainer.add_hook(self.preempt, 1)
+        # one host: after every call; several: at the steps where the hosts agree (the guard's)
+        trainer.add_hook(self.preempt, 1 if guard.process_count == 1 else guard.check_every)
 
     def progress(self, trainer: Trainer, info: StepInfo) -> None:
-        """Advance the bar; the first step's end marks the compile time (it includes it)."""
-        if self.first:
+        """Advance the bar; the end of the first call marks the compile time (it includes it,
+        and the call's steps); throughput counts the steps after it."""
+        if self.first and info.step >= info.call_end:
             jax.block_until_ready(info.metrics["loss"])
             release_freed_host_memory()  # set-up and compilation are done
             self.first, self.mark, self.hook_s = False, time.perf_counter(), 0.0
             self.compile_s, self.mark_step, self.tokens = self.mark - self.start, info.step, 0
-        else:  # steps of several shapes (packed classification rows) compute different counts
+        elif not self.first:  # steps of several shapes (packed classification rows) compute different counts
             self.tokens += info.tokens or self.tokens_per_step
         self.bar.update(1)
 

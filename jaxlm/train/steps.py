@@ -6,6 +6,11 @@ gradients hold NaN/Inf. A skipped update still counts as a step; the state recor
 skipped and the last one. The check is inside the jitted step, so it costs no host sync: the loop
 reads the counter with the metrics (`train.on_nonfinite` says whether it then stops).
 
+`many_steps` runs up to K train steps in one compiled call (`train.steps_per_call`), a loop on the
+device over K stacked batches: the host's work per step (moving the batch, dispatching the
+program, the loop's hooks) is paid once per call, where on a small model it competes with the
+step for the same CPU cores (benchmarks/steps_per_call.py prints the difference).
+
 When only a part of the parameters trains (LoRA: `StateLayout.trained`), gradients are taken
 with respect to that part alone and the optimizer sees only it; the frozen rest passes through.
 """
@@ -18,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxlm.evaluation import Evaluator
 from jaxlm.models.lora import adapter_dropout
@@ -28,7 +33,7 @@ from jaxlm.tasks.losses import LossFn
 from jaxlm.train.state import StateLayout, TrainState, new_state
 
 __all__ = ["TrainState", "train_step", "accumulate_gradients", "mean_gradients", "step_metrics",
-           "apply_if_finite", "compile_steps", "CompiledSteps", "put_batch"]
+           "apply_if_finite", "many_steps", "compile_steps", "CompiledSteps", "put_batch"]
 
 # (params, micro-batch, rng key) -> (loss sum, aux sums); see jaxlm.tasks.losses
 ParamsLoss = Callable[[Any, dict, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
@@ -120,6 +125,27 @@ def train_step(state: TrainState, batch: dict, *, layout: StateLayout,
     return new, step_metrics(new, total, aux, weight, grad_norm, lr_schedule(state.step))
 
 
+def many_steps(step: Callable[[TrainState, dict], tuple[TrainState, dict]], state: TrainState,
+               batches: dict, count: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+    """The first `count` of the K batches stacked in `batches` (leading axis K), one `step` each;
+    returns the state and the steps' metrics stacked (rows from `count` on are zeros).
+
+    `count` is a traced scalar: one compiled program serves calls of any length up to K, and
+    every step runs the same compiled loop body, so a run's results do not depend on how its
+    steps are grouped into calls (a resumed run groups them differently)."""
+    slots = jax.tree.leaves(batches)[0].shape[0]
+    _, shapes = jax.eval_shape(step, state, jax.tree.map(lambda x: x[0], batches))
+    stacked = jax.tree.map(lambda m: jnp.zeros((slots, *m.shape), m.dtype), shapes)
+
+    def body(i, carry):
+        s, out = carry
+        s, m = step(s, jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, i, 0, False),
+                                    batches))
+        return s, jax.tree.map(lambda acc, v: acc.at[i].set(v), out, m)
+
+    return jax.lax.fori_loop(0, count, body, (state, stacked))
+
+
 def train_compiler_options(mesh: Mesh) -> dict[str, str] | None:
     """XLA options for the train step. On CPU, optimization barriers are kept through fusion so
     that the residual stream's gradient is stored once per layer instead of being recomputed in
@@ -133,7 +159,9 @@ def train_compiler_options(mesh: Mesh) -> dict[str, str] | None:
 class CompiledSteps:
     """The jitted steps for one model, optimizer and mesh, and the shardings they use.
 
-    `eval` is the one evaluator (`jaxlm.evaluation.Evaluator`) over the training shardings.
+    `eval` is the one evaluator (`jaxlm.evaluation.Evaluator`) over the training shardings;
+    `train_many(state, stacked batches, count)` is `many_steps` over `train`'s step, its batches
+    placed with `stacked_sharding` (the batch sharding behind a leading, unsharded steps axis).
     """
 
     train: Callable[[TrainState, dict], tuple[TrainState, dict]]
@@ -147,6 +175,8 @@ class CompiledSteps:
     state_sharding: TrainState
     batch_sharding: NamedSharding
     abstract_state: TrainState
+    train_many: Callable[[TrainState, dict, Any], tuple[TrainState, dict]] | None = None
+    stacked_sharding: NamedSharding | None = None
 
     def checkpoint_target(self) -> Any:
         """Abstract arrays with this mesh's shardings, in the checkpoint layout: orbax's
@@ -195,14 +225,23 @@ def compile_steps(make_model: Callable[[], nnx.Module], tx: optax.GradientTransf
         named_shardings(layout.nnx, mesh, rules),
         None if layout.trained is None else layout.split(params_sharding)[1])
     batch_prefix = rows_sharding(mesh, rules)
-    train = jax.jit(
-        lambda s, b: step_fn(s, b, layout=layout, tx=tx, loss_fn=loss_fn, lr_schedule=lr_schedule,
-                             grad_accum=grad_accum, dropout=dropout),
-        in_shardings=(shardings, batch_prefix), out_shardings=(shardings, replicated(mesh)),
-        donate_argnums=(0,), compiler_options=train_compiler_options(mesh))
+    stacked_prefix = NamedSharding(mesh, P(None, *batch_prefix.spec))
+
+    def one_step(s: TrainState, b: dict) -> tuple[TrainState, dict]:
+        return step_fn(s, b, layout=layout, tx=tx, loss_fn=loss_fn, lr_schedule=lr_schedule,
+                       grad_accum=grad_accum, dropout=dropout)
+
+    train = jax.jit(one_step, in_shardings=(shardings, batch_prefix),
+                    out_shardings=(shardings, replicated(mesh)), donate_argnums=(0,),
+                    compiler_options=train_compiler_options(mesh))
+    train_many = jax.jit(lambda s, bs, n: many_steps(one_step, s, bs, n),
+                         in_shardings=(shardings, stacked_prefix, replicated(mesh)),
+                         out_shardings=(shardings, replicated(mesh)), donate_argnums=(0,),
+                         compiler_options=train_compiler_options(mesh))
     evaluator = Evaluator(layout.model, loss_fn, params_sharding=shardings.params,
                           batch_sharding=batch_prefix)
     return CompiledSteps(train=train, eval=evaluator, init=jax.jit(init, out_shardings=shardings),
                          init_replacing=init_replacing, layout=layout,
                          state_sharding=shardings, batch_sharding=batch_prefix,
-                         abstract_state=abstract_state)
+                         abstract_state=abstract_state, train_many=train_many,
+                         stacked_sharding=stacked_prefix)
