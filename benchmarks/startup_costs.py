@@ -9,7 +9,8 @@ persistent cache on), in the order a run meets them:
   the first validation meets it;
 - scoring the whole validation split once (its batches, on the real corpus, with the fresh
   parameters: the cost does not depend on their values), as the run's final report does.
-Also, for scale, the steady train step (median of --steps), so each piece reads as a number of
+Also, for scale, the steady train step (per step, median over calls of train.steps_per_call steps
+as `jaxlm pretrain` makes them, about --steps steps), so each piece reads as a number of
 steps. PyTorch's eager mode compiles nothing; nanoGPT's protocol does not time a whole-split
 validation (benchmarks/headline.py compares the whole jobs).
 
@@ -50,13 +51,16 @@ def main() -> None:
     from jaxlm.host_memory import reuse_freed_host_memory
     reuse_freed_host_memory(one_arena=False)  # as the `jaxlm` command sets it for this job
     import jax
+    import numpy as np
 
     from jaxlm.compile_cache import cache_dir
     from jaxlm.config import load_config
     from jaxlm.data.lm_data import lm_eval_batches, load_lm_sources, tokenizer_texts
     from jaxlm.data.tokenizer import TextTokenizer, train_tokenizer
     from jaxlm.sharding import put_batch, use_mesh
-    from jaxlm.train.bench import _batch_arrays, build_steps, lower_and_compile
+    from jaxlm.train.bench import (_batch_arrays, bench_steps_per_call, build_steps,
+                                   lower_and_compile)
+    from jaxlm.train.trainer import stack_batches
 
     cfg = load_config(args.config, args.overrides)
     train, val = load_lm_sources(cfg)
@@ -71,17 +75,21 @@ def main() -> None:
         t1 = time.perf_counter()
         state = jax.block_until_ready(init())
         t2 = time.perf_counter()
-        train_step = lower_and_compile(cfg, steps, mesh)
+        per_call = bench_steps_per_call(cfg)  # the program jaxlm pretrain runs
+        train_step = lower_and_compile(cfg, steps, mesh, per_call)
         t3 = time.perf_counter()
         steps.eval.mean_metrics(state.params, val_batches[:1])
         t4 = time.perf_counter()
-        batch = put_batch(_batch_arrays(cfg, cfg.model.vocab_size), steps.batch_sharding)
+        host = _batch_arrays(cfg, cfg.model.vocab_size)
+        args_ = ((put_batch(stack_batches([host] * per_call, per_call), steps.stacked_sharding),
+                  np.int32(per_call)) if per_call > 1 else
+                 (put_batch(host, steps.batch_sharding),))
         times = []
-        for _ in range(args.steps + 2):
+        for _ in range(-(-args.steps // per_call) + 2):
             s0 = time.perf_counter()
-            state, metrics = train_step(state, batch)
+            state, metrics = train_step(state, *args_)
             jax.block_until_ready(metrics)
-            times.append(time.perf_counter() - s0)
+            times.append((time.perf_counter() - s0) / per_call)
         step_s = statistics.median(times[2:])
         t5 = time.perf_counter()
         steps.eval.mean_metrics(state.params, val_batches)
@@ -89,11 +97,11 @@ def main() -> None:
 
     rows = [("imports (fresh interpreter)", imports_s),
             ("init program: compile", t1 - t0), ("init program: run", t2 - t1),
-            ("train step: lower + compile", t3 - t2), ("eval step: compile + first batch", t4 - t3),
+            (f"train step ({per_call} per call): lower + compile", t3 - t2), ("eval step: compile + first batch", t4 - t3),
             (f"whole validation split ({len(val_batches)} batches)", whole_s)]
     print(f"config {args.config}; compilation cache: none here (the `jaxlm` command keeps one "
           f"in {cache_dir()} for reruns)")
-    print(f"steady train step: {step_s * 1e3:.1f} ms (median of {args.steps})")
+    print(f"steady train step: {step_s * 1e3:.1f} ms (median over calls of {per_call} steps)")
     for name, s in rows:
         print(f"  {name:45s} {s:6.2f} s  = {s / step_s:6.1f} steps")
     total = sum(s for _, s in rows)

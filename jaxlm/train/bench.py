@@ -1,7 +1,8 @@
 """`jaxlm bench`: what a config's train step costs on this machine, without data or a run dir.
 
 Compiles the real train step (`compile_steps`, the same path `jaxlm pretrain` takes) for the
-config's model, optimizer, mesh and batch, then reports the per-device memory of the compiled step
+config's model, optimizer, mesh and batch, as `jaxlm pretrain` calls it (train.steps_per_call
+steps per call), then reports the per-device memory of the compiled step
 (`compiled.memory_analysis()`: arguments = parameters + optimizer state + batch, outputs, temporaries),
 and unless compile-only, times steps on random tokens: step time, tokens/s and MFU against a peak
 that is measured (an n x n matmul of the compute dtype on one device) or given.
@@ -26,7 +27,7 @@ from jaxlm.train.flops import count_params, flops_per_token, measure_peak_flops
 from jaxlm.checkpoint import abstract_with_shardings
 from jaxlm.train.optim import build_optimizer
 from jaxlm.train.steps import CompiledSteps, compile_steps, put_batch
-from jaxlm.train.trainer import InFlight
+from jaxlm.train.trainer import InFlight, stack_batches
 
 
 @dataclass
@@ -39,6 +40,7 @@ class BenchResult:
     dtype: str
     attention: str
     remat: str
+    steps_per_call: int
     tokens_per_step: int
     flops_per_step: float
     compile_s: float
@@ -115,15 +117,28 @@ def build_steps(cfg: Config, mesh=None) -> tuple[CompiledSteps, ModelConfig, Any
     return steps, mcfg, mesh
 
 
-def lower_and_compile(cfg: Config, steps: CompiledSteps, mesh) -> Any:
-    """Compile the train step from abstract state and batch (nothing is allocated)."""
+def bench_steps_per_call(cfg: Config) -> int:
+    """The steps per call `jaxlm pretrain` makes for `cfg` (its language-model batches have one
+    shape)."""
+    from jaxlm.train.fit import AUTO_STEPS_PER_CALL
+    return cfg.train.steps_per_call or AUTO_STEPS_PER_CALL
+
+
+def lower_and_compile(cfg: Config, steps: CompiledSteps, mesh, per_call: int = 1) -> Any:
+    """Compile the train step (`per_call` > 1: `train_many` over that many stacked batches)
+    from abstract state and batch (nothing is allocated)."""
     state = abstract_with_shardings(steps.abstract_state, steps.state_sharding)
     B, T = cfg.train.batch_size, cfg.data.seq_len
-    spec = steps.batch_sharding
-    batch = {k: jax.ShapeDtypeStruct((B, T), dt, sharding=jax.sharding.NamedSharding(
-        mesh, jax.sharding.PartitionSpec(spec.spec[0], None)))
+    lead = (per_call,) if per_call > 1 else ()
+    spec = (steps.stacked_sharding if per_call > 1 else steps.batch_sharding).spec
+    batch = {k: jax.ShapeDtypeStruct((*lead, B, T), dt, sharding=jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec(*spec, None)))
         for k, dt in (("inputs", jnp.int32), ("targets", jnp.int32), ("weights", jnp.float32))}
     with use_mesh(mesh, cfg.mesh.rules):
+        if per_call > 1:
+            count = jax.ShapeDtypeStruct((), jnp.int32, sharding=jax.sharding.NamedSharding(
+                mesh, jax.sharding.PartitionSpec()))
+            return steps.train_many.lower(state, batch, count).compile()
         return steps.train.lower(state, batch).compile()
 
 
@@ -131,31 +146,47 @@ def bench(cfg: Config, *, steps: int = 10, warmup: int = 2, compile_only: bool =
           peak_tflops: float | None = None) -> BenchResult:
     """Compile (and unless compile_only, time) the config's train step; see the module docstring."""
     jsteps, mcfg, mesh = build_steps(cfg)
+    per_call = bench_steps_per_call(cfg)
     t0 = time.perf_counter()
-    compiled = lower_and_compile(cfg, jsteps, mesh)
+    compiled = lower_and_compile(cfg, jsteps, mesh, per_call)
     compile_s = time.perf_counter() - t0
     B, T = cfg.train.batch_size, cfg.data.seq_len
     n_params = count_params(jsteps.abstract_state.params)
     res = BenchResult(
         params=n_params, devices=mesh.size, mesh=dict(mesh.shape),
         dtype=compute_dtype_name(mcfg), attention=attention_impl(mcfg), remat=mcfg.remat,
-        tokens_per_step=B * T, flops_per_step=flops_per_token(mcfg, T) * B * T,
+        steps_per_call=per_call, tokens_per_step=B * T, flops_per_step=flops_per_token(mcfg, T) * B * T,
         compile_s=compile_s, memory=memory_stats(compiled), shardings=sharding_summary(jsteps))
     if compile_only:
         return res
     with use_mesh(mesh, cfg.mesh.rules):
         state = jsteps.init()
-        batch = put_batch(_batch_arrays(cfg, mcfg.vocab_size), jsteps.batch_sharding)
-        for _ in range(max(warmup, 1)):
-            state, metrics = compiled(state, batch)
-            res.losses.append(float(metrics["loss"]))
+        host = _batch_arrays(cfg, mcfg.vocab_size)
+        if per_call > 1:  # calls of per_call steps, as the trainer makes them
+            batch = put_batch(stack_batches([host] * per_call, per_call),
+                              jsteps.stacked_sharding)
+            count = np.int32(per_call)
+
+            def call(s):
+                s, m = compiled(s, batch, count)
+                return s, m, {k: v[per_call - 1] for k, v in m.items()}
+        else:
+            batch = put_batch(host, jsteps.batch_sharding)
+
+            def call(s):
+                s, m = compiled(s, batch)
+                return s, m, m
+        calls = -(-steps // per_call)  # whole calls: at least `steps` steps
+        for _ in range(max(-(-warmup // per_call), 1)):
+            state, _, last = call(state)
+            res.losses.append(float(last["loss"]))
         t0 = time.perf_counter()
         in_flight = InFlight()  # the trainer's bounded queue (see jaxlm.train.trainer)
-        for _ in range(steps):
-            state, metrics = compiled(state, batch)
+        for _ in range(calls):
+            state, metrics, last = call(state)
             in_flight.add(metrics)
-        res.losses.append(float(metrics["loss"]))  # blocks until the last step is done
-        res.step_s = (time.perf_counter() - t0) / steps
+        res.losses.append(float(last["loss"]))  # blocks until the last step is done
+        res.step_s = (time.perf_counter() - t0) / (calls * per_call)
     res.tokens_per_s = res.tokens_per_step / res.step_s
     if peak_tflops:
         res.peak_flops_per_device, res.peak_source = peak_tflops * 1e12, "given"
@@ -173,7 +204,7 @@ def format_result(r: BenchResult, show_shardings: int = 8) -> str:
     lines = [f"model: {r.params / 1e6:,.1f}M parameters, compute {r.dtype}, attention "
              f"{r.attention}, remat {r.remat}",
              f"mesh: {mesh} ({r.devices} devices); {r.tokens_per_step:,} tokens/step, "
-             f"{r.flops_per_step / 1e9:,.1f} GFLOP/step",
+             f"{r.flops_per_step / 1e9:,.1f} GFLOP/step, {r.steps_per_call} steps per call",
              f"compile: {r.compile_s:.1f}s"]
     if r.memory:
         m = r.memory
