@@ -97,7 +97,8 @@ def main() -> None:
 
     rows = [("imports (fresh interpreter)", imports_s),
             ("init program: compile", t1 - t0), ("init program: run", t2 - t1),
-            (f"train step ({per_call} per call): lower + compile", t3 - t2), ("eval step: compile + first batch", t4 - t3),
+            (f"train step ({per_call} per call): lower + compile", t3 - t2),
+            ("eval step: compile + first batch", t4 - t3),
             (f"whole validation split ({len(val_batches)} batches)", whole_s)]
     print(f"config {args.config}; compilation cache: none here (the `jaxlm` command keeps one "
           f"in {cache_dir()} for reruns)")

@@ -62,9 +62,10 @@ def main() -> None:
                       f"{r['val_loss']:.4f}", flush=True)
     med = {s: {k: statistics.median(r[k] for r in rs) for k in ("wall_s", "rss_mib")}
            for s, rs in results.items()}
-    print(f"median wall: one step per call {med['one']['wall_s']:.1f} s, several "
-          f"{med['several']['wall_s']:.1f} s: {med['one']['wall_s'] / med['several']['wall_s']:.2f}x"
-          f" faster; peak RSS {med['one']['rss_mib']:.0f} / {med['several']['rss_mib']:.0f} MiB")
+    one, several = med["one"]["wall_s"], med["several"]["wall_s"]
+    print(f"median wall: one step per call {one:.1f} s, several {several:.1f} s: "
+          f"{one / several:.2f}x faster; peak RSS {med['one']['rss_mib']:.0f} / "
+          f"{med['several']['rss_mib']:.0f} MiB")
     losses = {s: sorted({round(r["val_loss"], 4) for r in rs}) for s, rs in results.items()}
     print(f"final validation loss: one step per call {losses['one']}, several "
           f"{losses['several']}")

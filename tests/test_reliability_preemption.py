@@ -100,7 +100,8 @@ def test_sigterm_in_the_loop_saves_that_step_and_resume_matches(tiny_corpus, tmp
 WORKER = r"""
 import os, signal, sys
 import jax
-port, pid, run, corpus, term_step, per_call = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6]
+port, pid, run, corpus = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+term_step, per_call = int(sys.argv[5]), sys.argv[6]
 jax.distributed.initialize(f"127.0.0.1:{port}", 2, pid)
 import jaxlm.train.trainer as loop
 real, n = loop.put_batch, {"i": 0}
@@ -126,7 +127,8 @@ def _two_hosts(run: Path, corpus: Path, term_step: int, per_call: int = 1
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
            "JAX_PLATFORMS": "cpu"}
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, port, str(i), str(run), str(corpus),
-                               str(term_step), str(per_call)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                               str(term_step), str(per_call)], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for i in range(2)]
     return [(p.wait(timeout=300), p.communicate()[1]) for p in procs]
 

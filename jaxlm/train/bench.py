@@ -118,10 +118,10 @@ def build_steps(cfg: Config, mesh=None) -> tuple[CompiledSteps, ModelConfig, Any
 
 
 def bench_steps_per_call(cfg: Config) -> int:
-    """The steps per call `jaxlm pretrain` makes for `cfg` (its language-model batches have one
-    shape)."""
-    from jaxlm.train.fit import AUTO_STEPS_PER_CALL
-    return cfg.train.steps_per_call or AUTO_STEPS_PER_CALL
+    """The steps per call `jaxlm pretrain` makes for `cfg` (`jaxlm.train.fit.steps_per_call`)."""
+    from jaxlm.tasks import task_for
+    from jaxlm.train.fit import steps_per_call
+    return steps_per_call(cfg, task_for(cfg.train.task)())
 
 
 def lower_and_compile(cfg: Config, steps: CompiledSteps, mesh, per_call: int = 1) -> Any:
@@ -155,7 +155,8 @@ def bench(cfg: Config, *, steps: int = 10, warmup: int = 2, compile_only: bool =
     res = BenchResult(
         params=n_params, devices=mesh.size, mesh=dict(mesh.shape),
         dtype=compute_dtype_name(mcfg), attention=attention_impl(mcfg), remat=mcfg.remat,
-        steps_per_call=per_call, tokens_per_step=B * T, flops_per_step=flops_per_token(mcfg, T) * B * T,
+        steps_per_call=per_call, tokens_per_step=B * T,
+        flops_per_step=flops_per_token(mcfg, T) * B * T,
         compile_s=compile_s, memory=memory_stats(compiled), shardings=sharding_summary(jsteps))
     if compile_only:
         return res

@@ -115,7 +115,7 @@ class TrainingHooks:
             release_freed_host_memory()  # set-up and compilation are done
             self.first, self.mark, self.hook_s = False, time.perf_counter(), 0.0
             self.compile_s, self.mark_step, self.tokens = self.mark - self.start, info.step, 0
-        elif not self.first:  # steps of several shapes (packed classification rows) compute different counts
+        elif not self.first:  # steps of several shapes (packed classification rows) differ
             self.tokens += info.tokens or self.tokens_per_step
         self.bar.update(1)
 
