@@ -139,8 +139,10 @@ def test_a_short_run_logs_to_wandb_offline_and_mlflow(offline, tiny_corpus, tmp_
     assert info.info.status == "FINISHED" and info.info.run_name == "run"
     for split, key in [("train", "loss"), ("train", "grad_norm"), ("train", "tokens_per_s"),
                        ("val", "loss"), ("val", "accuracy")]:
-        want = sorted((step, r[key]) for (sp, step), r in logged.items() if sp == split)
-        assert history(client, run_id, f"{split}/{key}") == want, (split, key)
+        # (a log inside the first call, which holds the compile, has no throughput)
+        want = sorted((step, r[key]) for (sp, step), r in logged.items()
+                      if sp == split and key in r)
+        assert want and history(client, run_id, f"{split}/{key}") == want, (split, key)
     params = info.data.params
     assert params["train.steps"] == "6" and params["model.d_model"] == "128"
     assert params["data.train"] == f"text:{tiny_corpus}" and params["optim.name"] == "adamw"
