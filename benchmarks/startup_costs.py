@@ -11,10 +11,8 @@ persistent cache on), in the order a run meets them:
   parameters: the cost does not depend on their values), as the run's final report does.
 Also, for scale, the steady train step (per step, median over calls of train.steps_per_call steps
 as `jaxlm pretrain` makes them, about --steps steps), so each piece reads as a number of
-steps. And the init program compiled twice more, with jaxlm's options and with XLA's defaults
-(what jaxlm.train.steps.init_compiler_options buys, like for like). PyTorch's eager mode compiles
-nothing; nanoGPT's protocol does not time a whole-split validation (benchmarks/headline.py
-compares the whole jobs).
+steps. PyTorch's eager mode compiles nothing; nanoGPT's protocol does not time a whole-split
+validation (benchmarks/headline.py compares the whole jobs).
 
     .venv/bin/python benchmarks/startup_costs.py [--config configs/shakespeare_char.yaml]
            [--steps 50] [--set KEY=VALUE ...]
@@ -80,8 +78,6 @@ def main() -> None:
         per_call = bench_steps_per_call(cfg)  # the program jaxlm pretrain runs
         train_step = lower_and_compile(cfg, steps, mesh, per_call)
         t3 = time.perf_counter()
-        init_pair = init_compile_pair(steps, mesh)
-        t3 += sum(init_pair)  # not part of the run: the comparison below
         steps.eval.mean_metrics(state.params, val_batches[:1])
         t4 = time.perf_counter()
         host = _batch_arrays(cfg, cfg.model.vocab_size)
@@ -111,24 +107,6 @@ def main() -> None:
         print(f"  {name:45s} {s:6.2f} s  = {s / step_s:6.1f} steps")
     total = sum(s for _, s in rows)
     print(f"  {'total':45s} {total:6.2f} s  = {total / step_s:6.1f} steps")
-    ours, default = init_pair
-    print(f"init program compiled again, warm: with jaxlm's options {ours:.2f} s, with XLA's "
-          f"defaults {default:.2f} s ({default / ours:.2f}x; jaxlm.train.steps."
-          f"init_compiler_options)")
-
-
-def init_compile_pair(steps, mesh) -> tuple[float, float]:
-    """Seconds to compile the init program again with jaxlm's options, then with XLA's defaults
-    (the options turned off), both after the run's first compilation warmed the compiler."""
-    from jaxlm.train.steps import init_compiler_options
-    lowered = steps.init.lower()
-    ours = init_compiler_options(mesh) or {}
-    times = []  # explicit options: a compilation, not the executable already in memory
-    for options in (ours, {k: False for k in ours}):
-        t = time.perf_counter()
-        lowered.compile(compiler_options=options)
-        times.append(time.perf_counter() - t)
-    return times[0], times[1]
 
 
 if __name__ == "__main__":

@@ -155,16 +155,6 @@ def train_compiler_options(mesh: Mesh) -> dict[str, str] | None:
     return {"xla_disable_hlo_passes": "cse_barrier_expander"}
 
 
-def init_compiler_options(mesh: Mesh) -> dict[str, bool] | None:
-    """XLA options for the init programs. On CPU, LLVM's expensive passes are skipped: the
-    program runs once, for a fraction of its compile time (its random initialisation is hundreds
-    of small fusions), and the values are the same bits (tests/test_steps.py compares them);
-    `benchmarks/startup_costs.py` prices the compile."""
-    if mesh.devices.flat[0].platform != "cpu":
-        return None
-    return {"xla_llvm_disable_expensive_passes": True}
-
-
 @dataclass
 class CompiledSteps:
     """The jitted steps for one model, optimizer and mesh, and the shardings they use.
@@ -226,8 +216,7 @@ def compile_steps(make_model: Callable[[], nnx.Module], tx: optax.GradientTransf
             fresh = nnx.to_pure_dict(nnx.state(unsharded_model(), nnx.Param))
             return new_state(replace(fresh, given), tx, seed, lambda p: layout.split(p)[0])
 
-        return jax.jit(init_with, out_shardings=shardings,
-                       compiler_options=init_compiler_options(mesh))
+        return jax.jit(init_with, out_shardings=shardings)
 
     abstract_state = jax.eval_shape(init)
     # the nnx layout keeps each variable's logical-axis metadata, which the shardings come from
@@ -251,8 +240,7 @@ def compile_steps(make_model: Callable[[], nnx.Module], tx: optax.GradientTransf
                          compiler_options=train_compiler_options(mesh))
     evaluator = Evaluator(layout.model, loss_fn, params_sharding=shardings.params,
                           batch_sharding=batch_prefix)
-    init_fn = jax.jit(init, out_shardings=shardings, compiler_options=init_compiler_options(mesh))
-    return CompiledSteps(train=train, eval=evaluator, init=init_fn,
+    return CompiledSteps(train=train, eval=evaluator, init=jax.jit(init, out_shardings=shardings),
                          init_replacing=init_replacing, layout=layout,
                          state_sharding=shardings, batch_sharding=batch_prefix,
                          abstract_state=abstract_state, train_many=train_many,
