@@ -9,10 +9,13 @@ checkpoint (`TrainingStopped`) prints how to resume and exits with 143 (SIGTERM)
 from __future__ import annotations
 
 import argparse
+import atexit
 import copy
 import importlib
+import os
 import shlex
 import sys
+import threading
 
 from jaxlm.errors import JaxlmError, TrainingStopped
 
@@ -146,5 +149,24 @@ def run(command: str | list[str]) -> None:
                            "message is printed above.")
 
 
+def program() -> None:
+    """The `jaxlm` program: `main()`, then an exit without the interpreter's teardown.
+
+    After a command, tearing down JAX's runtime and every imported module takes a noticeable
+    part of a short job's wall time (benchmarks/startup_costs.py prints it), and it does nothing a
+    finished command needs: so once the command has returned, the program waits for its
+    non-daemon threads and runs the atexit handlers, as the interpreter would (JAX's
+    distributed shutdown among them), flushes its output and exits. A command that raises
+    leaves through the usual path, with its traceback."""
+    code = main()
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    program()

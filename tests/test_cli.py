@@ -42,6 +42,36 @@ def test_cli_run_writes_metrics_tensorboard_and_checkpoint(tiny_corpus, tmp_path
     assert summary["step"] == 6 and summary["val"]["loss"] > 0
 
 
+def test_program_exit_keeps_what_the_interpreter_would_do(tmp_path):
+    """`jaxlm` (cli.program) skips the interpreter's teardown, not what a finished command
+    needs: non-daemon threads are joined, atexit handlers run, output is flushed, and the
+    command's exit code is the process's."""
+    import os
+    code = (
+        "import atexit, sys, threading, time\n"
+        "from jaxlm import cli\n"
+        "def late():\n"
+        "    time.sleep(0.3)\n"
+        f"    open({str(tmp_path / 'thread.txt')!r}, 'w').write('joined')\n"
+        "threading.Thread(target=late).start()\n"
+        "atexit.register(lambda: print('atexit ran'))\n"
+        "sys.stdout.write('unflushed output')\n"
+        "sys.argv = ['jaxlm', *sys.argv[1:]]\n"
+        "cli.program()\n"
+        "print('not reached')\n")
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    ok = subprocess.run([sys.executable, "-c", code, "runs", str(tmp_path)], env=env,
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("unflushed output") and "atexit ran" in ok.stdout
+    assert "not reached" not in ok.stdout
+    assert (tmp_path / "thread.txt").read_text() == "joined"
+    bad = subprocess.run([sys.executable, "-c", code, "info", str(tmp_path / "missing")],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "jaxlm info: error" in bad.stderr
+    assert "atexit ran" in bad.stdout
+
+
 def test_help_lists_commands():
     out = jaxlm("--help")
     assert out.returncode == 0 and "pretrain" in out.stdout

@@ -70,3 +70,35 @@ def test_validation_during_training_is_a_sample_unless_eval_batches_asks(tmp_pat
     assert batches() == 5  # ceil(50 * 4 / 10 / 4)
     assert batches(eval_batches=3) == 3
     assert batches(eval_batch_size=8) == 3  # ceil(20 rows / 8)
+
+
+def test_the_last_validation_scores_the_whole_split_once(tmp_path, tiny_corpus, monkeypatch):
+    """Validation at the last step scores the whole split, which is the final report: no sample
+    at that step and no second pass over the split with the same parameters."""
+    from jaxlm.tasks.language_model import CausalLMTask
+
+    scored = []
+    original = CausalLMTask.evaluate
+
+    def counting(self, evaluator, params, batches):
+        scored.append(len(batches))
+        return original(self, evaluator, params, batches)
+
+    monkeypatch.setattr(CausalLMTask, "evaluate", counting)
+    cfg = config_from_dict({
+        "name": "last", "model": {"family": "gpt2", "num_layers": 1, "d_model": 32,
+                                  "num_heads": 2, "max_len": 16},
+        "data": {"train": f"text:{tiny_corpus}", "seq_len": 16},
+        "optim": {"lr": 3e-3},
+        "train": {"steps": 8, "batch_size": 8, "eval_every": 4, "log_every": 4,
+                  "checkpoint_every": 8}})
+    summary = pretrain(cfg, str(tmp_path / "run"), show_progress=False, peak_flops=1e12)
+    windows = (4_000 - 1) // 16  # every 16-window of the 4,000 validation characters, once
+    assert scored == [1, -(-windows // 8)]  # a sample at step 4 (ceil(4 * 8 / 10 / 8)), all at 8
+    logs = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    val = [m for m in logs if m["split"] == "val"]
+    final = [m for m in logs if m["split"] == "final_validation"]
+    assert [m["step"] for m in val] == [4, 8] and final[0]["step"] == 8
+    assert val[-1]["loss"] == final[0]["loss"] == summary["validation"]["loss"]
+    assert summary["val"]["loss"] == summary["validation"]["loss"]
+    assert summary["validation"]["tokens"] == windows * 16

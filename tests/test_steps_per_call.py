@@ -86,6 +86,23 @@ class _ManySteps:
         return state + int(count), {"loss": loss}
 
 
+def test_the_multi_step_program_traces_the_step_once():
+    """`many_steps` takes its metrics' shapes and its loop body from one trace of the step
+    (tracing a model's step is a visible part of a short job's start-up)."""
+    from jaxlm.train.steps import many_steps
+    traces = []
+
+    def step(s, b):
+        traces.append(b.shape)
+        return s + b.sum(), {"loss": b.mean(), "rows": b.sum(axis=1)}
+
+    run = jax.jit(lambda s, bs, n: many_steps(step, s, bs, n))
+    state, metrics = run(np.float32(0), np.ones((4, 3, 2), np.float32), np.int32(3))
+    assert traces == [(3, 2)]
+    assert float(state) == 18.0 and metrics["rows"].shape == (4, 3)
+    assert metrics["loss"].tolist() == [1.0, 1.0, 1.0, 0.0]  # rows past the count stay zeros
+
+
 def test_calls_end_where_hooks_are_due_and_hooks_see_their_steps(monkeypatch):
     monkeypatch.setattr("jaxlm.train.trainer.put_batch", lambda b, s: b)
     steps = _ManySteps()

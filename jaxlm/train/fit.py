@@ -262,6 +262,24 @@ def _scalars(report: dict) -> dict[str, float]:
     return {k: v for k, v in report.items() if isinstance(v, float)}
 
 
+def _final_validation(s: Setup, steps: CompiledSteps, best: BestKeeper | None, pi: int,
+                      pc: int) -> tuple[Any, dict] | None:
+    """(evaluate, what it scored) for the last step's validation when the final report scores
+    the whole validation split with the last parameters (no best checkpoint kept): the last
+    validation scores the whole split itself, and the final report reuses it, instead of a
+    sample at the last step and then the whole split with the same parameters."""
+    if best is not None or "validation" not in s.task.final_splits:
+        return None
+    scored: dict[str, Any] = {}
+
+    def evaluate(params: Any) -> dict:
+        scored["batches"] = s.task.eval_batches(s.cfg, s.tokenizer, s.sources["validation"],
+                                                whole=True, process_index=pi, process_count=pc)
+        return s.task.evaluate(steps.eval, params, scored["batches"])
+
+    return evaluate, scored
+
+
 def _loop(s: Setup, steps: CompiledSteps, hooks: Iterable[Hook], show_progress: bool,
           peak_flops: float | None) -> tuple[dict[str, Any], MetricsLogger]:
     """The loop with the standard hooks; returns the summary and the still open logger (the
@@ -281,12 +299,14 @@ def _loop(s: Setup, steps: CompiledSteps, hooks: Iterable[Hook], show_progress: 
         ckpt.close()
         raise
     T, B = cfg.data.seq_len, t.batch_size
+    final_val = _final_validation(s, steps, best, pi, pc) if val else None
     std = TrainingHooks(
         logger, ckpt, iterator, steps.layout, tokens_per_step=B * T,
         flops_per_step=flops_per_token(s.model_cfg, T) * B * T,
         peak_flops=peak_flops or measure_peak_flops(s.model_cfg.dtype) * s.mesh.size,
         on_nonfinite=t.on_nonfinite, show_progress=show_progress,
         evaluate=(lambda p: s.task.evaluate(steps.eval, p, val)) if val else None,
+        final_evaluate=final_val[0] if final_val else None,
         on_eval=(lambda step, st, m: _keep_report(
             best.offer(step, steps.layout.checkpoint_params(st.params), m))) if best else None)
     kept: dict[str, Any] = {}
@@ -305,7 +325,8 @@ def _loop(s: Setup, steps: CompiledSteps, hooks: Iterable[Hook], show_progress: 
         ckpt.wait()
         summary = std.summary(int(jax.device_get(state.step)))
         final = kept.get("best") if best is not None else std.last_report
-        _final_reports(s, steps, state, best, summary, logger, (val, final))
+        scored = final_val[1].get("batches", val) if final_val else val
+        _final_reports(s, steps, state, best, summary, logger, (scored, final))
     except BaseException as e:
         logger.close("stopped" if isinstance(e, TrainingStopped) else "failed")
         raise

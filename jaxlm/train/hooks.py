@@ -81,6 +81,8 @@ class TrainingHooks:
     peak_flops: float | None = None
     on_nonfinite: str = "stop"
     evaluate: Callable[[Any], dict] | None = None  # params -> validation report
+    # the last step's validation, when it differs (the run's final report on the whole split)
+    final_evaluate: Callable[[Any], dict] | None = None
     on_eval: Callable[[int, Any, dict], None] | None = None  # e.g. keep the best checkpoint
     show_progress: bool = True
     last_train: dict = field(default_factory=dict)
@@ -162,7 +164,9 @@ class TrainingHooks:
 
     def validate(self, trainer: Trainer, info: StepInfo) -> None:
         """Evaluate the step's parameters; log, report and offer them as the best."""
-        report = self._timed(lambda: self.evaluate(info.state.params), ready=info.state.step)
+        last = trainer is not None and info.step == trainer.total_steps
+        evaluate = self.final_evaluate if last and self.final_evaluate else self.evaluate
+        report = self._timed(lambda: evaluate(info.state.params), ready=info.state.step)
         release_freed_host_memory()
         self.last_report = (info.step, report)
         self.last_eval = {k: v for k, v in report.items() if isinstance(v, float)}

@@ -132,8 +132,12 @@ def many_steps(step: Callable[[TrainState, dict], tuple[TrainState, dict]], stat
 
     `count` is a traced scalar: one compiled program serves calls of any length up to K, and
     every step runs the same compiled loop body, so a run's results do not depend on how its
-    steps are grouped into calls (a resumed run groups them differently)."""
+    steps are grouped into calls (a resumed run groups them differently).
+
+    The step is traced once: its metrics' shapes (for the stacked outputs) and the loop body
+    come from the same trace, as a nested jit whose trace is cached for the body's call."""
     slots = jax.tree.leaves(batches)[0].shape[0]
+    step = jax.jit(step)
     _, shapes = jax.eval_shape(step, state, jax.tree.map(lambda x: x[0], batches))
     stacked = jax.tree.map(lambda m: jnp.zeros((slots, *m.shape), m.dtype), shapes)
 
