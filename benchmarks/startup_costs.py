@@ -8,7 +8,9 @@ persistent cache on), in the order a run meets them:
 - the eval step: its first call through the run's evaluator (compiling it, then one batch), as
   the first validation meets it;
 - scoring the whole validation split once (its batches, on the real corpus, with the fresh
-  parameters: the cost does not depend on their values), as the run's final report does.
+  parameters: the cost does not depend on their values), as the run's final report does;
+- the exit: from the end of a fresh interpreter's work to its exit, with Python's teardown
+  and as the `jaxlm` program exits without it (`jaxlm.cli.program`).
 Also, for scale, the steady train step (per step, median over calls of train.steps_per_call steps
 as `jaxlm pretrain` makes them, about --steps steps), so each piece reads as a number of
 steps. PyTorch's eager mode compiles nothing; nanoGPT's protocol does not time a whole-split
@@ -40,6 +42,31 @@ def import_seconds() -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
+EXIT_CHILD = """
+import sys, time
+{imports}
+import jax, jax.numpy as jnp
+jax.block_until_ready(jax.jit(lambda x: x @ x)(jnp.ones((64, 64))))
+print(time.time(), flush=True)
+if sys.argv[1] == "program":  # as jaxlm.cli.program ends: atexit handlers, then no teardown
+    import atexit, os
+    atexit._run_exitfuncs()
+    os._exit(0)
+"""
+
+
+def exit_seconds(how: str, rounds: int = 3) -> float:
+    """Median seconds from the end of a fresh interpreter's work (jaxlm imported, the CPU
+    backend up, a program compiled and run) to its exit: `interpreter` exits as Python does,
+    `program` as the `jaxlm` program does (`jaxlm.cli.program`)."""
+    out = []
+    for _ in range(rounds):
+        proc = subprocess.run([sys.executable, "-c", EXIT_CHILD.format(imports=IMPORTS), how],
+                              capture_output=True, text=True, check=True, cwd=REPO)
+        out.append(time.time() - float(proc.stdout.strip().splitlines()[-1]))
+    return statistics.median(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default=str(REPO / "configs/shakespeare_char.yaml"))
@@ -47,6 +74,7 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
     imports_s = import_seconds()
+    teardown = {how: exit_seconds(how) for how in ("interpreter", "program")}
 
     from jaxlm.host_memory import reuse_freed_host_memory
     reuse_freed_host_memory(one_arena=False)  # as the `jaxlm` command sets it for this job
@@ -107,6 +135,8 @@ def main() -> None:
         print(f"  {name:45s} {s:6.2f} s  = {s / step_s:6.1f} steps")
     total = sum(s for _, s in rows)
     print(f"  {'total':45s} {total:6.2f} s  = {total / step_s:6.1f} steps")
+    print(f"exit after the work: {teardown['interpreter']:.2f} s with the interpreter's "
+          f"teardown, {teardown['program']:.2f} s as the `jaxlm` program exits (no teardown)")
 
 
 if __name__ == "__main__":
