@@ -154,14 +154,17 @@ def program() -> None:
 
     After a command, tearing down JAX's runtime and every imported module takes a noticeable
     part of a short job's wall time (benchmarks/startup_costs.py prints it), and it does nothing a
-    finished command needs: so once the command has returned, the program waits for its
-    non-daemon threads and runs the atexit handlers, as the interpreter would (JAX's
-    distributed shutdown among them), flushes its output and exits. A command that raises
-    leaves through the usual path, with its traceback."""
+    finished command needs: so once the command has returned, the program does the first two
+    steps of the interpreter's own shutdown, in its order: `threading._shutdown` (which stops
+    idle thread-pool workers, then waits for the non-daemon threads) and the atexit handlers
+    (JAX's distributed shutdown among them); then it flushes its output and exits. A command
+    that raises leaves through the usual path, with its traceback; so does every exit on an
+    interpreter without `threading._shutdown`."""
     code = main()
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
+    shutdown_threads = getattr(threading, "_shutdown", None)
+    if shutdown_threads is None:
+        sys.exit(code)
+    shutdown_threads()
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -44,12 +44,16 @@ def test_cli_run_writes_metrics_tensorboard_and_checkpoint(tiny_corpus, tmp_path
 
 def test_program_exit_keeps_what_the_interpreter_would_do(tmp_path):
     """`jaxlm` (cli.program) skips the interpreter's teardown, not what a finished command
-    needs: non-daemon threads are joined, atexit handlers run, output is flushed, and the
-    command's exit code is the process's."""
+    needs: idle thread-pool workers are stopped (orbax and others leave some), non-daemon
+    threads are joined, atexit handlers run, output is flushed, and the command's exit code is
+    the process's."""
     import os
     code = (
         "import atexit, sys, threading, time\n"
+        "from concurrent.futures import ThreadPoolExecutor\n"
         "from jaxlm import cli\n"
+        "pool = ThreadPoolExecutor(1)  # kept: its worker stays, idle and non-daemon\n"
+        "pool.submit(lambda: None).result()\n"
         "def late():\n"
         "    time.sleep(0.3)\n"
         f"    open({str(tmp_path / 'thread.txt')!r}, 'w').write('joined')\n"
