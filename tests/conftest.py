@@ -50,3 +50,21 @@ def w(tmp_path_factory, data_dir: Path) -> Path:
     for the catalogue and the run-handling tests."""
     from reliability_workspace import build_workspace
     return build_workspace(tmp_path_factory.mktemp("catalogue"), data_dir)
+
+
+@pytest.fixture
+def count_evaluations(monkeypatch):
+    """`count_evaluations(TaskClass)`: a list that gets the number of batches of every
+    `TaskClass.evaluate` call from then on (the evaluation still runs)."""
+    def install(task_cls) -> list[int]:
+        calls: list[int] = []
+        original = task_cls.evaluate
+
+        def counting(self, evaluator, params, batches):
+            calls.append(len(batches))
+            return original(self, evaluator, params, batches)
+
+        monkeypatch.setattr(task_cls, "evaluate", counting)
+        return calls
+
+    return install

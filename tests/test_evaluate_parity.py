@@ -72,19 +72,13 @@ def test_validation_during_training_is_a_sample_unless_eval_batches_asks(tmp_pat
     assert batches(eval_batch_size=8) == 3  # ceil(20 rows / 8)
 
 
-def test_the_last_validation_scores_the_whole_split_once(tmp_path, tiny_corpus, monkeypatch):
+def test_the_last_validation_scores_the_whole_split_once(tmp_path, tiny_corpus,
+                                                        count_evaluations):
     """Validation at the last step scores the whole split, which is the final report: no sample
     at that step and no second pass over the split with the same parameters."""
     from jaxlm.tasks.language_model import CausalLMTask
 
-    scored = []
-    original = CausalLMTask.evaluate
-
-    def counting(self, evaluator, params, batches):
-        scored.append(len(batches))
-        return original(self, evaluator, params, batches)
-
-    monkeypatch.setattr(CausalLMTask, "evaluate", counting)
+    scored = count_evaluations(CausalLMTask)
     cfg = config_from_dict({
         "name": "last", "model": {"family": "gpt2", "num_layers": 1, "d_model": 32,
                                   "num_heads": 2, "max_len": 16},

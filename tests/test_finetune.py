@@ -154,7 +154,7 @@ def test_scratch_run_learns_and_predict_batches_match_single_examples(sst_small,
 
 
 def test_final_validation_report_reuses_the_kept_checkpoints_validation(sst_small, tmp_path,
-                                                                        monkeypatch):
+                                                                        count_evaluations):
     """The best checkpoint's validation report is the final one (the same batches and
     parameters), so the dev split is scored once per validation, not again at the end; it
     equals a fresh evaluation of the kept checkpoint."""
@@ -162,14 +162,7 @@ def test_final_validation_report_reuses_the_kept_checkpoints_validation(sst_smal
     from jaxlm.tasks.classification import ClassificationTask
 
     root, _ = sst_small
-    calls = []
-    original = ClassificationTask.evaluate
-
-    def counting(self, evaluator, params, batches):
-        calls.append(len(batches))
-        return original(self, evaluator, params, batches)
-
-    monkeypatch.setattr(ClassificationTask, "evaluate", counting)
+    calls = count_evaluations(ClassificationTask)
     cfg = ft_config(root, model=MODEL, train={"steps": 6, "eval_every": 2})
     summary = finetune(cfg, str(tmp_path / "run"), show_progress=False)
     assert len(calls) == 3 + 1  # validation at steps 2, 4, 6, then only the test split
