@@ -48,17 +48,16 @@ import sys, time
 import jax, jax.numpy as jnp
 jax.block_until_ready(jax.jit(lambda x: x @ x)(jnp.ones((64, 64))))
 print(time.time(), flush=True)
-if sys.argv[1] == "program":  # as jaxlm.cli.program ends: atexit handlers, then no teardown
-    import atexit, os
-    atexit._run_exitfuncs()
-    os._exit(0)
+if sys.argv[1] == "program":  # as the jaxlm program ends
+    from jaxlm.cli import exit_without_teardown
+    exit_without_teardown(0)
 """
 
 
 def exit_seconds(how: str, rounds: int = 3) -> float:
     """Median seconds from the end of a fresh interpreter's work (jaxlm imported, the CPU
     backend up, a program compiled and run) to its exit: `interpreter` exits as Python does,
-    `program` as the `jaxlm` program does (`jaxlm.cli.program`)."""
+    `program` as the `jaxlm` program does (`jaxlm.cli.exit_without_teardown`)."""
     out = []
     for _ in range(rounds):
         proc = subprocess.run([sys.executable, "-c", EXIT_CHILD.format(imports=IMPORTS), how],

@@ -16,6 +16,7 @@ import os
 import shlex
 import sys
 import threading
+from typing import NoReturn
 
 from jaxlm.errors import JaxlmError, TrainingStopped
 
@@ -150,17 +151,21 @@ def run(command: str | list[str]) -> None:
 
 
 def program() -> None:
-    """The `jaxlm` program: `main()`, then an exit without the interpreter's teardown.
+    """The `jaxlm` program: `main()`, then `exit_without_teardown` with its exit code. A command
+    that raises leaves through the usual path, with its traceback."""
+    exit_without_teardown(main())
+
+
+def exit_without_teardown(code: int) -> NoReturn:
+    """Exit with `code` after the first two steps of the interpreter's own shutdown, not the
+    rest.
 
     After a command, tearing down JAX's runtime and every imported module takes a noticeable
     part of a short job's wall time (benchmarks/startup_costs.py prints it), and it does nothing a
-    finished command needs: so once the command has returned, the program does the first two
-    steps of the interpreter's own shutdown, in its order: `threading._shutdown` (which stops
-    idle thread-pool workers, then waits for the non-daemon threads) and the atexit handlers
-    (JAX's distributed shutdown among them); then it flushes its output and exits. A command
-    that raises leaves through the usual path, with its traceback; so does every exit on an
-    interpreter without `threading._shutdown`."""
-    code = main()
+    finished command needs: so this does, in the interpreter's order, `threading._shutdown`
+    (which stops idle thread-pool workers, then waits for the non-daemon threads) and the atexit
+    handlers (JAX's distributed shutdown among them); then it flushes the output and exits. On
+    an interpreter without `threading._shutdown` it exits the usual way."""
     shutdown_threads = getattr(threading, "_shutdown", None)
     if shutdown_threads is None:
         sys.exit(code)
