@@ -57,7 +57,8 @@ meta = z.read(next(n for n in files if n.endswith(".dist-info/METADATA"))).decod
 for need in ("License-Expression: Apache-2.0", "Description-Content-Type: text/markdown",
              "Provides-Extra: trackers", "language models"):
     assert need in meta, f"METADATA lacks {need!r}"
-assert "jaxlm = jaxlm.cli:main" in z.read(next(n for n in files if n.endswith("entry_points.txt"))).decode()
+entry_points = z.read(next(n for n in files if n.endswith("entry_points.txt"))).decode()
+assert "jaxlm = jaxlm.cli:program" in entry_points, f"the console script is not cli:program: {entry_points}"
 print(f"sdist: {len(names)} files; wheel: {len(files)} files")
 EOF
 
