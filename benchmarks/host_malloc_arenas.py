@@ -35,7 +35,7 @@ import jax
 jax.config.update("jax_enable_compilation_cache", False)
 from jaxlm.config import load_config
 from jaxlm.sharding import use_mesh
-from jaxlm.train.bench import _batch_arrays, build_steps
+from jaxlm.train.bench import build_steps, random_lm_batch
 from jaxlm.train.steps import put_batch
 cfg = load_config(os.path.join(REPO, "configs/shakespeare_char.yaml"))
 cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=65))
@@ -43,7 +43,7 @@ t0 = time.perf_counter()
 compiled, model_cfg, mesh = build_steps(cfg)  # as `jaxlm pretrain` builds them
 with use_mesh(mesh, cfg.mesh.rules):
     state = compiled.init()
-    batch = put_batch(_batch_arrays(cfg, 65), compiled.batch_sharding)
+    batch = put_batch(random_lm_batch(cfg, 65), compiled.batch_sharding)
     state, m = compiled.train(state, batch)
     jax.block_until_ready(state)
     first = time.perf_counter() - t0

@@ -85,8 +85,8 @@ def main() -> None:
     from jaxlm.data.lm_data import lm_eval_batches, load_lm_sources, tokenizer_texts
     from jaxlm.data.tokenizer import TextTokenizer, train_tokenizer
     from jaxlm.sharding import put_batch, use_mesh
-    from jaxlm.train.bench import (_batch_arrays, bench_steps_per_call, build_steps,
-                                   lower_and_compile)
+    from jaxlm.train.bench import (bench_steps_per_call, build_steps, lower_and_compile,
+                                   random_lm_batch)
     from jaxlm.train.trainer import stack_batches
 
     cfg = load_config(args.config, args.overrides)
@@ -107,7 +107,7 @@ def main() -> None:
         t3 = time.perf_counter()
         steps.eval.mean_metrics(state.params, val_batches[:1])
         t4 = time.perf_counter()
-        host = _batch_arrays(cfg, cfg.model.vocab_size)
+        host = random_lm_batch(cfg, cfg.model.vocab_size)
         args_ = ((put_batch(stack_batches([host] * per_call, per_call), steps.stacked_sharding),
                   np.int32(per_call)) if per_call > 1 else
                  (put_batch(host, steps.batch_sharding),))

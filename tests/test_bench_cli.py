@@ -5,6 +5,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+
+from jaxlm.config import load_config
+from jaxlm.errors import ConfigError
+from jaxlm.train.bench import random_lm_batch
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--set", "model.num_layers=2", "--set", "model.d_model=32", "--set", "model.num_heads=2",
         "--set", "model.max_len=32", "--set", "data.seq_len=32", "--set", "train.batch_size=8"]
@@ -43,3 +50,17 @@ def test_bench_without_a_vocabulary_size_is_a_clear_error():
     out = jaxlm("bench", "--config", "configs/shakespeare_char.yaml", *TINY, "--compile-only")
     assert out.returncode == 2
     assert "model.vocab_size" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_random_lm_batch_is_shaped_like_the_pipelines_and_refuses_classification():
+    cfg = load_config(REPO / "configs/shakespeare_char.yaml",
+                      ["data.seq_len=16", "train.batch_size=4"])
+    batch = random_lm_batch(cfg, vocab=65)
+    assert batch["inputs"].shape == batch["targets"].shape == (4, 16)
+    assert batch["inputs"].dtype == np.int32 and batch["weights"].dtype == np.float32
+    assert np.array_equal(batch["inputs"][:, 1:], batch["targets"][:, :-1])  # shifted windows
+    assert batch["inputs"].min() >= 0 and batch["targets"].max() < 65
+    assert np.all(batch["weights"] == 1)
+    assert np.array_equal(random_lm_batch(cfg, vocab=65)["inputs"], batch["inputs"])  # seeded
+    with pytest.raises(ConfigError, match="train.task"):
+        random_lm_batch(load_config(REPO / "configs/sst2_scratch.yaml"), vocab=100)

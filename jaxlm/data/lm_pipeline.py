@@ -57,18 +57,16 @@ class Chunks:
         return self.tokens[start:start + self.seq_len + 1]
 
 
-def to_lm_example(window: np.ndarray) -> dict[str, np.ndarray]:
-    """Shift a window of T+1 tokens into (inputs, targets)."""
-    window = np.asarray(window, np.int32)
-    return {"inputs": window[:-1], "targets": window[1:],
-            "weights": np.ones(len(window) - 1, np.float32)}
-
-
 def to_lm_batch(windows: np.ndarray) -> dict[str, np.ndarray]:
-    """`to_lm_example` for a [b, T+1] stack of windows at once."""
+    """Shift a [b, T+1] stack of token windows into (inputs, targets), every target weighted."""
     windows = np.asarray(windows, np.int32)
     inputs, targets = np.ascontiguousarray(windows[:, :-1]), np.ascontiguousarray(windows[:, 1:])
     return {"inputs": inputs, "targets": targets, "weights": np.ones(targets.shape, np.float32)}
+
+
+def to_lm_example(window: np.ndarray) -> dict[str, np.ndarray]:
+    """`to_lm_batch` for one window of T+1 tokens (a row of the batch)."""
+    return {k: v[0] for k, v in to_lm_batch(np.asarray(window)[None]).items()}
 
 
 def to_mlm_example(window: np.ndarray, mask: MaskSpec, seed: int, row: int

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlm.config import Config, ModelConfig
+from jaxlm.data.lm_pipeline import to_lm_batch
 from jaxlm.errors import ConfigError
 from jaxlm.models import build_model
 from jaxlm.models.layers import attention_impl, compute_dtype_name
@@ -66,16 +67,17 @@ def bench_model_config(cfg: Config) -> ModelConfig:
     return dataclasses.replace(m, vocab_size=vocab).resolved()
 
 
-def _batch_arrays(cfg: Config, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """A host-local random batch shaped like the pipeline's (this process's rows)."""
-    B, T = cfg.train.batch_size // jax.process_count(), cfg.data.seq_len
-    rng = np.random.default_rng(seed + jax.process_index())
-    toks = rng.integers(0, vocab, (B, T + 1)).astype(np.int32)
-    batch = {"inputs": toks[:, :-1], "targets": toks[:, 1:], "weights": np.ones((B, T), np.float32)}
+def random_lm_batch(cfg: Config, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """A random language-model batch shaped like the pipeline's rows for this process.
+
+    Benchmarks time steps on it so that no data has to be read or tokenised first.
+    """
     if cfg.train.task == "classification":
         raise ConfigError("jaxlm bench measures language-model steps (train.task causal or "
                           "masked).", culprit="train.task")
-    return batch
+    B, T = cfg.train.batch_size // jax.process_count(), cfg.data.seq_len
+    rng = np.random.default_rng(seed + jax.process_index())
+    return to_lm_batch(rng.integers(0, vocab, (B, T + 1)))
 
 
 def memory_stats(compiled: Any) -> dict[str, int]:
@@ -162,7 +164,7 @@ def bench(cfg: Config, *, steps: int = 10, warmup: int = 2, compile_only: bool =
         return res
     with use_mesh(mesh, cfg.mesh.rules):
         state = jsteps.init()
-        host = _batch_arrays(cfg, mcfg.vocab_size)
+        host = random_lm_batch(cfg, mcfg.vocab_size)
         if per_call > 1:  # calls of per_call steps, as the trainer makes them
             batch = put_batch(stack_batches([host] * per_call, per_call),
                               jsteps.stacked_sharding)
