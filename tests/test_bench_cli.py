@@ -64,3 +64,26 @@ def test_random_lm_batch_is_shaped_like_the_pipelines_and_refuses_classification
     assert np.array_equal(random_lm_batch(cfg, vocab=65)["inputs"], batch["inputs"])  # seeded
     with pytest.raises(ConfigError, match="train.task"):
         random_lm_batch(load_config(REPO / "configs/sst2_scratch.yaml"), vocab=100)
+
+
+def test_bench_times_a_lora_finetunes_step_with_optimizer_state_for_the_adapters_only():
+    from jaxlm.train.bench import bench
+
+    sets = ["model.family=llama", "model.num_layers=2", "model.d_model=64", "model.num_heads=4",
+            "model.max_len=32", "model.vocab_size=512", "data.seq_len=32", "train.batch_size=8",
+            "mesh.num_devices=1", "train.task=generative"]
+    lora = ["finetune.lora.rank=2", "finetune.lora.targets=[attention]"]
+    full = bench(load_config(REPO / "configs/shakespeare_char.yaml", sets), compile_only=True)
+    low = bench(load_config(REPO / "configs/shakespeare_char.yaml", sets + lora), steps=2,
+                warmup=1)
+    assert full.trainable_params == full.params
+    # adapters: A [64, 2] and B [2, 64] on q, k, v, o of both layers
+    assert low.params - full.params == 2 * 4 * (64 * 2 + 2 * 64)
+    assert low.trainable_params == low.params - full.params
+    # AdamW's two moments for the adapters alone: arguments shrink by about 2 x the frozen base
+    frozen_bytes = 4 * (low.params - low.trainable_params)
+    assert full.memory["argument"] - low.memory["argument"] > 1.9 * frozen_bytes
+    assert low.step_s > 0 and np.isfinite(low.losses).all()
+    with pytest.raises(ConfigError, match="pretraining"):  # LoRA is for fine-tuning tasks
+        bench(load_config(REPO / "configs/shakespeare_char.yaml",
+                          sets[:-1] + lora), compile_only=True)

@@ -1,5 +1,6 @@
 """`jaxlm bench`: compile a config's train step and report its memory per device, step time,
-tokens/s and MFU (random tokens; no data, no run directory)."""
+tokens/s and MFU (random tokens; no data, no run directory). The step is the one training
+builds: a generative fine-tune with finetune.lora trains its adapters alone."""
 from __future__ import annotations
 
 import argparse

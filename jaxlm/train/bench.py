@@ -1,10 +1,10 @@
 """`jaxlm bench`: what a config's train step costs on this machine, without data or a run dir.
 
-Compiles the real train step (`compile_steps`, the same path `jaxlm pretrain` takes) for the
-config's model, optimizer, mesh and batch, as `jaxlm pretrain` calls it (train.steps_per_call
-steps per call), then reports the per-device memory of the compiled step
-(`compiled.memory_analysis()`: arguments = parameters + optimizer state + batch, outputs, temporaries),
-and unless compile-only, times steps on random tokens: step time, tokens/s and MFU against a peak
+Compiles the real train step (`jaxlm.train.fit.build_task_steps`, the path training takes: the
+task's model, loss and optimizer, with LoRA adapters when a fine-tuning task asks) for the
+config's mesh and batch, as training calls it (train.steps_per_call steps per call), then reports
+the per-device memory of the compiled step (`compiled.memory_analysis()`: arguments = parameters
++ optimizer state + batch, outputs, temporaries), and unless compile-only, times steps on random tokens: step time, tokens/s and MFU against a peak
 that is measured (an n x n matmul of the compute dtype on one device) or given.
 """
 from __future__ import annotations
@@ -20,14 +20,12 @@ import numpy as np
 from jaxlm.config import Config, ModelConfig
 from jaxlm.data.lm_pipeline import to_lm_batch
 from jaxlm.errors import ConfigError
-from jaxlm.models import build_model
 from jaxlm.models.layers import attention_impl, compute_dtype_name
 from jaxlm.sharding import make_mesh, use_mesh
-from jaxlm.tasks import LOSSES
+from jaxlm.tasks import task_for
 from jaxlm.train.flops import count_params, flops_per_token, measure_peak_flops
 from jaxlm.checkpoint import abstract_with_shardings
-from jaxlm.train.optim import build_optimizer
-from jaxlm.train.steps import CompiledSteps, compile_steps, put_batch
+from jaxlm.train.steps import CompiledSteps, put_batch
 from jaxlm.train.trainer import InFlight, stack_batches
 
 
@@ -36,6 +34,7 @@ class BenchResult:
     """Everything `jaxlm bench` prints (bytes are per device)."""
 
     params: int
+    trainable_params: int  # what gets gradients and optimizer state (fewer with LoRA)
     devices: int
     mesh: dict[str, int]
     dtype: str
@@ -53,6 +52,12 @@ class BenchResult:
     peak_source: str = ""
     mfu: float | None = None
     losses: list[float] = field(default_factory=list)
+
+
+_NO_CLASSIFICATION = ("jaxlm bench times language-model steps on random tokens (train.task causal, "
+                      "masked or generative); a classifier's head needs the labels of its data. "
+                      "Time a classification run's steps with jaxlm finetune instead (its log "
+                      "reports tokens/s and MFU).")
 
 
 def bench_model_config(cfg: Config) -> ModelConfig:
@@ -73,8 +78,7 @@ def random_lm_batch(cfg: Config, vocab: int, seed: int = 0) -> dict[str, np.ndar
     Benchmarks time steps on it so that no data has to be read or tokenised first.
     """
     if cfg.train.task == "classification":
-        raise ConfigError("jaxlm bench measures language-model steps (train.task causal or "
-                          "masked).", culprit="train.task")
+        raise ConfigError(_NO_CLASSIFICATION, culprit="train.task")
     B, T = cfg.train.batch_size // jax.process_count(), cfg.data.seq_len
     rng = np.random.default_rng(seed + jax.process_index())
     return to_lm_batch(rng.integers(0, vocab, (B, T + 1)))
@@ -104,18 +108,19 @@ def sharding_summary(steps: CompiledSteps, limit: int = 0) -> dict[str, str]:
 
 
 def build_steps(cfg: Config, mesh=None) -> tuple[CompiledSteps, ModelConfig, Any]:
-    """The jitted steps of the config on its mesh, like `jaxlm pretrain` builds them."""
+    """The jitted steps of the config on its mesh, as training builds them (the task's model,
+    loss and optimizer; LoRA adapters when a fine-tuning task's finetune.lora asks)."""
+    if cfg.train.task == "classification":
+        raise ConfigError(_NO_CLASSIFICATION, culprit="train.task")
     mcfg = bench_model_config(cfg)
     mesh = mesh or make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor,
                              num_devices=cfg.mesh.num_devices)
-    from jaxlm.train.fit import check_batch
+    from jaxlm.train.fit import build_task_steps, check_batch, check_lora
     check_batch(cfg, mesh)
-    tx, lr = build_optimizer(cfg.optim, cfg.train.steps)
+    task = task_for(cfg.train.task)()
+    check_lora(cfg, task, mcfg)
     with use_mesh(mesh, cfg.mesh.rules):
-        steps = compile_steps(lambda: build_model(mcfg, cfg.train.task, seed=cfg.train.seed),
-                              tx, LOSSES[cfg.train.task], lr, mesh, seed=cfg.train.seed,
-                              grad_accum=cfg.train.grad_accum, dropout=mcfg.dropout > 0,
-                              rules=cfg.mesh.rules)
+        steps = build_task_steps(cfg, task, mcfg, mesh)
     return steps, mcfg, mesh
 
 
@@ -153,9 +158,12 @@ def bench(cfg: Config, *, steps: int = 10, warmup: int = 2, compile_only: bool =
     compiled = lower_and_compile(cfg, jsteps, mesh, per_call)
     compile_s = time.perf_counter() - t0
     B, T = cfg.train.batch_size, cfg.data.seq_len
-    n_params = count_params(jsteps.abstract_state.params)
+    params = jsteps.abstract_state.params
+    n_params = count_params(params)
+    trained = (n_params if jsteps.layout.trained is None else
+               count_params(jsteps.layout.split(params)[0]))
     res = BenchResult(
-        params=n_params, devices=mesh.size, mesh=dict(mesh.shape),
+        params=n_params, trainable_params=trained, devices=mesh.size, mesh=dict(mesh.shape),
         dtype=compute_dtype_name(mcfg), attention=attention_impl(mcfg), remat=mcfg.remat,
         steps_per_call=per_call, tokens_per_step=B * T,
         flops_per_step=flops_per_token(mcfg, T) * B * T,
@@ -204,7 +212,9 @@ def format_result(r: BenchResult, show_shardings: int = 8) -> str:
     """A human-readable report."""
     gib = 2.0 ** 30
     mesh = " x ".join(f"{k}={v}" for k, v in r.mesh.items())
-    lines = [f"model: {r.params / 1e6:,.1f}M parameters, compute {r.dtype}, attention "
+    trained = ("" if r.trainable_params == r.params else
+               f" ({r.trainable_params / 1e6:,.3f}M trained: LoRA adapters and heads)")
+    lines = [f"model: {r.params / 1e6:,.1f}M parameters{trained}, compute {r.dtype}, attention "
              f"{r.attention}, remat {r.remat}",
              f"mesh: {mesh} ({r.devices} devices); {r.tokens_per_step:,} tokens/step, "
              f"{r.flops_per_step / 1e9:,.1f} GFLOP/step, {r.steps_per_call} steps per call",

@@ -16,6 +16,7 @@ from typing import Any, Iterable
 import jax
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
 from jaxlm.config import Config, ModelConfig
 from jaxlm.data.tokenizer import TextTokenizer, load_tokenizer, train_tokenizer
@@ -206,9 +207,9 @@ def pretrained_init(steps: CompiledSteps, s: Setup) -> tuple[Any, dict[str, jax.
     return steps.init_replacing(replace), given
 
 
-def _optimizer(s: Setup):
-    ft, finetuning = s.cfg.finetune, s.task.finetunes
-    return build_optimizer(s.cfg.optim, s.cfg.train.steps,
+def _optimizer(cfg: Config, task: Task):
+    ft, finetuning = cfg.finetune, task.finetunes
+    return build_optimizer(cfg.optim, cfg.train.steps,
                            backbone_lr_scale=ft.backbone_lr_scale if finetuning else 1.0,
                            freeze_backbone=ft.freeze_backbone and finetuning)
 
@@ -347,13 +348,19 @@ def _loop(s: Setup, steps: CompiledSteps, hooks: Iterable[Hook], show_progress: 
 def compile_task_steps(s: Setup) -> CompiledSteps:
     """The task's model (with LoRA adapters when finetune.lora asks), optimizer and compiled
     steps; call within `use_mesh(s.mesh, ...)`."""
-    cfg, (tx, lr) = s.cfg, _optimizer(s)
-    lora = cfg.finetune.lora if s.task.finetunes else None
+    return build_task_steps(s.cfg, s.task, s.model_cfg, s.mesh)
+
+
+def build_task_steps(cfg: Config, task: Task, model_cfg: ModelConfig, mesh: Mesh
+                     ) -> CompiledSteps:
+    """`compile_task_steps` from its parts, for callers without a run (`jaxlm bench`)."""
+    tx, lr = _optimizer(cfg, task)
+    lora = cfg.finetune.lora if task.finetunes else None
     return compile_steps(
-        lambda: apply_lora(s.task.build_model(s.model_cfg, cfg.train.seed), lora,
+        lambda: apply_lora(task.build_model(model_cfg, cfg.train.seed), lora,
                            seed=cfg.train.seed), tx,
-        s.task.loss, lr, s.mesh, seed=cfg.train.seed, grad_accum=cfg.train.grad_accum,
-        dropout=s.model_cfg.dropout > 0 or bool(lora and lora.rank and lora.dropout),
+        task.loss, lr, mesh, seed=cfg.train.seed, grad_accum=cfg.train.grad_accum,
+        dropout=model_cfg.dropout > 0 or bool(lora and lora.rank and lora.dropout),
         rules=cfg.mesh.rules, trainable=trainable(lora))
 
 
