@@ -29,6 +29,8 @@ class Task(ABC):
     final_splits: tuple[str, ...] = ()
     # starts from finetune.init_from (a pretrained checkpoint) when one is given
     finetunes: ClassVar[bool] = False
+    # the model projects onto the vocabulary (a language model's head; FLOP counts for MFU)
+    vocab_logits: ClassVar[bool] = True
 
     @classmethod
     @abstractmethod

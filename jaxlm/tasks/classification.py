@@ -26,6 +26,7 @@ class ClassificationTask(Task):
     best_mode: str = "max"
     final_splits: tuple[str, ...] = ("validation", "test")
     finetunes: ClassVar[bool] = True
+    vocab_logits: ClassVar[bool] = False
 
     @classmethod
     def open_sources(cls, cfg: Config) -> dict[str, Source]:

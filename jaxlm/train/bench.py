@@ -23,7 +23,7 @@ from jaxlm.errors import ConfigError
 from jaxlm.models.layers import attention_impl, compute_dtype_name
 from jaxlm.sharding import make_mesh, use_mesh
 from jaxlm.tasks import task_for
-from jaxlm.train.flops import count_params, flops_per_token, measure_peak_flops
+from jaxlm.train.flops import count_params, measure_peak_flops
 from jaxlm.checkpoint import abstract_with_shardings
 from jaxlm.train.steps import CompiledSteps, put_batch
 from jaxlm.train.trainer import InFlight, stack_batches
@@ -152,12 +152,14 @@ def lower_and_compile(cfg: Config, steps: CompiledSteps, mesh, per_call: int = 1
 def bench(cfg: Config, *, steps: int = 10, warmup: int = 2, compile_only: bool = False,
           peak_tflops: float | None = None) -> BenchResult:
     """Compile (and unless compile_only, time) the config's train step; see the module docstring."""
+    from jaxlm.train.fit import step_flops_per_token
     jsteps, mcfg, mesh = build_steps(cfg)
     per_call = bench_steps_per_call(cfg)
     t0 = time.perf_counter()
     compiled = lower_and_compile(cfg, jsteps, mesh, per_call)
     compile_s = time.perf_counter() - t0
     B, T = cfg.train.batch_size, cfg.data.seq_len
+    flops = step_flops_per_token(jsteps, task_for(cfg.train.task)(), mcfg, T)
     params = jsteps.abstract_state.params
     n_params = count_params(params)
     trained = (n_params if jsteps.layout.trained is None else
@@ -166,7 +168,7 @@ def bench(cfg: Config, *, steps: int = 10, warmup: int = 2, compile_only: bool =
         params=n_params, trainable_params=trained, devices=mesh.size, mesh=dict(mesh.shape),
         dtype=compute_dtype_name(mcfg), attention=attention_impl(mcfg), remat=mcfg.remat,
         steps_per_call=per_call, tokens_per_step=B * T,
-        flops_per_step=flops_per_token(mcfg, T) * B * T,
+        flops_per_step=flops * B * T,
         compile_s=compile_s, memory=memory_stats(compiled), shardings=sharding_summary(jsteps))
     if compile_only:
         return res

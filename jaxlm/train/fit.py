@@ -26,7 +26,8 @@ from jaxlm.run import Run
 from jaxlm.sharding import data_parallel_size, make_mesh, use_mesh
 from jaxlm.tasks import Task, task_for
 from jaxlm.train.best import BestKeeper
-from jaxlm.train.flops import count_params, flops_per_token, measure_peak_flops
+from jaxlm.train.flops import (count_params, flops_per_token, frozen_and_adapter_params,
+                               measure_peak_flops)
 from jaxlm.train.frozen import restore_frozen, save_frozen
 from jaxlm.train.hooks import TrainingHooks
 from jaxlm.train.init_from import Pretrained, init_from_pretrained, load_pretrained, merged_model_config
@@ -303,7 +304,7 @@ def _loop(s: Setup, steps: CompiledSteps, hooks: Iterable[Hook], show_progress: 
     final_val = _final_validation(s, steps, best, pi, pc) if val else None
     std = TrainingHooks(
         logger, ckpt, iterator, steps.layout, tokens_per_step=B * T,
-        flops_per_step=flops_per_token(s.model_cfg, T) * B * T,
+        flops_per_step=step_flops_per_token(steps, s.task, s.model_cfg, T) * B * T,
         peak_flops=peak_flops or measure_peak_flops(s.model_cfg.dtype) * s.mesh.size,
         on_nonfinite=t.on_nonfinite, show_progress=show_progress,
         evaluate=(lambda p: s.task.evaluate(steps.eval, p, val)) if val else None,
@@ -362,6 +363,17 @@ def build_task_steps(cfg: Config, task: Task, model_cfg: ModelConfig, mesh: Mesh
         task.loss, lr, mesh, seed=cfg.train.seed, grad_accum=cfg.train.grad_accum,
         dropout=model_cfg.dropout > 0 or bool(lora and lora.rank and lora.dropout),
         rules=cfg.mesh.rules, trainable=trainable(lora))
+
+
+def step_flops_per_token(steps: CompiledSteps, task: Task, model_cfg: ModelConfig,
+                         seq_len: int) -> float:
+    """Training FLOPs per token of the task's compiled step, for MFU: no vocabulary projection
+    for a classifier, no weight gradients for LoRA's frozen base (`jaxlm.train.flops`)."""
+    trained, frozen = steps.layout.split(steps.abstract_state.params)
+    frozen_matmul, adapters = frozen_and_adapter_params(trained, frozen, model_cfg,
+                                                        task.vocab_logits)
+    return flops_per_token(model_cfg, seq_len, vocab_logits=task.vocab_logits,
+                           frozen_matmul_params=frozen_matmul, adapter_params=adapters)
 
 
 def train(cfg: Config, run_dir: str | None = None, *, overwrite: bool = False,
