@@ -5,8 +5,9 @@ Writes `adapter_config.json` and `adapter_model.safetensors` as `peft` saves the
 checkpoint the run started from). Each adapted layer's A [in, r] and B [r, out] become PEFT's
 `lora_A.weight` [r, in] and `lora_B.weight` [out, r] under the Hugging Face name of the layer
 (GPT-2's fused c_attn: one adapter of the adapted q/k/v parts' summed rank, declared in
-rank_pattern, that computes exactly their sum); the trained heads (a classifier and BERT's pooler; a causal LM's own head with train_lm_head) are
-written whole as PEFT's `modules_to_save`.
+rank_pattern, that computes exactly their sum); the trained heads (a classifier and BERT's
+pooler; a causal LM's own head with train_lm_head) are written whole as PEFT's
+`modules_to_save`.
 """
 from __future__ import annotations
 

@@ -4,8 +4,9 @@ Compiles the real train step (`jaxlm.train.fit.build_task_steps`, the path train
 task's model, loss and optimizer, with LoRA adapters when a fine-tuning task asks) for the
 config's mesh and batch, as training calls it (train.steps_per_call steps per call), then reports
 the per-device memory of the compiled step (`compiled.memory_analysis()`: arguments = parameters
-+ optimizer state + batch, outputs, temporaries), and unless compile-only, times steps on random tokens: step time, tokens/s and MFU against a peak
-that is measured (an n x n matmul of the compute dtype on one device) or given.
++ optimizer state + batch, outputs, temporaries), and unless compile-only, times steps on random
+tokens: step time, tokens/s and MFU against a peak that is measured (an n x n matmul of the
+compute dtype on one device) or given.
 """
 from __future__ import annotations
 
