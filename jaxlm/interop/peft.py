@@ -53,8 +53,8 @@ def _fused(parts: list[tuple[LoRALinear | None, int]]) -> tuple[np.ndarray, np.n
     side by side; parts: (the part's adapter or None, its output width). The adapted parts' A
     stack to rank R = the sum of their ranks, and B is block diagonal, so x A B gives each
     adapted part its own x A_i B_i and the others zero: the same sum, exactly."""
-    adapters = [(layer.lora, width) for layer, width in parts if layer is not None]
-    A = np.concatenate([np.asarray(a.lora_a[...]).T for a, _ in adapters])
+    A = np.concatenate([np.asarray(layer.lora.lora_a[...]).T for layer, _ in parts
+                        if layer is not None])
     B = np.zeros((sum(w for _, w in parts), A.shape[0]), A.dtype)
     row = col = 0
     for layer, width in parts:
@@ -77,7 +77,7 @@ def adapter_tensors(run: LoadedRun) -> tuple[dict[str, np.ndarray], list[str], d
     flat = to_flat(nnx.state(run.model, nnx.Param))
     lora = next(iter(adapted.values())).lora
     rank, scale = int(lora.lora_a.shape[1]), float(lora.scale)
-    tensors, modules, ranks, exported, conv1d_layout = {}, [], {}, set(), []
+    tensors, modules, ranks, exported, fan_in_fan_out = {}, [], {}, set(), False
     for name, kernels, conv1d in _modules(run):
         if not any(k in adapted for k in kernels):  # (heads this model lacks among them)
             continue
@@ -89,14 +89,14 @@ def adapter_tensors(run: LoadedRun) -> tuple[dict[str, np.ndarray], list[str], d
         exported.update(k for k in kernels if k in adapted)
         if A.shape[0] != rank:
             ranks[re.escape(name)] = int(A.shape[0])
-        conv1d_layout.append(conv1d)
+        fan_in_fan_out |= conv1d
     missing = sorted(".".join(map(str, k[:-1])) for k in set(adapted) - exported)
     if missing:
         raise CheckpointError(f"The adapted layer {missing[0]} has no Hugging Face counterpart "
                               "PEFT could adapt.", culprit="--adapters-only")
     return tensors, modules, {"r": rank, "lora_alpha": scale * rank,
                               "lora_dropout": float(lora.dropout),
-                              "fan_in_fan_out": any(conv1d_layout),
+                              "fan_in_fan_out": fan_in_fan_out,
                               "rank_pattern": ranks,
                               "alpha_pattern": {k: scale * r for k, r in ranks.items()}}
 

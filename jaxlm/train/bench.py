@@ -163,8 +163,7 @@ def bench(cfg: Config, *, steps: int = 10, warmup: int = 2, compile_only: bool =
     flops = step_flops_per_token(jsteps, task_for(cfg.train.task)(), mcfg, T)
     params = jsteps.abstract_state.params
     n_params = count_params(params)
-    trained = (n_params if jsteps.layout.trained is None else
-               count_params(jsteps.layout.split(params)[0]))
+    trained = count_params(jsteps.layout.split(params)[0])  # (everything without LoRA)
     res = BenchResult(
         params=n_params, trainable_params=trained, devices=mesh.size, mesh=dict(mesh.shape),
         dtype=compute_dtype_name(mcfg), attention=attention_impl(mcfg), remat=mcfg.remat,

@@ -10,9 +10,9 @@ times 3 for backward), without the causal-mask halving. Embedding lookups, norms
 not counted.
 
 A classifier never projects onto the vocabulary, so its count leaves that projection out (its
-own head, a pooler and a D x classes kernel, is too small to count). A weight
-that does not train (LoRA's frozen base) needs no weight gradient: 4 FLOPs per multiply-add
-parameter instead of 6, while LoRA's adapters (x A, then B) are matmul parameters trained in full.
+own head, a pooler and a D x classes kernel, is too small to count). A weight that does not
+train (LoRA's frozen base) needs no weight gradient: 4 FLOPs per multiply-add parameter instead
+of 6, while LoRA's adapters (x A, then B) are matmul parameters trained in full.
 """
 from __future__ import annotations
 
